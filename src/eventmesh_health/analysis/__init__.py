@@ -1,0 +1,39 @@
+"""The analysis: (profile, snapshot) -> report. Pure: no I/O, no clock of its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eventmesh_health.analysis.causes import Causes
+from eventmesh_health.analysis.graph import Graph, build_graph
+from eventmesh_health.analysis.report import build_report
+from eventmesh_health.analysis.rules import Thresholds
+from eventmesh_health.model import MeshReport
+from eventmesh_health.snapshot import Snapshot
+from eventmesh_health.topology import Profile
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
+
+__all__ = ["KYMA_1", "Analysis", "Thresholds", "analyse", "analyse_graph"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The judged graph (for `explain`), its causes, and the report built from them."""
+
+    graph: Graph
+    causes: Causes
+    report: MeshReport
+
+
+def analyse_graph(
+    snapshot: Snapshot, profile: Profile = KYMA_1, thresholds: Thresholds | None = None
+) -> Analysis:
+    graph = build_graph(profile, snapshot, thresholds or Thresholds())
+    causes = Causes()
+    return Analysis(graph, causes, build_report(graph, snapshot, profile, causes))
+
+
+def analyse(
+    snapshot: Snapshot, profile: Profile = KYMA_1, thresholds: Thresholds | None = None
+) -> MeshReport:
+    return analyse_graph(snapshot, profile, thresholds).report

@@ -1,0 +1,562 @@
+"""Resolve a profile against a snapshot into a graph of judged nodes.
+
+One node per link instance: an object that was found (and judged), or an
+expected object that is missing. Nodes point at the nodes they need; the
+causes module walks those edges to separate root causes from symptoms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventmesh_health.analysis.fields import Malformed, Obj, get_list, get_map, get_str
+from eventmesh_health.analysis.index import Index
+from eventmesh_health.analysis.rules import (
+    HEALTHY,
+    SERVICE_RULES,
+    Context,
+    Thresholds,
+    Verdict,
+    decide,
+    judge,
+)
+from eventmesh_health.model import Health, ObjectRef
+from eventmesh_health.snapshot import Snapshot
+from eventmesh_health.topology import (
+    BackingChannel,
+    ByField,
+    ByLabels,
+    ByName,
+    ByOwner,
+    ByServiceClass,
+    Component,
+    Expect,
+    Judge,
+    Kind,
+    Link,
+    Profile,
+    Scope,
+    kind_key,
+)
+from eventmesh_health.topology.core import DEPLOYMENT, ENDPOINT_SLICE, ENDPOINTS, POD, SERVICE
+
+SYSTEM_PREFIX = "system:"
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    role: str
+    description: str
+    ref: ObjectRef
+    obj: Obj | None
+    verdict: Verdict
+    need_ids: tuple[str, ...] = ()
+    parent: Node | None = None
+    values: dict[str, str] = field(default_factory=dict)
+    needs: list[Node] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
+
+    @property
+    def failing(self) -> bool:
+        return self.verdict.health is not Health.HEALTHY
+
+
+@dataclass(slots=True)
+class NamespaceUnit:
+    name: str
+    nodes: list[Node]
+    state: int
+
+
+@dataclass(slots=True)
+class AppUnit:
+    name: str
+    nodes: list[Node]
+    namespaces: list[NamespaceUnit]
+
+
+@dataclass(slots=True)
+class Graph:
+    system: list[Node]
+    apps: list[AppUnit]
+    index: Index
+
+
+def build_graph(profile: Profile, snapshot: Snapshot, thresholds: Thresholds) -> Graph:
+    return _Builder(profile, snapshot, thresholds).build()
+
+
+def _ref(kind: Kind | tuple[str, str], namespace: str | None, name: str | None) -> ObjectRef:
+    api_version, kind_name = (kind.api_version, kind.kind) if isinstance(kind, Kind) else kind
+    return ObjectRef(api_version=api_version, kind=kind_name, namespace=namespace, name=name)
+
+
+def _obj_ref(obj: Obj) -> ObjectRef:
+    meta = obj["metadata"]
+    return ObjectRef(
+        api_version=obj["apiVersion"],
+        kind=obj["kind"],
+        namespace=meta.get("namespace"),
+        name=meta["name"],
+    )
+
+
+class _Builder:
+    def __init__(self, profile: Profile, snapshot: Snapshot, thresholds: Thresholds) -> None:
+        self.profile = profile
+        self.snapshot = snapshot
+        self.thresholds = thresholds
+        self.index = Index(profile, snapshot.objects)
+        self.verdicts: dict[tuple[int, Judge], Verdict] = {}
+        self.components: dict[str, Node] = {}
+        self.system: list[Node] = []
+        self.app_links = [link for link in profile.links if link.scope is Scope.APPLICATION]
+        self.ns_links = [link for link in profile.links if link.scope is Scope.NAMESPACE]
+        self.states = {
+            link.id: (link.state, link.state_when) for link in profile.links
+            if link.state is not None
+        }
+
+    # --- entry -----------------------------------------------------------------------------
+
+    def build(self) -> Graph:
+        self._system()
+        apps = []
+        for obj in sorted(
+            self.index.by_kind.get(self.profile.application.key, []),
+            key=lambda o: str(o["metadata"]["name"]),
+        ):
+            apps.append(self._application(obj))
+        return Graph(self.system, apps, self.index)
+
+    # --- judging ---------------------------------------------------------------------------
+
+    def _context(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None) -> Context:
+        pods: Sequence[Obj] = ()
+        if link_judge is Judge.DEPLOYMENT:
+            pods = self._pods(obj)
+        return Context(now=self.snapshot.taken_at, thresholds=self.thresholds, pods=pods,
+                       label=label)
+
+    def _judge(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None = None) -> Verdict:
+        key = (id(obj), link_judge)
+        verdict = self.verdicts.get(key)
+        if verdict is None:
+            try:
+                ctx = self._context(obj, link_judge, label)
+            except Malformed as err:
+                verdict = Verdict(Health.UNKNOWN, "MalformedObject", str(err))
+            else:
+                verdict = judge(link_judge, obj, ctx)
+            self.verdicts[key] = verdict
+        return verdict
+
+    def _pods(self, deployment: Obj) -> list[Obj]:
+        selector = get_map(deployment, "spec", "selector", "matchLabels")
+        if not selector:
+            return []
+        namespace = deployment["metadata"].get("namespace")
+        (first_key, first_value), *rest = selector.items()
+        if not isinstance(first_value, str):
+            raise Malformed(("spec", "selector", "matchLabels", first_key), "a string", first_value)
+        pods = self.index.with_label(POD.key, first_key, first_value, namespace)
+        if not rest:
+            return pods
+        return [
+            pod for pod in pods
+            if all((pod["metadata"].get("labels") or {}).get(k) == v for k, v in rest)
+        ]
+
+    def _collected(self, key: str) -> bool:
+        if self.snapshot.collected is not None:
+            return key in self.snapshot.collected
+        return self.index.has_kind(key)
+
+    def _absent(self, ref: ObjectRef, description: str) -> Verdict:
+        """The verdict on an expected object that is not in the snapshot."""
+        key = kind_key(ref.api_version, ref.kind)
+        if key in self.snapshot.unavailable:
+            return Verdict(Health.UNKNOWN, "KindNotAvailable", self.snapshot.unavailable[key])
+        if not self._collected(key):
+            return Verdict(
+                Health.UNKNOWN,
+                "NotCollected",
+                f"the snapshot holds no {ref.kind} objects, so it cannot tell whether "
+                f"{description} exists",
+            )
+        if (key, ref.namespace) in self.index.bad_places:
+            return Verdict(
+                Health.UNKNOWN,
+                "MalformedCandidate",
+                f"not found, but a malformed {ref.kind} object here may be it",
+            )
+        return Verdict(Health.UNHEALTHY, "NotFound", f"missing: {description}")
+
+    # --- system components -------------------------------------------------------------------
+
+    def _system(self) -> None:
+        for component in self.profile.components:
+            self._component(component)
+        for kind in self.profile.webhook_kinds:
+            for config in self.index.by_kind.get(kind.key, []):
+                self._webhook_configuration(config)
+
+    def _component(self, component: Component) -> None:
+        required = not component.required_if_any or any(
+            self.index.has_kind(k.key) for k in component.required_if_any
+        )
+        obj = self.index.get(DEPLOYMENT.key, component.namespace, component.deployment)
+        if obj is None and not required:
+            return
+        description = f"the {component.role} {component.deployment}"
+        ref = _ref(DEPLOYMENT, component.namespace, component.deployment)
+        verdict = self._judge(obj, Judge.DEPLOYMENT) if obj else self._absent(ref, description)
+        node = Node(f"{SYSTEM_PREFIX}{component.id}", description, ref, obj, verdict)
+        self.system.append(node)
+        handle = node
+        if component.service is not None:
+            handle = self._service_node(component.namespace, component.service, node)
+        self.components[component.id] = handle
+
+    def _service_node(self, namespace: str, name: str, backend: Node | None) -> Node:
+        role = f"service:{namespace}/{name}"
+        for existing in self.system:
+            if existing.role == role:
+                return existing
+        ref = _ref(SERVICE, namespace, name)
+        obj = self.index.get(SERVICE.key, namespace, name)
+        description = f"the Service {namespace}/{name}"
+        if obj is None:
+            verdict = self._absent(ref, description)
+        else:
+            endpoints = [
+                *([e] if (e := self.index.get(ENDPOINTS.key, namespace, name)) else []),
+                *self.index.with_label(
+                    ENDPOINT_SLICE.key, "kubernetes.io/service-name", name, namespace
+                ),
+            ]
+            ctx = Context(now=self.snapshot.taken_at, thresholds=self.thresholds,
+                          endpoints=endpoints)
+            verdict = decide(SERVICE_RULES, obj, ctx)
+        node = Node(role, description, ref, obj, verdict)
+        if backend is not None:
+            node.needs.append(backend)
+            node.children.append(backend)
+        self.system.append(node)
+        return node
+
+    def _webhook_configuration(self, config: Obj) -> None:
+        ref = _obj_ref(config)
+        try:
+            webhooks = get_list(config, "webhooks") or []
+            targets: list[tuple[str, str, str, str]] = []
+            for hook in webhooks:
+                namespace = get_str(hook, "clientConfig", "service", "namespace")
+                name = get_str(hook, "clientConfig", "service", "name")
+                if namespace in self.profile.system_namespaces and name:
+                    policy = get_str(hook, "failurePolicy") or "Fail"
+                    targets.append((str(get_str(hook, "name")), namespace, name, policy))
+        except Malformed as err:
+            node = Node("webhook", "an admission webhook configuration", ref, config,
+                        Verdict(Health.UNKNOWN, "MalformedObject", str(err)))
+            self.system.append(node)
+            return
+        if not targets:
+            return
+        node = Node("webhook", "an admission webhook configuration of the mesh", ref, config,
+                    HEALTHY)
+        for hook_name, namespace, name, policy in targets:
+            backend = next(
+                (
+                    c for c in self.components.values()
+                    if c.ref.namespace == namespace and c.ref.name == name
+                    and c.ref.kind == SERVICE.kind
+                ),
+                None,
+            ) or self._service_node(namespace, name, None)
+            node.needs.append(backend)
+            node.children.append(backend)
+            if backend.failing and node.verdict is HEALTHY:
+                rejects = policy == "Fail"
+                node.verdict = Verdict(
+                    Health.UNHEALTHY if rejects else Health.DEGRADED,
+                    "WebhookUnavailable",
+                    f"webhook {hook_name} calls Service {namespace}/{name}, which cannot answer: "
+                    + ("the API server rejects the objects it admits (failurePolicy Fail)"
+                       if rejects else "admission is skipped (failurePolicy Ignore)"),
+                )
+        self.system.append(node)
+
+    # --- applications ------------------------------------------------------------------------
+
+    def _application(self, app_obj: Obj) -> AppUnit:
+        app = str(app_obj["metadata"]["name"])
+        values = {"app": app}
+        service_ids: list[str] = []
+        services_problem: Malformed | None = None
+        try:
+            service_ids = _events_service_ids(app_obj, self.profile.events_entry_type)
+        except Malformed as err:
+            services_problem = err
+        app_nodes = self._resolve(self.app_links, values, service_ids, None)
+        if services_problem is not None:
+            for node in app_nodes:
+                if node.obj is app_obj and not node.failing:
+                    node.verdict = Verdict(
+                        Health.UNKNOWN, "MalformedObject",
+                        f"cannot tell its Events services: {services_problem}",
+                    )
+        namespaces = []
+        for ns in sorted(self._bound_namespaces(app, service_ids)):
+            ns_values = {**values, "namespace": ns}
+            nodes = self._resolve(self.ns_links, ns_values, service_ids, app_nodes)
+            namespaces.append(NamespaceUnit(ns, nodes, self._state(nodes)))
+        return AppUnit(app, app_nodes, namespaces)
+
+    def _bound_namespaces(self, app: str, service_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        values = {"app": app}
+        for source in self.profile.namespace_sources:
+            link = self.profile.link(source.link)
+            for obj in self._find(link, values, service_ids, None, anywhere=True):
+                if isinstance(link.find, ByLabels) and link.find.namespace_label:
+                    target = (obj["metadata"].get("labels") or {}).get(link.find.namespace_label)
+                else:
+                    target = obj["metadata"].get("namespace")
+                if isinstance(target, str) and target:
+                    found.add(target)
+        return found
+
+    def _state(self, nodes: Iterable[Node]) -> int:
+        reached = {1}
+        for node in nodes:
+            link_state = self.states.get(node.role)
+            if link_state is None or node.obj is None:
+                continue
+            level, when = link_state
+            if when is not None:
+                path, expected = when
+                try:
+                    if get_str(node.obj, *path) != expected:
+                        continue
+                except Malformed:
+                    continue
+            reached.add(level)
+        state = 1
+        while state + 1 in reached:
+            state += 1
+        return state
+
+    def _resolve(
+        self,
+        links: Sequence[Link],
+        values: dict[str, str],
+        service_ids: list[str],
+        app_nodes: list[Node] | None,
+    ) -> list[Node]:
+        nodes: list[Node] = []
+        by_link: dict[str, list[Node]] = {}
+        for link in links:
+            made: list[Node] = []
+            if link.parent is not None:
+                for parent in by_link.get(link.parent, []):
+                    if parent.obj is None:
+                        continue
+                    scoped = {**values, **parent.values}
+                    children = self._nodes_for(link, scoped, service_ids, parent, expected=True)
+                    parent.children.extend(children)
+                    made.extend(children)
+            else:
+                expected = self._expected(link, by_link)
+                made = self._nodes_for(link, values, service_ids, None, expected)
+            by_link[link.id] = made
+            nodes.extend(made)
+        self._wire(nodes, by_link, app_nodes)
+        return nodes
+
+    def _expected(self, link: Link, by_link: dict[str, list[Node]]) -> bool:
+        if link.expected is Expect.ALWAYS:
+            return True
+        if link.expected is Expect.OPTIONAL:
+            return False
+        return any(node.obj is not None for node in by_link.get(link.expected, []))
+
+    def _nodes_for(
+        self,
+        link: Link,
+        values: dict[str, str],
+        service_ids: list[str],
+        parent: Node | None,
+        expected: bool,
+    ) -> list[Node]:
+        if link.expected is Expect.OPTIONAL:
+            expected = False
+        nodes = []
+        try:
+            found = self._find(link, values, service_ids, parent, anywhere=False)
+        except Malformed as err:
+            assert parent is not None and parent.obj is not None  # only parents' fields are read
+            return [Node(link.id, link.description, _obj_ref(parent.obj), None,
+                         Verdict(Health.UNKNOWN, "MalformedObject", str(err)), link.needs,
+                         parent)]
+        for obj in found:
+            verdict = self._judge(obj, link.judge, link.label)
+            node_values = dict(values)
+            if isinstance(link.find, ByServiceClass):
+                node_values["service_id"] = _matched_service_id(obj, link.find, service_ids)
+            nodes.append(Node(link.id, link.description, _obj_ref(obj), obj, verdict,
+                              link.needs, parent, node_values))
+        if not nodes and expected:
+            ref = self._missing_ref(link, values, parent)
+            nodes.append(Node(link.id, link.description, ref, None,
+                              self._absent(ref, link.description), link.needs, parent))
+        return nodes
+
+    def _missing_ref(self, link: Link, values: dict[str, str], parent: Node | None) -> ObjectRef:
+        finder = link.find
+        kind = link.kinds[0]
+        if isinstance(finder, ByName):
+            namespace = finder.namespace.format(**values) if finder.namespace else None
+            return _ref(kind, namespace, finder.name.format(**values))
+        if isinstance(finder, BackingChannel) and parent is not None and parent.obj is not None:
+            api_version, kind_name, name = _backing_channel(parent.obj)
+            namespace = parent.obj["metadata"].get("namespace")
+            if api_version and kind_name:
+                return _ref((api_version, kind_name), namespace, name)
+            return _ref(kind, namespace, name)
+        namespace = getattr(finder, "namespace", None)
+        return _ref(kind, namespace.format(**values) if namespace else None, None)
+
+    # --- finders -----------------------------------------------------------------------------
+
+    def _find(
+        self,
+        link: Link,
+        values: dict[str, str],
+        service_ids: list[str],
+        parent: Node | None,
+        anywhere: bool,
+    ) -> list[Obj]:
+        """Objects of `link`. With `anywhere`, ignore the namespace being looked at (used to
+        discover which namespaces an application is bound to)."""
+        finder = link.find
+        found: list[Obj] = []
+        for kind in link.kinds:
+            if isinstance(finder, ByName):
+                name = finder.name.format(**values)
+                if anywhere:
+                    found.extend(self.index.named(kind.key, name))
+                else:
+                    namespace = finder.namespace.format(**values) if finder.namespace else None
+                    obj = self.index.get(kind.key, namespace, name)
+                    if obj is not None:
+                        found.append(obj)
+            elif isinstance(finder, ByLabels):
+                wanted = [
+                    (key, value.format(**values)) for key, value in finder.labels
+                    if not (anywhere and key == finder.namespace_label)
+                ]
+                (first_key, first_value), *rest = wanted
+                namespace = finder.namespace.format(**values)
+                candidates = self.index.with_label(kind.key, first_key, first_value, namespace)
+                found.extend(
+                    o for o in candidates
+                    if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in rest)
+                )
+            elif isinstance(finder, ByField):
+                namespace = None if anywhere else finder.namespace.format(**values)
+                found.extend(self.index.with_field(
+                    kind.key, finder.path, finder.value.format(**values), namespace
+                ))
+            elif isinstance(finder, ByServiceClass):
+                namespace = None if anywhere else finder.namespace.format(**values)
+                seen: set[int] = set()
+                for service_id in service_ids:
+                    for path in finder.paths:
+                        for obj in self.index.with_field(kind.key, path, service_id, namespace):
+                            if id(obj) not in seen:
+                                seen.add(id(obj))
+                                found.append(obj)
+            elif isinstance(finder, ByOwner):
+                if parent is None or parent.obj is None:
+                    continue
+                uid = parent.obj["metadata"].get("uid")
+                namespace = parent.obj["metadata"].get("namespace")
+                if isinstance(uid, str):
+                    found.extend(
+                        o for o in self.index.owned_by(uid)
+                        if o["metadata"].get("namespace") == namespace
+                        and o["kind"] == kind.kind
+                        and kind_key(o["apiVersion"], o["kind"]) == kind.key
+                    )
+            elif isinstance(finder, BackingChannel):
+                if parent is None or parent.obj is None:
+                    continue
+                _api_version, kind_name, name = _backing_channel(parent.obj)
+                if kind_name is not None and kind_name != kind.kind:
+                    continue
+                obj = self.index.get(kind.key, parent.obj["metadata"].get("namespace"), name)
+                if obj is not None:
+                    found.append(obj)
+        return found
+
+    # --- edges -------------------------------------------------------------------------------
+
+    def _wire(
+        self, nodes: list[Node], by_link: dict[str, list[Node]], app_nodes: list[Node] | None
+    ) -> None:
+        app_by_link: dict[str, list[Node]] = {}
+        for node in app_nodes or []:
+            app_by_link.setdefault(node.role, []).append(node)
+        for node in nodes:
+            for need in node.need_ids:
+                if need.startswith(SYSTEM_PREFIX):
+                    component = self.components.get(need[len(SYSTEM_PREFIX):])
+                    if component is not None:
+                        node.needs.append(component)
+                    continue
+                if node.parent is not None and node.parent.role == need:
+                    node.needs.append(node.parent)
+                    continue
+                own_children = [c for c in node.children if c.role == need]
+                if own_children or self.profile.link(need).parent == node.role:
+                    node.needs.extend(own_children)
+                    continue
+                node.needs.extend(by_link.get(need) or app_by_link.get(need, []))
+
+
+def _events_service_ids(app: Obj, entry_type: str) -> list[str]:
+    ids = []
+    for index, service in enumerate(get_list(app, "spec", "services") or []):
+        if not isinstance(service, dict):
+            raise Malformed(("spec", "services", str(index)), "a map", service)
+        service_id = get_str(service, "id")
+        entries = get_list(service, "entries") or []
+        if service_id and any(isinstance(e, dict) and e.get("type") == entry_type
+                              for e in entries):
+            ids.append(service_id)
+    return ids
+
+
+def _matched_service_id(obj: Obj, finder: ByServiceClass, service_ids: list[str]) -> str:
+    for path in finder.paths:
+        try:
+            value = get_str(obj, *path)
+        except Malformed:
+            continue
+        if value in service_ids:
+            return value
+    return ""
+
+
+def _backing_channel(channel: Obj) -> tuple[str | None, str | None, str]:
+    """(apiVersion, kind, name) of the channel implementing `channel`."""
+    ref = get_map(channel, "status", "channel")
+    if ref:
+        kind = get_str(ref, "kind")
+        name = get_str(ref, "name") or channel["metadata"]["name"]
+        return get_str(ref, "apiVersion"), kind, name
+    template: Any = get_map(channel, "spec", "channelTemplate") or {}
+    return get_str(template, "apiVersion"), get_str(template, "kind"), channel["metadata"]["name"]

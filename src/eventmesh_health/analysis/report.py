@@ -1,0 +1,134 @@
+"""Turn a judged graph into the report (the JSON contract)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from eventmesh_health.analysis.causes import Causes, settle_missing
+from eventmesh_health.analysis.graph import Graph, Node
+from eventmesh_health.model import (
+    ApplicationReport,
+    Finding,
+    Health,
+    MeshReport,
+    NamespaceReport,
+    ObjectRef,
+    Severity,
+    SourceInfo,
+    SystemReport,
+    severity_for,
+)
+from eventmesh_health.snapshot import Snapshot
+from eventmesh_health.topology import Profile
+from eventmesh_health.topology.core import CRD
+
+
+def finding_for(node: Node, causes: Causes) -> Finding:
+    roots = causes.roots(node)
+    root = roots == [node]
+    health = node.verdict.health
+    return Finding.model_construct(
+        severity=severity_for(health),
+        health=health,
+        object=node.ref,
+        reason=node.verdict.reason,
+        message=node.verdict.message,
+        root_cause=root,
+        caused_by=None if root else roots[0].ref,
+    )
+
+
+def _findings(nodes: Iterable[Node], causes: Causes) -> list[Finding]:
+    seen: set[int] = set()
+    findings = []
+    for node in nodes:
+        if node.failing and id(node) not in seen:
+            seen.add(id(node))
+            findings.append(finding_for(node, causes))
+    # Root causes first: they are what to fix; symptoms follow in chain order.
+    findings.sort(key=lambda f: not f.root_cause)
+    return findings
+
+
+def _health(nodes: Sequence[Node], extra: Iterable[Health] = ()) -> Health:
+    return Health.worst([*(n.verdict.health for n in nodes), *extra])
+
+
+def input_findings(graph: Graph, snapshot: Snapshot, profile: Profile) -> list[Finding]:
+    """What in the input could not be used: malformed objects, unreadable kinds."""
+    findings = []
+    for bad in graph.index.bad:
+        findings.append(Finding.model_construct(
+            severity=Severity.WARNING, health=Health.UNKNOWN,
+            object=ObjectRef(api_version=bad.api_version, kind=bad.kind, namespace=bad.namespace,
+                             name=bad.name),
+            reason="MalformedObject", message=bad.message, root_cause=True, caused_by=None,
+        ))
+    for problem in snapshot.problems:
+        findings.append(Finding.model_construct(
+            severity=Severity.WARNING, health=Health.UNKNOWN,
+            object=ObjectRef(api_version="", kind="", namespace=None, name=None),
+            reason="UnusableInput", message=f"{problem.where}: {problem.message}",
+            root_cause=True, caused_by=None,
+        ))
+    optional = {k.key for k in profile.optional_kinds}
+    for key, message in sorted(snapshot.unavailable.items()):
+        kind = profile.kind(key)
+        if key in optional or kind is None:
+            continue
+        findings.append(Finding.model_construct(
+            severity=Severity.WARNING, health=Health.UNKNOWN,
+            object=ObjectRef(api_version=CRD.api_version, kind=CRD.kind, namespace=None,
+                             name=kind.resource),
+            reason="KindNotAvailable", message=message, root_cause=True, caused_by=None,
+        ))
+    return findings
+
+
+def build_report(
+    graph: Graph, snapshot: Snapshot, profile: Profile, causes: Causes | None = None
+) -> MeshReport:
+    causes = causes or Causes()
+    every = [*graph.system]
+    for app in graph.apps:
+        every.extend(app.nodes)
+        for ns in app.namespaces:
+            every.extend(ns.nodes)
+    settle_missing(every, causes)
+
+    extra = input_findings(graph, snapshot, profile)
+    system = SystemReport.model_construct(
+        health=_health(graph.system, (f.health for f in extra)),
+        findings=[*_findings(graph.system, causes), *extra],
+    )
+    applications = []
+    for app in graph.apps:
+        app_health = _health(app.nodes)
+        namespaces = [
+            NamespaceReport.model_construct(
+                name=ns.name,
+                health=Health.worst([_health(ns.nodes), app_health]),
+                state=ns.state,
+                findings=_findings(ns.nodes, causes),
+            )
+            for ns in app.namespaces
+        ]
+        applications.append(ApplicationReport.model_construct(
+            name=app.name,
+            health=Health.worst([app_health, *(ns.health for ns in namespaces)]),
+            state=max((ns.state for ns in namespaces), default=1),
+            findings=_findings(app.nodes, causes),
+            namespaces=namespaces,
+        ))
+    health = Health.worst([system.health, *(a.health for a in applications)])
+    return MeshReport.model_construct(
+        healthy=health is Health.HEALTHY,
+        health=health,
+        system=system,
+        applications=applications,
+        source=SourceInfo.model_construct(
+            taken_at=snapshot.taken_at.isoformat().replace("+00:00", "Z"),
+            objects=sum(len(v) for v in graph.index.by_kind.values()),
+            skipped_kinds=dict(sorted({**snapshot.skipped, **graph.index.skipped}.items())),
+        ),
+    )

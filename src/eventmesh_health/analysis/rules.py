@@ -1,0 +1,397 @@
+"""One judgement per kind of object, each a short ordered list of small rules.
+
+Like kstatus: the first rule that has something to say decides. Every rule is
+pure (the clock comes in as `Context.now`) and has a table test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from eventmesh_health.analysis.fields import (
+    Malformed,
+    Obj,
+    conditions,
+    duration,
+    get_bool,
+    get_int,
+    get_list,
+    get_map,
+    get_str,
+    get_time,
+    labels,
+)
+from eventmesh_health.model import Health
+from eventmesh_health.topology import Judge
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    # Finalizers that outlive this after deletion was requested are stuck.
+    stuck_deletion: timedelta = timedelta(minutes=5)
+    # A controller that has not reported within this is not coming back by itself.
+    progress_deadline: timedelta = timedelta(minutes=10)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    health: Health
+    reason: str
+    message: str
+
+
+HEALTHY = Verdict(Health.HEALTHY, "Ready", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    now: datetime
+    thresholds: Thresholds = Thresholds()
+    # Related objects a judge may need: the Pods of a Deployment, the Endpoints of a Service.
+    pods: Sequence[Obj] = ()
+    endpoints: Sequence[Obj] = ()
+    label: tuple[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def age(self, since: datetime) -> timedelta:
+        return self.now - since
+
+
+Rule = Callable[[Obj, Context], Verdict | None]
+
+
+def decide(rules: Sequence[Rule], obj: Obj, ctx: Context) -> Verdict:
+    """Run `rules` in order; a malformed field is itself the verdict: Unknown."""
+    try:
+        for rule in rules:
+            verdict = rule(obj, ctx)
+            if verdict is not None:
+                return verdict
+    except Malformed as err:
+        return Verdict(Health.UNKNOWN, "MalformedObject", str(err))
+    return HEALTHY
+
+
+# --- shared rules -------------------------------------------------------------------------
+
+
+def being_deleted(obj: Obj, ctx: Context) -> Verdict | None:
+    """deletionTimestamp set: Terminating, then StuckInDeletion once finalizers outlive the
+    threshold (the classic 'Subscriptions hung on finalizers after an upgrade')."""
+    since = get_time(obj, "metadata", "deletionTimestamp")
+    if since is None:
+        return None
+    finalizers = [str(f) for f in get_list(obj, "metadata", "finalizers") or []]
+    age = ctx.age(since)
+    held = f" held by finalizers {', '.join(finalizers)}" if finalizers else ""
+    if finalizers and age > ctx.thresholds.stuck_deletion:
+        return Verdict(
+            Health.UNHEALTHY,
+            "StuckInDeletion",
+            f"deletion requested {duration(age.total_seconds())} ago,{held}",
+        )
+    return Verdict(Health.PROGRESSING, "Terminating", f"being deleted{held}")
+
+
+def _young(obj: Obj, ctx: Context) -> bool:
+    created = get_time(obj, "metadata", "creationTimestamp")
+    return created is not None and ctx.age(created) < ctx.thresholds.progress_deadline
+
+
+def _no_status(obj: Obj, ctx: Context, what: str) -> Verdict:
+    if _young(obj, ctx):
+        return Verdict(Health.PROGRESSING, "NotYetReconciled", f"no {what} reported yet")
+    return Verdict(
+        Health.UNKNOWN,
+        "NoStatus",
+        f"no {what} reported: its controller has never reconciled it",
+    )
+
+
+# --- Knative-style readiness --------------------------------------------------------------
+
+
+def generation_observed(obj: Obj, ctx: Context) -> Verdict | None:
+    generation = get_int(obj, "metadata", "generation")
+    observed = get_int(obj, "status", "observedGeneration")
+    if generation is None or (observed is not None and observed >= generation):
+        return None
+    if not conditions(obj) and observed is None:
+        return _no_status(obj, ctx, "status")
+    return Verdict(
+        Health.PROGRESSING,
+        "GenerationNotObserved",
+        f"generation {generation} not yet observed by its controller "
+        f"(observedGeneration {observed if observed is not None else 'unset'})",
+    )
+
+
+def _first_false_subcondition(obj: Obj) -> dict[str, Any] | None:
+    for cond in conditions(obj):
+        if cond.get("type") == "Ready" or cond.get("status") != "False":
+            continue
+        # Knative marks informational conditions with a severity; they never block Ready.
+        if cond.get("severity") in ("Warning", "Info"):
+            continue
+        return cond
+    return None
+
+
+def ready_condition(obj: Obj, ctx: Context) -> Verdict | None:
+    conds = conditions(obj)
+    if not conds:
+        return _no_status(obj, ctx, "conditions")
+    ready = next((c for c in conds if c.get("type") == "Ready"), None)
+    if ready is None:
+        return Verdict(Health.UNKNOWN, "ReadyConditionMissing", "status has no Ready condition")
+    status = ready.get("status")
+    if status == "True":
+        return None
+    sub = _first_false_subcondition(obj)
+    cause = sub if sub is not None else ready
+    reason = str(cause.get("reason") or f"{cause.get('type')}{cause.get('status')}")
+    message = str(cause.get("message") or ready.get("message") or "")
+    if sub is not None:
+        message = f"{sub.get('type')} is False: {message}".rstrip(": ")
+    if status == "False":
+        return Verdict(Health.UNHEALTHY, reason, message or "Ready is False")
+    # Ready=Unknown means "still working on it", which is not a failure, until it lasts.
+    since = get_time(ready, "lastTransitionTime")
+    if since is not None and ctx.age(since) > ctx.thresholds.progress_deadline:
+        return Verdict(
+            Health.DEGRADED,
+            reason,
+            f"Ready has been Unknown for {duration(ctx.age(since).total_seconds())}: {message}",
+        )
+    return Verdict(Health.PROGRESSING, reason, message or "Ready is Unknown")
+
+
+KNATIVE_RULES: tuple[Rule, ...] = (being_deleted, generation_observed, ready_condition)
+
+
+# --- Application (application-operator) ---------------------------------------------------
+
+_HELM_PENDING = {"PENDING_INSTALL", "PENDING_UPGRADE", "PENDING_ROLLBACK", "DELETING"}
+
+
+def installation_status(obj: Obj, ctx: Context) -> Verdict | None:
+    status = get_str(obj, "status", "installationStatus", "status")
+    description = get_str(obj, "status", "installationStatus", "description") or ""
+    if status == "DEPLOYED":
+        return None
+    if status is None:
+        return _no_status(obj, ctx, "installationStatus")
+    detail = f"installationStatus.status is {status}" + (f": {description}" if description else "")
+    if status in _HELM_PENDING:
+        return Verdict(Health.PROGRESSING, "InstallationPending", detail)
+    reason = "InstallationFailed" if status == "FAILED" else "NotDeployed"
+    return Verdict(Health.UNHEALTHY, reason, detail)
+
+
+APPLICATION_RULES: tuple[Rule, ...] = (being_deleted, installation_status)
+
+
+# --- ServiceInstance (service catalog) ----------------------------------------------------
+
+
+def _catalog_condition(obj: Obj, type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions(obj) if c.get("type") == type_), None)
+
+
+def provision_status(obj: Obj, ctx: Context) -> Verdict | None:
+    provision = get_str(obj, "status", "provisionStatus")
+    failed = _catalog_condition(obj, "Failed")
+    ready = _catalog_condition(obj, "Ready")
+    if provision == "Provisioned" and not (failed and failed.get("status") == "True"):
+        generation = get_int(obj, "metadata", "generation")
+        reconciled = get_int(obj, "status", "reconciledGeneration")
+        if generation is not None and reconciled is not None and reconciled < generation:
+            return Verdict(
+                Health.PROGRESSING,
+                "UpdateInProgress",
+                f"generation {generation} not yet reconciled (reconciledGeneration {reconciled})",
+            )
+        return None
+    if failed is not None and failed.get("status") == "True":
+        return Verdict(
+            Health.UNHEALTHY,
+            str(failed.get("reason") or "ProvisionFailed"),
+            str(failed.get("message") or "provisioning failed"),
+        )
+    if get_bool(obj, "status", "asyncOpInProgress") or get_str(
+        obj, "status", "currentOperation"
+    ) in ("Provision", "Update"):
+        return Verdict(Health.PROGRESSING, "Provisioning", "provisioning in progress")
+    if ready is not None and ready.get("status") == "False":
+        return Verdict(
+            Health.UNHEALTHY,
+            str(ready.get("reason") or "NotProvisioned"),
+            str(ready.get("message") or f"provisionStatus is {provision}"),
+        )
+    if provision is None and ready is None:
+        return _no_status(obj, ctx, "provisionStatus")
+    return Verdict(
+        Health.UNHEALTHY, "NotProvisioned", f"provisionStatus is {provision or 'unset'}"
+    )
+
+
+SERVICE_INSTANCE_RULES: tuple[Rule, ...] = (being_deleted, provision_status)
+
+
+# --- Deployment, judged with its Pods ------------------------------------------------------
+
+_POD_FAILURES = {
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "InvalidImageName",
+    "RunContainerError",
+}
+
+
+def _pod_problem(pods: Sequence[Obj]) -> tuple[str, str] | None:
+    """The first failing container among `pods`: (reason, message)."""
+    for pod in pods:
+        name = get_str(pod, "metadata", "name") or "<unnamed>"
+        if get_str(pod, "status", "phase") == "Failed":
+            return "PodFailed", f"pod {name} failed: {get_str(pod, 'status', 'message') or ''}"
+        for status in get_list(pod, "status", "containerStatuses") or []:
+            if not isinstance(status, dict):
+                raise Malformed(("status", "containerStatuses"), "a list of maps", status)
+            waiting = get_map(status, "state", "waiting")
+            reason = get_str(waiting, "reason") if waiting else None
+            if reason in _POD_FAILURES:
+                restarts = get_int(status, "restartCount") or 0
+                last = get_map(status, "lastState", "terminated") or {}
+                exit_info = (
+                    f", last exit code {last.get('exitCode')} ({last.get('reason', '')})".rstrip(
+                        " ()"
+                    )
+                    if last
+                    else ""
+                )
+                detail = get_str(waiting, "message") if waiting else None
+                return str(reason), (
+                    f"pod {name} container {status.get('name')}: {reason}, "
+                    f"{restarts} restarts{exit_info}" + (f": {detail}" if detail else "")
+                )
+    return None
+
+
+def deployment_available(obj: Obj, ctx: Context) -> Verdict | None:
+    replicas = get_int(obj, "spec", "replicas")
+    if replicas == 0:
+        return Verdict(Health.UNHEALTHY, "ScaledToZero", "spec.replicas is 0")
+    generation = get_int(obj, "metadata", "generation")
+    observed = get_int(obj, "status", "observedGeneration")
+    if get_map(obj, "status") is None:
+        return _no_status(obj, ctx, "status")
+    available = get_int(obj, "status", "availableReplicas") or 0
+    desired = replicas if replicas is not None else 1
+    problem = _pod_problem(ctx.pods)
+    progressing = next(
+        (c for c in conditions(obj) if c.get("type") == "Progressing"), None
+    )
+    if available < 1:
+        if problem:
+            return Verdict(Health.UNHEALTHY, problem[0], f"no replica available; {problem[1]}")
+        if generation is not None and observed is not None and observed < generation:
+            return Verdict(Health.PROGRESSING, "GenerationNotObserved", "rollout not yet observed")
+        avail = next((c for c in conditions(obj) if c.get("type") == "Available"), None)
+        message = str((avail or {}).get("message") or f"0 of {desired} replicas available")
+        if progressing is not None and progressing.get("reason") != "ProgressDeadlineExceeded" and (
+            _young(obj, ctx)
+        ):
+            return Verdict(Health.PROGRESSING, "RolloutInProgress", message)
+        return Verdict(Health.UNHEALTHY, "DeploymentUnavailable", message)
+    if progressing is not None and progressing.get("reason") == "ProgressDeadlineExceeded":
+        return Verdict(
+            Health.DEGRADED, "ProgressDeadlineExceeded", str(progressing.get("message") or "")
+        )
+    if available < desired:
+        detail = f"; {problem[1]}" if problem else ""
+        return Verdict(
+            Health.DEGRADED,
+            problem[0] if problem else "ReplicasUnavailable",
+            f"{available} of {desired} replicas available{detail}",
+        )
+    if problem:
+        return Verdict(Health.DEGRADED, problem[0], problem[1])
+    return None
+
+
+DEPLOYMENT_RULES: tuple[Rule, ...] = (being_deleted, deployment_available)
+
+
+# --- Service with ready endpoints (admission webhooks) ------------------------------------
+
+
+def _ready_addresses(endpoints: Obj) -> int:
+    count = 0
+    if get_str(endpoints, "kind") == "EndpointSlice":
+        for endpoint in get_list(endpoints, "endpoints") or []:
+            ready = get_bool(endpoint, "conditions", "ready")
+            if ready is None or ready:  # unset means ready (discovery.k8s.io/v1)
+                count += 1
+        return count
+    for subset in get_list(endpoints, "subsets") or []:
+        count += len(get_list(subset, "addresses") or [])
+    return count
+
+
+def service_endpoints(obj: Obj, ctx: Context) -> Verdict | None:
+    if not ctx.endpoints:
+        return Verdict(
+            Health.UNHEALTHY, "NoReadyEndpoints", "no Endpoints or EndpointSlices for the Service"
+        )
+    if sum(_ready_addresses(e) for e in ctx.endpoints) == 0:
+        return Verdict(
+            Health.UNHEALTHY,
+            "NoReadyEndpoints",
+            "the Service has no ready endpoint: calls to it (e.g. admission) fail",
+        )
+    return None
+
+
+SERVICE_RULES: tuple[Rule, ...] = (being_deleted, service_endpoints)
+
+
+# --- objects without status ---------------------------------------------------------------
+
+EXISTS_RULES: tuple[Rule, ...] = (being_deleted,)
+
+
+def namespace_label(obj: Obj, ctx: Context) -> Verdict | None:
+    assert ctx.label is not None, "the profile gives a label to every namespace-label link"
+    key, value = ctx.label
+    actual = labels(obj).get(key)
+    if actual == value:
+        return None
+    shown = "absent" if actual is None else f"{actual!r}"
+    return Verdict(
+        Health.UNHEALTHY,
+        "InjectionLabelMissing",
+        f"label {key}={value} is {shown}, so Knative creates no Broker in the namespace",
+    )
+
+
+NAMESPACE_LABEL_RULES: tuple[Rule, ...] = (being_deleted, namespace_label)
+
+
+RULES: dict[Judge, tuple[Rule, ...]] = {
+    Judge.KNATIVE: KNATIVE_RULES,
+    Judge.DEPLOYMENT: DEPLOYMENT_RULES,
+    Judge.APPLICATION: APPLICATION_RULES,
+    Judge.SERVICE_INSTANCE: SERVICE_INSTANCE_RULES,
+    Judge.EXISTS: EXISTS_RULES,
+    Judge.NAMESPACE_LABEL: NAMESPACE_LABEL_RULES,
+}
+
+
+def judge(kind: Judge, obj: Obj, ctx: Context) -> Verdict:
+    return decide(RULES[kind], obj, ctx)

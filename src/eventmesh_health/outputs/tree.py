@@ -1,0 +1,89 @@
+"""`explain`: one application's whole chain as a tree, each link with its status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from rich.tree import Tree
+
+from eventmesh_health.analysis.causes import Causes
+from eventmesh_health.analysis.graph import AppUnit, Node
+from eventmesh_health.model import ApplicationReport, Health
+from eventmesh_health.outputs.text import MARK, STYLE, health_text
+
+
+def _label(node: Node, causes: Causes) -> Text:
+    health = node.verdict.health
+    text = Text(f"{MARK[health]} ", style=STYLE[health])
+    text.append(str(node.ref), style="bold" if node.failing else "")
+    if node.obj is None:
+        text.append(" (missing)", style=STYLE[health])
+    text.append(f"  {node.verdict.reason}", style=STYLE[health])
+    if node.verdict.message:
+        text.append(f": {node.verdict.message}", style="" if node.failing else "dim")
+    roots = causes.roots(node)
+    if roots == [node]:
+        text.append("  ◀ ROOT CAUSE", style="bold red" if health is Health.UNHEALTHY else "bold")
+    elif roots:
+        text.append(f"  ← caused by {roots[0].ref}", style="dim")
+    text.append(f"   [{node.description}]", style="dim italic")
+    return text
+
+
+def _add(tree: Tree, nodes: list[Node], causes: Causes) -> None:
+    for node in nodes:
+        branch = tree.add(_label(node, causes))
+        _add(branch, node.children, causes)
+
+
+def explain_tree(unit: AppUnit, report: ApplicationReport, causes: Causes) -> Tree:
+    title = Text(f"Application {unit.name}  ")
+    title.append_text(health_text(report.health))
+    title.append(f"  state {report.state}/4", style="dim")
+    tree = Tree(title)
+    _add(tree, [n for n in unit.nodes if n.parent is None], causes)
+    for ns_unit, ns_report in zip(unit.namespaces, report.namespaces, strict=True):
+        label = Text(f"namespace {ns_unit.name}  ")
+        label.append_text(health_text(ns_report.health))
+        label.append(f"  state {ns_report.state}/4", style="dim")
+        branch = tree.add(label)
+        _add(branch, [n for n in ns_unit.nodes if n.parent is None], causes)
+    if not unit.namespaces:
+        tree.add(Text("not bound to any namespace (state 1)", style="dim"))
+    return tree
+
+
+def _node_json(node: Node, causes: Causes) -> dict[str, Any]:
+    roots = causes.roots(node)
+    return {
+        "link": node.role,
+        "description": node.description,
+        "object": node.ref.model_dump(mode="json", by_alias=True),
+        "exists": node.obj is not None,
+        "health": node.verdict.health.value,
+        "reason": node.verdict.reason,
+        "message": node.verdict.message,
+        "rootCause": roots == [node],
+        "causedBy": None if not roots or roots == [node]
+        else roots[0].ref.model_dump(mode="json", by_alias=True),
+        "children": [_node_json(c, causes) for c in node.children],
+    }
+
+
+def explain_json(unit: AppUnit, report: ApplicationReport, causes: Causes) -> dict[str, Any]:
+    return {
+        "name": unit.name,
+        "health": report.health.value,
+        "state": report.state,
+        "links": [_node_json(n, causes) for n in unit.nodes if n.parent is None],
+        "namespaces": [
+            {
+                "name": ns_unit.name,
+                "health": ns_report.health.value,
+                "state": ns_report.state,
+                "links": [_node_json(n, causes) for n in ns_unit.nodes if n.parent is None],
+            }
+            for ns_unit, ns_report in zip(unit.namespaces, report.namespaces, strict=True)
+        ],
+    }

@@ -1,0 +1,197 @@
+"""Topology profiles: which objects make up an event flow, how they are found, how judged.
+
+A profile is plain data. The analysis walks it; adding a link or changing how
+one is found is an edit here, not a new code path.
+
+Vocabulary:
+- a *link* is one role in an Application's chain ("the application Channel",
+  "the Broker of the namespace"), found by a *finder* and judged by a *judge*;
+- a link *needs* other links (or system components): when a needed link is
+  failing, this link's failure is a symptom of it, never a root cause;
+- a *component* is a system Deployment (controller, webhook, dispatcher).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A Kubernetes resource type the profile reads."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+    @property
+    def resource(self) -> str:
+        """`plural.group` as kubectl and RBAC name it (`deployments.apps`, `pods`)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def key(self) -> str:
+        """Version-independent identity used to index objects (`Deployment.apps`)."""
+        return kind_key(self.api_version, self.kind)
+
+
+def kind_key(api_version: str, kind: str) -> str:
+    group = api_version.rpartition("/")[0]
+    return f"{kind}.{group}" if group else kind
+
+
+class Scope(StrEnum):
+    APPLICATION = "application"
+    NAMESPACE = "namespace"
+
+
+class Judge(StrEnum):
+    """How an object's health is decided (see `analysis.rules`)."""
+
+    KNATIVE = "knative"  # Ready condition + observedGeneration
+    DEPLOYMENT = "deployment"  # availability, plus the state of its Pods
+    APPLICATION = "application"  # status.installationStatus.status == DEPLOYED
+    SERVICE_INSTANCE = "service-instance"  # status.provisionStatus == Provisioned
+    EXISTS = "exists"  # no status to judge: existing (and not stuck deleting) is healthy
+    NAMESPACE_LABEL = "namespace-label"  # the Namespace carries a given label
+
+
+# --- finders: how a link's objects are found. Strings may hold {app}, {namespace}, {service_id}.
+
+
+@dataclass(frozen=True, slots=True)
+class ByName:
+    namespace: str | None
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ByLabels:
+    namespace: str
+    labels: tuple[tuple[str, str], ...]
+    # The label holding the namespace the object serves, when it lives elsewhere.
+    namespace_label: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ByField:
+    """Objects whose field at `path` equals `value` (e.g. a Trigger's filter source)."""
+
+    namespace: str
+    path: tuple[str, ...]
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class ByOwner:
+    """Objects in the parent's namespace listing the parent among their ownerReferences."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackingChannel:
+    """The channel that implements a parent Channel: `status.channel`, else the
+    same name with the kind of `spec.channelTemplate`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ByServiceClass:
+    """ServiceInstances whose service class (any of `paths`) is one of the app's Events
+    service ids; the matching id becomes {service_id} for the links below it."""
+
+    namespace: str
+    paths: tuple[tuple[str, ...], ...] = (
+        ("spec", "serviceClassRef", "name"),
+        ("spec", "clusterServiceClassRef", "name"),
+        ("spec", "serviceClassName"),
+        ("spec", "clusterServiceClassName"),
+    )
+
+
+Finder = ByName | ByLabels | ByField | ByOwner | BackingChannel | ByServiceClass
+
+
+class Expect(StrEnum):
+    ALWAYS = "always"  # missing is a finding
+    OPTIONAL = "optional"  # zero or more; none is fine (e.g. Triggers)
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    id: str
+    kinds: tuple[Kind, ...]
+    scope: Scope
+    find: Finder
+    judge: Judge
+    description: str
+    # Links or components ("system:<id>") this link cannot work without.
+    needs: tuple[str, ...] = ()
+    # ALWAYS, OPTIONAL, or the id of a link that, once found, makes this one expected.
+    expected: Expect | str = Expect.ALWAYS
+    many: bool = False
+    # Found once per object of this link; {service_id} etc. come from it.
+    parent: str | None = None
+    # The seed's state level reached when this link exists and is healthy enough.
+    state: int | None = None
+    # ...and only once this field has this value (e.g. provisionStatus: Provisioned).
+    state_when: tuple[tuple[str, ...], str] | None = None
+    label: tuple[str, str] | None = None  # for Judge.NAMESPACE_LABEL
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A system Deployment the mesh depends on, judged by availability and its Pods."""
+
+    id: str
+    namespace: str
+    deployment: str
+    role: str
+    # A Service that must have ready endpoints (admission webhooks).
+    service: str | None = None
+    # Only required when objects of one of these kinds exist (e.g. a channel's controller).
+    required_if_any: tuple[Kind, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceSource:
+    """A link whose objects, wherever they are, bind the app to a namespace."""
+
+    link: str
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    application: Kind
+    kinds: tuple[Kind, ...]
+    links: tuple[Link, ...]
+    components: tuple[Component, ...]
+    namespace_sources: tuple[NamespaceSource, ...]
+    # Webhook configurations pointing at Services in these namespaces are checked.
+    system_namespaces: tuple[str, ...]
+    # spec.services[] entries of this type mark an Events service.
+    events_entry_type: str = "Events"
+    webhook_kinds: tuple[Kind, ...] = field(default_factory=tuple)
+    # Kinds a cluster may lack without harm (alternatives, like two channel implementations).
+    optional_kinds: tuple[Kind, ...] = field(default_factory=tuple)
+
+    def link(self, link_id: str) -> Link:
+        for link in self.links:
+            if link.id == link_id:
+                return link
+        raise KeyError(link_id)
+
+    def kind(self, key: str) -> Kind | None:
+        for kind in self.kinds:
+            if kind.key == key:
+                return kind
+        return None

@@ -1,0 +1,221 @@
+"""Kyma 1.x (1.11-1.20, Knative Eventing v0.12): the seed's topology.
+
+Every link mirrors a row of the wiring table: one per resource in an
+Application's event flow. Links are listed in the order they are resolved: a
+`parent` or an `expected` gate always comes before the links it governs;
+`needs` may point anywhere (it is read after everything is resolved).
+"""
+
+from __future__ import annotations
+
+from eventmesh_health.topology import (
+    BackingChannel,
+    ByField,
+    ByLabels,
+    ByName,
+    ByOwner,
+    ByServiceClass,
+    Component,
+    Expect,
+    Judge,
+    Kind,
+    Link,
+    NamespaceSource,
+    Profile,
+    Scope,
+)
+from eventmesh_health.topology.core import (
+    CORE_KINDS,
+    DEPLOYMENT,
+    MUTATING_WEBHOOK,
+    NAMESPACE,
+    VALIDATING_WEBHOOK,
+)
+
+INTEGRATION_NS = "kyma-integration"
+
+# --- kinds --------------------------------------------------------------------------------
+APPLICATION = Kind(
+    "applicationconnector.kyma-project.io/v1alpha1", "Application", "applications", False
+)
+APPLICATION_MAPPING = Kind(
+    "applicationconnector.kyma-project.io/v1alpha1", "ApplicationMapping", "applicationmappings"
+)
+EVENT_ACTIVATION = Kind(
+    "applicationconnector.kyma-project.io/v1alpha1", "EventActivation", "eventactivations"
+)
+HTTP_SOURCE = Kind("sources.kyma-project.io/v1alpha1", "HTTPSource", "httpsources")
+KNATIVE_SERVICE = Kind("serving.knative.dev/v1", "Service", "services")
+CHANNEL = Kind("messaging.knative.dev/v1alpha1", "Channel", "channels")
+KAFKA_CHANNEL = Kind("knativekafka.kyma-project.io/v1alpha1", "KafkaChannel", "kafkachannels")
+NATSS_CHANNEL = Kind("messaging.knative.dev/v1alpha1", "NatssChannel", "natsschannels")
+SUBSCRIPTION = Kind("messaging.knative.dev/v1alpha1", "Subscription", "subscriptions")
+BROKER = Kind("eventing.knative.dev/v1alpha1", "Broker", "brokers")
+TRIGGER = Kind("eventing.knative.dev/v1alpha1", "Trigger", "triggers")
+SERVICE_INSTANCE = Kind("servicecatalog.k8s.io/v1beta1", "ServiceInstance", "serviceinstances")
+BACKING_CHANNELS = (KAFKA_CHANNEL, NATSS_CHANNEL)
+
+# Knative objects are reconciled by eventing-controller and admitted by eventing-webhook:
+# when either is down, new or changed objects cannot become ready.
+KNATIVE_EVENTING = ("system:eventing-controller", "system:eventing-webhook")
+
+LINKS: tuple[Link, ...] = (
+    # --- per Application (kyma-integration) ------------------------------------------------
+    Link(
+        "application", (APPLICATION,), Scope.APPLICATION, ByName(None, "{app}"),
+        Judge.APPLICATION, "the Application; application-operator installs its Helm release",
+        needs=("system:application-operator",), state=1,
+    ),
+    Link(
+        "channel", (CHANNEL,), Scope.APPLICATION,
+        ByName(INTEGRATION_NS, "{app}"),
+        Judge.KNATIVE, "the application Channel the HTTP adapter posts events to",
+        needs=("backing-channel", *KNATIVE_EVENTING),
+    ),
+    Link(
+        "backing-channel", BACKING_CHANNELS, Scope.APPLICATION, BackingChannel(),
+        Judge.KNATIVE, "the KafkaChannel or NatssChannel that implements the application Channel",
+        needs=("system:kafka-channel-controller", "system:natss-channel-controller"),
+        parent="channel",
+    ),
+    Link(
+        "adapter", (KNATIVE_SERVICE,), Scope.APPLICATION, ByName(INTEGRATION_NS, "{app}"),
+        Judge.KNATIVE, "the HTTP adapter (Knative Service) that turns events into CloudEvents",
+    ),
+    Link(
+        "http-source", (HTTP_SOURCE,), Scope.APPLICATION, ByName(INTEGRATION_NS, "{app}"),
+        Judge.KNATIVE, "the HTTPSource that deploys the adapter and sinks it into the Channel",
+        needs=("application", "channel", "adapter", "system:event-sources-controller"),
+    ),
+    Link(
+        "event-service", (DEPLOYMENT,), Scope.APPLICATION,
+        ByName(INTEGRATION_NS, "{app}-event-service"),
+        Judge.DEPLOYMENT, "the event-service Deployment that accepts the application's events",
+        needs=("application",),
+    ),
+    # --- per bound namespace ----------------------------------------------------------------
+    Link(
+        "mapping", (APPLICATION_MAPPING,), Scope.NAMESPACE, ByName("{namespace}", "{app}"),
+        Judge.EXISTS, "the ApplicationMapping that binds the application to the namespace",
+        needs=("application",), state=2,
+    ),
+    Link(
+        "service-instance", (SERVICE_INSTANCE,), Scope.NAMESPACE, ByServiceClass("{namespace}"),
+        Judge.SERVICE_INSTANCE, "the ServiceInstance that enables the application's events here",
+        needs=("mapping", "system:application-broker"), expected=Expect.OPTIONAL, many=True,
+        state=3, state_when=(("status", "provisionStatus"), "Provisioned"),
+    ),
+    Link(
+        "event-activation", (EVENT_ACTIVATION,), Scope.NAMESPACE,
+        ByName("{namespace}", "{service_id}"),
+        Judge.EXISTS, "the EventActivation application-broker creates for the Events service",
+        needs=("service-instance",), parent="service-instance",
+    ),
+    Link(
+        "injection-label", (NAMESPACE,), Scope.NAMESPACE, ByName(None, "{namespace}"),
+        Judge.NAMESPACE_LABEL, "the namespace label that makes Knative create the Broker",
+        needs=("service-instance",), expected="service-instance",
+        label=("knative-eventing-injection", "enabled"),
+    ),
+    Link(
+        "broker", (BROKER,), Scope.NAMESPACE, ByName("{namespace}", "default"),
+        Judge.KNATIVE, "the namespace's default Broker",
+        needs=("injection-label", "broker-ingress", "broker-filter", "trigger-channel",
+               *KNATIVE_EVENTING),
+        expected="service-instance",
+    ),
+    Link(
+        "broker-ingress", (DEPLOYMENT,), Scope.NAMESPACE,
+        ByName("{namespace}", "default-broker-ingress"),
+        Judge.DEPLOYMENT, "the Broker's ingress Deployment", expected="broker",
+    ),
+    Link(
+        "broker-filter", (DEPLOYMENT,), Scope.NAMESPACE,
+        ByName("{namespace}", "default-broker-filter"),
+        Judge.DEPLOYMENT, "the Broker's filter Deployment that delivers to Triggers",
+        expected="broker",
+    ),
+    Link(
+        "trigger-channel", (CHANNEL,), Scope.NAMESPACE,
+        ByName("{namespace}", "default-kne-trigger"),
+        Judge.KNATIVE, "the Broker's trigger Channel", expected="broker",
+        needs=("trigger-channel-backing", *KNATIVE_EVENTING),
+    ),
+    Link(
+        "trigger-channel-backing", BACKING_CHANNELS, Scope.NAMESPACE, BackingChannel(),
+        Judge.KNATIVE, "the channel that implements the Broker's trigger Channel",
+        needs=("system:kafka-channel-controller", "system:natss-channel-controller"),
+        parent="trigger-channel",
+    ),
+    Link(
+        "brokersub", (SUBSCRIPTION,), Scope.NAMESPACE,
+        ByLabels(
+            INTEGRATION_NS,
+            (("broker-namespace", "{namespace}"), ("application-name", "{app}")),
+            namespace_label="broker-namespace",
+        ),
+        Judge.KNATIVE, "the brokersub- Subscription from the application Channel to the Broker",
+        needs=("service-instance", "channel", "broker", *KNATIVE_EVENTING),
+        expected="service-instance", many=True,
+    ),
+    Link(
+        "trigger", (TRIGGER,), Scope.NAMESPACE,
+        ByField("{namespace}", ("spec", "filter", "attributes", "source"), "{app}"),
+        Judge.KNATIVE, "a Trigger that subscribes to the application's events",
+        needs=("broker", "trigger-subscription", *KNATIVE_EVENTING),
+        expected=Expect.OPTIONAL, many=True, state=4,
+    ),
+    Link(
+        "trigger-subscription", (SUBSCRIPTION,), Scope.NAMESPACE, ByOwner(),
+        Judge.KNATIVE, "the Subscription a Trigger owns on the trigger Channel",
+        needs=("trigger-channel", *KNATIVE_EVENTING),
+        expected=Expect.OPTIONAL, many=True, parent="trigger",
+    ),
+)
+
+COMPONENTS: tuple[Component, ...] = (
+    Component("application-operator", INTEGRATION_NS, "application-operator", "controller"),
+    Component("application-broker", INTEGRATION_NS, "application-broker", "controller"),
+    Component(
+        "event-sources-controller", "kyma-system", "event-sources-controller-manager", "controller"
+    ),
+    Component("eventing-controller", "knative-eventing", "eventing-controller", "controller"),
+    Component(
+        "eventing-webhook", "knative-eventing", "eventing-webhook", "webhook",
+        service="eventing-webhook",
+    ),
+    Component(
+        "kafka-channel-controller", "knative-eventing", "knative-eventing-kafka-channel-controller",
+        "controller", required_if_any=(KAFKA_CHANNEL,),
+    ),
+    Component(
+        "natss-channel-controller", "knative-eventing", "natss-ch-controller", "controller",
+        required_if_any=(NATSS_CHANNEL,),
+    ),
+    Component(
+        "natss-channel-dispatcher", "knative-eventing", "natss-ch-dispatcher", "dispatcher",
+        required_if_any=(NATSS_CHANNEL,),
+    ),
+)
+
+PROFILE = Profile(
+    name="kyma-1.x",
+    application=APPLICATION,
+    kinds=(
+        APPLICATION, APPLICATION_MAPPING, EVENT_ACTIVATION, HTTP_SOURCE, KNATIVE_SERVICE, CHANNEL,
+        KAFKA_CHANNEL, NATSS_CHANNEL, SUBSCRIPTION, BROKER, TRIGGER, SERVICE_INSTANCE,
+        *CORE_KINDS,
+    ),
+    links=LINKS,
+    components=COMPONENTS,
+    namespace_sources=(
+        NamespaceSource("mapping"),
+        NamespaceSource("service-instance"),
+        NamespaceSource("brokersub"),
+        NamespaceSource("trigger"),
+    ),
+    system_namespaces=("knative-eventing", INTEGRATION_NS, "kyma-system"),
+    webhook_kinds=(VALIDATING_WEBHOOK, MUTATING_WEBHOOK),
+    # Either channel implementation will do: a cluster without one of them is fine.
+    optional_kinds=BACKING_CHANNELS,
+)
