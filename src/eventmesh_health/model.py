@@ -64,6 +64,8 @@ class ObjectRef(BaseModel):
     name: str | None = None
 
     def __str__(self) -> str:
+        if not self.kind:
+            return "<unidentified object>"
         where = f"{self.namespace}/" if self.namespace else ""
         return f"{self.kind} {where}{self.name if self.name is not None else '<unnamed>'}"
 
