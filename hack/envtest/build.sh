@@ -8,6 +8,9 @@
 #                            ${XDG_CACHE_HOME:-$HOME/.cache}/eventmesh-health/envtest/k8s-<v>-etcd-<v>/
 set -euo pipefail
 
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 log() { printf 'envtest: %s\n' "$*" >&2; }
 die() { printf 'envtest: ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -51,7 +54,7 @@ build() {
     return 0
   fi
   local tmp="$out/.$name.tmp.$$"
-  trap 'rm -f "$tmp"' EXIT
+  trap "rm -f '$tmp'" EXIT  # an interrupted build leaves no half binary
   log "$name: building from $dir (a cold build takes several minutes)..."
   local start=$SECONDS
   (cd "$dir" && CGO_ENABLED=0 go build -mod=readonly -buildvcs=false -trimpath -p "${ENVTEST_BUILD_JOBS:-2}" \

@@ -46,6 +46,8 @@ READY_POLL_INTERVAL = 0.1
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 10.0
 LOG_TAIL_LINES = 30
+TMP_PREFIX = "eventmesh-envtest-"
+OWNER_FILE = "owner.pid"
 
 # One audit event per request (stage ResponseComplete; long-running requests such as watches
 # also log ResponseStarted), at level Metadata: verb, user, resource, response code, no bodies.
@@ -274,6 +276,27 @@ def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
         proc.wait(timeout=timeout)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_tmp_dirs() -> None:
+    """Remove temp dirs left by control planes whose Python process was SIGKILLed."""
+    for path in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):
+        try:
+            pid = int((path / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         with path.open("r", errors="replace") as f:
@@ -362,7 +385,9 @@ class ControlPlane:
         _install_exit_hooks()
         if self.binaries_dir is None:
             self.binaries_dir = find_binaries()
-        self.tmp_dir = Path(tempfile.mkdtemp(prefix="eventmesh-envtest-"))
+        _remove_stale_tmp_dirs()
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+        (self.tmp_dir / OWNER_FILE).write_text(str(os.getpid()))
         _RUNNING.add(self)
         try:
             self._write_certs()
