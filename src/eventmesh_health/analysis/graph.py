@@ -112,8 +112,12 @@ class _Builder:
         self.verdicts: dict[tuple[int, Judge], Verdict] = {}
         self.components: dict[str, Node] = {}
         self.system: list[Node] = []
-        self.app_links = [link for link in profile.links if link.scope is Scope.APPLICATION]
-        self.ns_links = [link for link in profile.links if link.scope is Scope.NAMESPACE]
+        self.app_links = _resolution_order(
+            [link for link in profile.links if link.scope is Scope.APPLICATION]
+        )
+        self.ns_links = _resolution_order(
+            [link for link in profile.links if link.scope is Scope.NAMESPACE]
+        )
         self.states = {
             link.id: (link.state, link.state_when) for link in profile.links
             if link.state is not None
@@ -525,6 +529,25 @@ class _Builder:
                     node.needs.extend(own_children)
                     continue
                 node.needs.extend(by_link.get(need) or app_by_link.get(need, []))
+
+
+def _resolution_order(links: list[Link]) -> list[Link]:
+    """Profile order, except that a link's parent and its `expected` gate come first."""
+    ids = {link.id for link in links}
+    ordered: list[Link] = []
+    placed: set[str] = set()
+    pending = list(links)
+    while pending:
+        for link in pending:
+            before = {link.parent, link.expected if isinstance(link.expected, str) else None}
+            if all(dep is None or dep in placed or dep not in ids for dep in before):
+                ordered.append(link)
+                placed.add(link.id)
+                pending.remove(link)
+                break
+        else:
+            raise ValueError(f"cycle among parents/gates of links {[x.id for x in pending]}")
+    return ordered
 
 
 def _events_service_ids(app: Obj, entry_type: str) -> list[str]:

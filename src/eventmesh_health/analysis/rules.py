@@ -268,13 +268,11 @@ def _pod_problem(pods: Sequence[Obj]) -> tuple[str, str] | None:
             if reason in _POD_FAILURES:
                 restarts = get_int(status, "restartCount") or 0
                 last = get_map(status, "lastState", "terminated") or {}
-                exit_info = (
-                    f", last exit code {last.get('exitCode')} ({last.get('reason', '')})".rstrip(
-                        " ()"
-                    )
-                    if last
-                    else ""
-                )
+                exit_info = ""
+                if last:
+                    exit_info = f", last exit code {last.get('exitCode')}"
+                    if last.get("reason"):
+                        exit_info += f" ({last['reason']})"
                 detail = get_str(waiting, "message") if waiting else None
                 return str(reason), (
                     f"pod {name} container {status.get('name')}: {reason}, "

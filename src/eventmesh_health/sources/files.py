@@ -18,6 +18,7 @@ import yaml
 from eventmesh_health.snapshot import (
     SNAPSHOT_INFO_API_VERSION,
     SNAPSHOT_INFO_KIND,
+    InputProblem,
     Snapshot,
 )
 from eventmesh_health.topology import Profile
@@ -94,20 +95,26 @@ def _is_info(obj: Any) -> bool:
 def load_snapshot(path: Path, profile: Profile, now: datetime) -> Snapshot:
     """All objects under `path`. `now` is used when the dump does not say when it was taken."""
     objects: list[Any] = []
+    problems: list[InputProblem] = []
     info: dict[str, Any] | None = None
     info_file: Path | None = None
     for file in dump_files(path):
-        for document in _documents(file):
+        for number, document in enumerate(_documents(file), start=1):
             for item in _items(document):
                 if _is_info(item):
                     info, info_file = item, file
-                else:
+                elif isinstance(item, dict):
                     objects.append(item)
+                else:
+                    problems.append(InputProblem(
+                        f"{file} (document {number})",
+                        f"a {type(item).__name__} where an object was expected: {item!r:.60}",
+                    ))
     taken_at = now
     collected: frozenset[str] | None = None
     if info is not None:
         taken_at, collected = _read_info(info, info_file, profile)
-    return Snapshot(objects=objects, taken_at=taken_at, collected=collected)
+    return Snapshot(objects=objects, taken_at=taken_at, collected=collected, problems=problems)
 
 
 def _read_info(

@@ -1,9 +1,8 @@
 """Kyma 1.x (1.11-1.20, Knative Eventing v0.12): the seed's topology.
 
 Every link mirrors a row of the wiring table: one per resource in an
-Application's event flow. Links are listed in the order they are resolved: a
-`parent` or an `expected` gate always comes before the links it governs;
-`needs` may point anywhere (it is read after everything is resolved).
+Application's event flow, listed upstream first. The analysis resolves a link's
+`parent` and `expected` gate before the link itself.
 """
 
 from __future__ import annotations
@@ -102,7 +101,8 @@ LINKS: tuple[Link, ...] = (
     Link(
         "service-instance", (SERVICE_INSTANCE,), Scope.NAMESPACE, ByServiceClass("{namespace}"),
         Judge.SERVICE_INSTANCE, "the ServiceInstance that enables the application's events here",
-        needs=("mapping", "system:application-broker"), expected=Expect.OPTIONAL, many=True,
+        # A Trigger for the app's events without them being enabled here never gets any.
+        needs=("mapping", "system:application-broker"), expected="trigger", many=True,
         state=3, state_when=(("status", "provisionStatus"), "Provisioned"),
     ),
     Link(

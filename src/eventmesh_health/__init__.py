@@ -1,0 +1,1 @@
+"""eventmesh-health: health of a Kyma / Knative event mesh — what is broken, and where."""

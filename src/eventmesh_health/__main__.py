@@ -1,0 +1,3 @@
+from eventmesh_health.cli import main
+
+main()

@@ -1,0 +1,261 @@
+"""Table tests for every judgement rule (kstatus style): object in, (health, reason) out."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from eventmesh_health.analysis.rules import (
+    APPLICATION_RULES,
+    DEPLOYMENT_RULES,
+    KNATIVE_RULES,
+    NAMESPACE_LABEL_RULES,
+    SERVICE_INSTANCE_RULES,
+    SERVICE_RULES,
+    Context,
+    Rule,
+    Thresholds,
+    decide,
+)
+from eventmesh_health.model import Health
+
+NOW = datetime.fromisoformat("2020-06-15T10:00:00+00:00")
+OLD = "2020-06-01T08:00:00Z"
+
+
+def obj(generation: int = 1, created: str = OLD, **fields: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "x", "namespace": "ns", "generation": generation,
+                            "creationTimestamp": created}
+    meta.update(fields.pop("meta", {}))
+    return {"apiVersion": "v1", "kind": "Thing", "metadata": meta, **fields}
+
+
+def conds(*items: tuple[str, str] | tuple[str, str, str], observed: int = 1,
+          at: str = "2020-06-15T09:59:00Z") -> dict[str, Any]:
+    return {
+        "observedGeneration": observed,
+        "conditions": [
+            {"type": t[0], "status": t[1], "lastTransitionTime": at,
+             **({"reason": t[2], "message": f"{t[2]} happened"} if len(t) > 2 else {})}
+            for t in items
+        ],
+    }
+
+
+def run(rules: tuple[Rule, ...], o: dict[str, Any], **ctx: Any) -> tuple[Health, str]:
+    verdict = decide(rules, o, Context(now=NOW, **ctx))
+    return verdict.health, verdict.reason
+
+
+KNATIVE = [
+    ("ready", obj(status=conds(("Ready", "True"))), Health.HEALTHY, "Ready"),
+    ("ready-false-names-subcondition",
+     obj(status=conds(("TopicReady", "False", "TopicFailed"), ("Ready", "False", "NotReady"))),
+     Health.UNHEALTHY, "TopicFailed"),
+    ("ready-false-without-subcondition", obj(status=conds(("Ready", "False", "Boom"))),
+     Health.UNHEALTHY, "Boom"),
+    ("ready-false-no-reason", obj(status=conds(("Ready", "False"))), Health.UNHEALTHY,
+     "ReadyFalse"),
+    ("informational-false-subcondition-ignored",
+     obj(status={"observedGeneration": 1, "conditions": [
+         {"type": "Addressable", "status": "False", "severity": "Info", "reason": "X"},
+         {"type": "Ready", "status": "False", "reason": "Real"}]}),
+     Health.UNHEALTHY, "Real"),
+    ("ready-unknown-recent", obj(status=conds(("Ready", "Unknown", "Working"))),
+     Health.PROGRESSING, "Working"),
+    ("ready-unknown-stale",
+     obj(status=conds(("Ready", "Unknown", "Working"), at="2020-06-15T08:00:00Z")),
+     Health.DEGRADED, "Working"),
+    ("generation-not-observed", obj(generation=2, status=conds(("Ready", "True"))),
+     Health.PROGRESSING, "GenerationNotObserved"),
+    ("observed-generation-unset", obj(generation=2, status={"conditions": [
+        {"type": "Ready", "status": "True"}]}), Health.PROGRESSING, "GenerationNotObserved"),
+    ("no-status-old", obj(), Health.UNKNOWN, "NoStatus"),
+    ("no-status-young", obj(created="2020-06-15T09:59:00Z"), Health.PROGRESSING,
+     "NotYetReconciled"),
+    ("no-ready-condition", obj(status=conds(("Addressable", "True"))), Health.UNKNOWN,
+     "ReadyConditionMissing"),
+    ("stuck-in-deletion", obj(meta={"deletionTimestamp": "2020-06-15T09:00:00Z",
+                                    "finalizers": ["f"]}, status=conds(("Ready", "True"))),
+     Health.UNHEALTHY, "StuckInDeletion"),
+    ("terminating", obj(meta={"deletionTimestamp": "2020-06-15T09:59:00Z",
+                              "finalizers": ["f"]}), Health.PROGRESSING, "Terminating"),
+    ("deleting-without-finalizers-is-never-stuck",
+     obj(meta={"deletionTimestamp": "2020-06-14T09:00:00Z"}), Health.PROGRESSING, "Terminating"),
+    ("conditions-not-a-list", obj(status={"observedGeneration": 1, "conditions": {"a": 1}}),
+     Health.UNKNOWN, "MalformedObject"),
+    ("condition-not-a-map", obj(status={"observedGeneration": 1, "conditions": ["Ready"]}),
+     Health.UNKNOWN, "MalformedObject"),
+    ("generation-not-an-int", obj(generation="one", status=conds(("Ready", "True"))),  # type: ignore[arg-type]
+     Health.UNKNOWN, "MalformedObject"),
+    ("bad-timestamp", obj(meta={"deletionTimestamp": "yesterday"}), Health.UNKNOWN,
+     "MalformedObject"),
+]
+
+
+@pytest.mark.parametrize(("case", "o", "health", "reason"), KNATIVE, ids=[c[0] for c in KNATIVE])
+def test_knative_readiness(case: str, o: dict[str, Any], health: Health, reason: str) -> None:
+    assert run(KNATIVE_RULES, o) == (health, reason)
+
+
+def test_stuck_threshold_is_configurable() -> None:
+    o = obj(meta={"deletionTimestamp": "2020-06-15T09:59:00Z", "finalizers": ["f"]})
+    assert run(KNATIVE_RULES, o, thresholds=Thresholds(stuck_deletion=timedelta(0)))[1] == (
+        "StuckInDeletion"
+    )
+
+
+def app(status: str | None, description: str = "") -> dict[str, Any]:
+    return obj(status={"installationStatus": {"status": status, "description": description}}
+               if status else None)
+
+
+APPLICATION = [
+    ("deployed", app("DEPLOYED"), Health.HEALTHY, "Ready"),
+    ("failed", app("FAILED", "helm error"), Health.UNHEALTHY, "InstallationFailed"),
+    ("skipped", app("INSTALLATION_SKIPPED"), Health.UNHEALTHY, "NotDeployed"),
+    ("pending", app("PENDING_INSTALL"), Health.PROGRESSING, "InstallationPending"),
+    ("no-status", app(None), Health.UNKNOWN, "NoStatus"),
+    ("status-not-a-string", obj(status={"installationStatus": {"status": 3}}), Health.UNKNOWN,
+     "MalformedObject"),
+]
+
+
+@pytest.mark.parametrize(("case", "o", "health", "reason"), APPLICATION,
+                         ids=[c[0] for c in APPLICATION])
+def test_application(case: str, o: dict[str, Any], health: Health, reason: str) -> None:
+    assert run(APPLICATION_RULES, o) == (health, reason)
+
+
+def test_failed_application_message_names_status_and_description() -> None:
+    verdict = decide(APPLICATION_RULES, app("FAILED", "timed out"), Context(now=NOW))
+    assert verdict.message == "installationStatus.status is FAILED: timed out"
+
+
+def si(**status: Any) -> dict[str, Any]:
+    return obj(status=status)
+
+
+SERVICE_INSTANCE = [
+    ("provisioned", si(provisionStatus="Provisioned", reconciledGeneration=1), Health.HEALTHY,
+     "Ready"),
+    ("provisioned-update-pending", obj(generation=2, status={
+        "provisionStatus": "Provisioned", "reconciledGeneration": 1}), Health.PROGRESSING,
+     "UpdateInProgress"),
+    ("failed-condition", si(provisionStatus="NotProvisioned", conditions=[
+        {"type": "Ready", "status": "False", "reason": "ProvisionCallFailed"},
+        {"type": "Failed", "status": "True", "reason": "ProvisionCallFailed"}]),
+     Health.UNHEALTHY, "ProvisionCallFailed"),
+    ("async-in-progress", si(asyncOpInProgress=True, conditions=[
+        {"type": "Ready", "status": "False", "reason": "Provisioning"}]), Health.PROGRESSING,
+     "Provisioning"),
+    ("ready-false", si(provisionStatus="NotProvisioned", conditions=[
+        {"type": "Ready", "status": "False", "reason": "ErrorNonexistentServiceClass"}]),
+     Health.UNHEALTHY, "ErrorNonexistentServiceClass"),
+    ("not-provisioned", si(provisionStatus="NotProvisioned"), Health.UNHEALTHY,
+     "NotProvisioned"),
+    ("no-status", obj(), Health.UNKNOWN, "NoStatus"),
+]
+
+
+@pytest.mark.parametrize(("case", "o", "health", "reason"), SERVICE_INSTANCE,
+                         ids=[c[0] for c in SERVICE_INSTANCE])
+def test_service_instance(case: str, o: dict[str, Any], health: Health, reason: str) -> None:
+    assert run(SERVICE_INSTANCE_RULES, o) == (health, reason)
+
+
+def dep(replicas: int = 1, available: Any = 1, **status: Any) -> dict[str, Any]:
+    return obj(spec={"replicas": replicas},
+               status={"observedGeneration": 1, "availableReplicas": available, **status})
+
+
+def pod(reason: str | None = None, phase: str = "Running") -> dict[str, Any]:
+    state = {"waiting": {"reason": reason}} if reason else {"running": {}}
+    return obj(status={"phase": phase, "containerStatuses": [
+        {"name": "c", "restartCount": 3, "state": state,
+         "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]})
+
+
+DEPLOYMENTS = [
+    ("available", dep(), [pod()], Health.HEALTHY, "Ready"),
+    ("scaled-to-zero", dep(replicas=0, available=0), [], Health.UNHEALTHY, "ScaledToZero"),
+    ("unavailable", dep(available=0), [], Health.UNHEALTHY, "DeploymentUnavailable"),
+    ("crashloop", dep(available=0), [pod("CrashLoopBackOff")], Health.UNHEALTHY,
+     "CrashLoopBackOff"),
+    ("image-pull", dep(available=0), [pod("ImagePullBackOff")], Health.UNHEALTHY,
+     "ImagePullBackOff"),
+    ("pod-failed", dep(available=0), [pod(phase="Failed")], Health.UNHEALTHY, "PodFailed"),
+    ("partially-available", dep(replicas=3, available=2), [pod()], Health.DEGRADED,
+     "ReplicasUnavailable"),
+    ("available-but-one-pod-crashing", dep(replicas=2, available=2),
+     [pod(), pod("CrashLoopBackOff")], Health.DEGRADED, "CrashLoopBackOff"),
+    ("progress-deadline-exceeded", dep(conditions=[
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]), [],
+     Health.DEGRADED, "ProgressDeadlineExceeded"),
+    ("rollout-not-observed", obj(generation=2, spec={"replicas": 1}, status={
+        "observedGeneration": 1, "availableReplicas": 0}), [], Health.PROGRESSING,
+     "GenerationNotObserved"),
+    ("young-rollout", obj(created="2020-06-15T09:59:00Z", spec={"replicas": 1}, status={
+        "observedGeneration": 1, "availableReplicas": 0, "conditions": [
+            {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]}), [],
+     Health.PROGRESSING, "RolloutInProgress"),
+    ("no-status", obj(spec={"replicas": 1}), [], Health.UNKNOWN, "NoStatus"),
+    ("replicas-not-an-int", dep(available="two"), [], Health.UNKNOWN, "MalformedObject"),
+]
+
+
+@pytest.mark.parametrize(("case", "o", "pods", "health", "reason"), DEPLOYMENTS,
+                         ids=[c[0] for c in DEPLOYMENTS])
+def test_deployment(case: str, o: dict[str, Any], pods: list[dict[str, Any]], health: Health,
+                    reason: str) -> None:
+    assert run(DEPLOYMENT_RULES, o, pods=pods) == (health, reason)
+
+
+def test_crashloop_message_names_pod_container_restarts_and_exit() -> None:
+    verdict = decide(DEPLOYMENT_RULES, dep(available=0),
+                     Context(now=NOW, pods=[pod("CrashLoopBackOff")]))
+    assert "pod x container c: CrashLoopBackOff, 3 restarts, last exit code 1 (Error)" in (
+        verdict.message
+    )
+
+
+ENDPOINTS = [
+    ("ready-address", [{"kind": "Endpoints", "subsets": [{"addresses": [{"ip": "1.2.3.4"}]}]}],
+     Health.HEALTHY, "Ready"),
+    ("only-not-ready", [{"kind": "Endpoints",
+                         "subsets": [{"notReadyAddresses": [{"ip": "1.2.3.4"}]}]}],
+     Health.UNHEALTHY, "NoReadyEndpoints"),
+    ("slice-ready", [{"kind": "EndpointSlice", "endpoints": [{"conditions": {"ready": True}}]}],
+     Health.HEALTHY, "Ready"),
+    ("slice-not-ready", [{"kind": "EndpointSlice",
+                          "endpoints": [{"conditions": {"ready": False}}]}],
+     Health.UNHEALTHY, "NoReadyEndpoints"),
+    ("none", [], Health.UNHEALTHY, "NoReadyEndpoints"),
+]
+
+
+@pytest.mark.parametrize(("case", "endpoints", "health", "reason"), ENDPOINTS,
+                         ids=[c[0] for c in ENDPOINTS])
+def test_service_endpoints(case: str, endpoints: list[dict[str, Any]], health: Health,
+                           reason: str) -> None:
+    assert run(SERVICE_RULES, obj(), endpoints=endpoints) == (health, reason)
+
+
+LABEL = ("knative-eventing-injection", "enabled")
+
+
+@pytest.mark.parametrize(
+    ("labels", "health", "reason"),
+    [
+        ({"knative-eventing-injection": "enabled"}, Health.HEALTHY, "Ready"),
+        ({"knative-eventing-injection": "disabled"}, Health.UNHEALTHY, "InjectionLabelMissing"),
+        ({}, Health.UNHEALTHY, "InjectionLabelMissing"),
+        ("not-a-map", Health.UNKNOWN, "MalformedObject"),
+    ],
+)
+def test_namespace_label(labels: Any, health: Health, reason: str) -> None:
+    assert run(NAMESPACE_LABEL_RULES, obj(meta={"labels": labels}), label=LABEL) == (
+        health, reason
+    )
