@@ -1,7 +1,8 @@
-"""`eventmesh-health`: check, explain.
+"""`eventmesh-health`: check, explain, dump.
 
-Exit codes: 0 the mesh is healthy, 1 it is not, 2 usage or input error,
-3 the cluster could not be read.
+Exit codes: 0 the mesh is healthy, 1 it is not, 2 usage, input or permission error
+(bad dump or kubeconfig; the API server refused our credentials or RBAC denied a
+`list`), 3 the cluster could not be read (unreachable, timed out, failing).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,6 +23,16 @@ from eventmesh_health.analysis import KYMA_1, Analysis, Thresholds, analyse_grap
 from eventmesh_health.outputs.text import print_check
 from eventmesh_health.outputs.tree import explain_json, explain_tree
 from eventmesh_health.snapshot import Snapshot
+from eventmesh_health.sources.cluster import (
+    ClusterConfigError,
+    ClusterError,
+    ClusterForbidden,
+    ClusterRead,
+    ClusterUnauthorized,
+    Connection,
+    read_cluster,
+)
+from eventmesh_health.sources.dump import DumpError, write_dump
 from eventmesh_health.sources.files import SnapshotError, load_snapshot
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_INPUT, EXIT_CLUSTER = 0, 1, 2, 3
@@ -48,12 +60,37 @@ def _emit(data: Any, output: str) -> None:
         click.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
 
 
-def _snapshot(path: Path | None) -> Snapshot:
+_TIMEOUT = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)?$")
+
+
+def _timeout(_ctx: click.Context, param: click.Parameter, value: str) -> float:
+    match = _TIMEOUT.match(value.strip())
+    seconds = 0.0
+    if match is not None:
+        seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r} is not a timeout like 10s, 30 or 1m", param=param)
+    return seconds
+
+
+def _read_cluster(connection: Connection) -> ClusterRead:
+    """Read the live cluster; every failure is one line on stderr and an exit code."""
+    try:
+        return read_cluster(KYMA_1, connection)
+    except (ClusterConfigError, ClusterForbidden, ClusterUnauthorized) as err:
+        _fail(str(err), EXIT_INPUT)
+    except ClusterError as err:
+        _fail(f"cannot read the cluster: {err}", EXIT_CLUSTER)
+    except Exception as err:  # never a traceback, never a report from a partial read
+        _fail(f"cannot read the cluster: {type(err).__name__}: {err}", EXIT_CLUSTER)
+
+
+def _snapshot(path: Path | None, connection: Connection | None = None) -> Snapshot:
     if path is None:
-        _fail(
-            "reading a live cluster is not available yet: give a dump with --snapshot PATH",
-            EXIT_INPUT,
-        )
+        return _read_cluster(connection or Connection()).snapshot
+    if connection is not None and (connection.kubeconfig or connection.context):
+        _fail("--snapshot reads a dump: --kubeconfig and --context only apply to a cluster",
+              EXIT_INPUT)
     try:
         return load_snapshot(path, KYMA_1, now=datetime.now(UTC))
     except SnapshotError as err:
@@ -75,10 +112,40 @@ _DEADLINE_OPTION = click.option(
 )
 
 
-def _analysis(path: Path | None, stuck: timedelta, deadline: timedelta) -> Analysis:
-    snapshot = _snapshot(path)
+_KUBECONFIG_OPTION = click.option(
+    "--kubeconfig", type=click.Path(path_type=Path, dir_okay=False),
+    help="Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster "
+    "service account).",
+)
+_CONTEXT_OPTION = click.option("--context", help="Kubeconfig context (default: current-context).")
+_TIMEOUT_OPTION = click.option(
+    "--request-timeout", default="10s", show_default=True, callback=_timeout,
+    help="Give up on an API request after this long (10s, 30, 1m).",
+)
+
+
+def _cluster_options(command: Any) -> Any:
+    return _KUBECONFIG_OPTION(_CONTEXT_OPTION(_TIMEOUT_OPTION(command)))
+
+
+def _connection(kubeconfig: Path | None, context: str | None, timeout: float) -> Connection:
+    return Connection(kubeconfig=kubeconfig, context=context, timeout=timeout)
+
+
+def _analysis(
+    path: Path | None, stuck: timedelta, deadline: timedelta,
+    connection: Connection | None = None,
+) -> Analysis:
+    snapshot = _snapshot(path, connection)
     return analyse_graph(snapshot, KYMA_1, Thresholds(stuck_deletion=stuck,
                                                       progress_deadline=deadline))
+
+
+def _console() -> Console:
+    """Colour and the terminal's width on a terminal; plain, unwrapped lines into a pipe."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, width=160, soft_wrap=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,17 +160,31 @@ def main() -> None:
               show_default=True)
 @_STUCK_OPTION
 @_DEADLINE_OPTION
+@_cluster_options
 def check(
     snapshot: Path | None, output: str, stuck_deletion_after: timedelta,
-    progress_deadline: timedelta,
+    progress_deadline: timedelta, kubeconfig: Path | None, context: str | None,
+    request_timeout: float,
 ) -> None:
     """Health per Application and bound namespace, with root causes and their symptoms.
 
-    Exit code 0 when everything is Healthy, 1 when not, 2 on bad input.
+    Reads the dump given with --snapshot, else the cluster (--kubeconfig, --context,
+    $KUBECONFIG or the in-cluster service account, as kubectl), which needs `list` on the
+    resources in deploy/rbac/clusterrole-reader.yaml. A kind whose CRD is not installed is
+    reported as a finding.
+
+    \b
+    Exit codes:
+      0  everything is Healthy
+      1  something is not Healthy
+      2  bad usage or input (dump, kubeconfig), or a permission error: the API server
+         rejected the credentials, or RBAC forbids a `list` (the message names it)
+      3  the cluster could not be read: API server unreachable, timed out or failing
     """
-    report = _analysis(snapshot, stuck_deletion_after, progress_deadline).report
+    connection = _connection(kubeconfig, context, request_timeout)
+    report = _analysis(snapshot, stuck_deletion_after, progress_deadline, connection).report
     if output == "table":
-        print_check(report, Console(highlight=False, soft_wrap=False))
+        print_check(report, _console())
     else:
         _emit(report.to_json_dict(), output)
     sys.exit(EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY)
@@ -116,12 +197,18 @@ def check(
               show_default=True)
 @_STUCK_OPTION
 @_DEADLINE_OPTION
+@_cluster_options
 def explain(
     application: str, snapshot: Path | None, output: str, stuck_deletion_after: timedelta,
-    progress_deadline: timedelta,
+    progress_deadline: timedelta, kubeconfig: Path | None, context: str | None,
+    request_timeout: float,
 ) -> None:
-    """One application's whole chain as a tree: every link, its status, where the flow breaks."""
-    analysis = _analysis(snapshot, stuck_deletion_after, progress_deadline)
+    """One application's whole chain as a tree: every link, its status, where the flow breaks.
+
+    Reads --snapshot, else the cluster; exit codes as for `check`.
+    """
+    connection = _connection(kubeconfig, context, request_timeout)
+    analysis = _analysis(snapshot, stuck_deletion_after, progress_deadline, connection)
     pairs = zip(analysis.graph.apps, analysis.report.applications, strict=True)
     found = next(((u, r) for u, r in pairs if u.name == application), None)
     if found is None:
@@ -130,7 +217,42 @@ def explain(
               EXIT_INPUT)
     unit, app_report = found
     if output == "tree":
-        Console(highlight=False).print(explain_tree(unit, app_report, analysis.causes))
+        _console().print(explain_tree(unit, app_report, analysis.causes))
     else:
         _emit(explain_json(unit, app_report, analysis.causes), output)
     sys.exit(EXIT_HEALTHY if app_report.health.value == "Healthy" else EXIT_UNHEALTHY)
+
+
+@main.command()
+@click.option("-o", "--output-dir", required=True,
+              type=click.Path(path_type=Path, file_okay=False),
+              help="New or empty folder to write the dump into.")
+@_cluster_options
+def dump(output_dir: Path, kubeconfig: Path | None, context: str | None,
+         request_timeout: float) -> None:
+    """Save what `check` reads from the cluster, for `check --snapshot DIR` elsewhere.
+
+    Writes one `<resource>.yaml` per kind the analysis reads (a `v1 List`, as
+    `kubectl get -o yaml` prints it; no Secrets, no managedFields) and `snapshot.yaml`
+    (when it was taken, which kinds were read, which could not be and why).
+    Exit codes: 0 written, 2 bad usage / permission error, 3 cluster unreadable.
+    """
+    read = _read_cluster(_connection(kubeconfig, context, request_timeout))
+    source = f"eventmesh-health {_version()} dump of context {read.context} ({read.server})"
+    try:
+        files = write_dump(read.snapshot, KYMA_1, output_dir, source)
+    except DumpError as err:
+        _fail(str(err), EXIT_INPUT)
+    snapshot = read.snapshot
+    kinds = len(files) - 1
+    click.echo(f"wrote {len(snapshot.objects)} objects of {kinds} kinds to {output_dir}", err=True)
+    for _key, message in sorted(snapshot.unavailable.items()):
+        click.echo(f"warning: not read: {message}", err=True)
+    sys.exit(EXIT_HEALTHY)
+
+
+def _version() -> str:
+    try:
+        return version("eventmesh-health")
+    except PackageNotFoundError:
+        return "(unknown version)"

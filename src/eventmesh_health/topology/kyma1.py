@@ -168,7 +168,8 @@ LINKS: tuple[Link, ...] = (
     Link(
         "trigger-subscription", (SUBSCRIPTION,), Scope.NAMESPACE, ByOwner(),
         Judge.KNATIVE, "the Subscription a Trigger owns on the trigger Channel",
-        needs=("trigger-channel", *KNATIVE_EVENTING),
+        # The trigger Channel belongs to the Broker: without a Broker there is none to find.
+        needs=("broker", "trigger-channel", *KNATIVE_EVENTING),
         expected=Expect.OPTIONAL, many=True, parent="trigger",
     ),
 )

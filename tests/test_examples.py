@@ -1,0 +1,106 @@
+"""The bundled examples: each broken one yields exactly the root causes its README names."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+# (health, {(kind, namespace, name, reason)} of the root causes), as examples/README.md says.
+EXPECTED: dict[str, tuple[str, set[tuple[str, str | None, str | None, str]]]] = {
+    "healthy-mesh": ("Healthy", set()),
+    "kafka-quota-reached": ("Unhealthy", {
+        ("KafkaChannel", "kyma-integration", "commerce-mock", "TopicFailed")}),
+    "adapter-revision-missing": ("Unhealthy", {
+        ("Service", "kyma-integration", "commerce-mock", "RevisionMissing")}),
+    "subscription-stuck-in-deletion": ("Unhealthy", {
+        ("Subscription", "stage",
+         "default-commerce-mock-orde-6f50e11a-dc04-5737-a664-83d0d20ae43a", "StuckInDeletion"),
+        ("Subscription", "stage",
+         "default-commerce-mock-cust-f2fa7825-e467-52a4-b421-9478c7e93a02", "StuckInDeletion")}),
+    "application-install-failed": ("Unhealthy", {
+        ("Application", None, "marketing", "InstallationFailed")}),
+    "service-instance-failed": ("Unhealthy", {
+        ("ServiceInstance", "stage", "sap-marketing-cloud-events-olgt2", "ProvisionCallFailed")}),
+    "missing-brokersub": ("Unhealthy", {("Subscription", "kyma-integration", None, "NotFound")}),
+    "missing-injection-label": ("Unhealthy", {
+        ("Namespace", None, "prod", "InjectionLabelMissing")}),
+    "webhook-down": ("Unhealthy", {
+        ("Deployment", "knative-eventing", "eventing-webhook", "CrashLoopBackOff")}),
+    "controller-crashloop": ("Unhealthy", {
+        ("Deployment", "knative-eventing", "eventing-controller", "CrashLoopBackOff")}),
+    "broker-filter-unavailable": ("Unhealthy", {
+        ("Deployment", "stage", "default-broker-filter", "ImagePullBackOff")}),
+    "malformed-objects": ("Unknown", {
+        ("Trigger", "stage", "legacy-catch-all", "MalformedObject"),
+        ("Pod", "stage", None, "MalformedObject")}),
+    "progressing": ("Progressing", {
+        ("Trigger", "stage", "commerce-mock-customer-created", "GenerationNotObserved")}),
+}
+
+
+def check(example: str) -> tuple[int, dict[str, object]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "eventmesh_health", "check", "-o", "json",
+         "--snapshot", str(EXAMPLES / example)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.stderr == ""
+    return result.returncode, json.loads(result.stdout)
+
+
+def findings(report: dict[str, object]) -> list[dict[str, object]]:
+    found = list(report["system"]["findings"])  # type: ignore[index]
+    for app in report["applications"]:  # type: ignore[attr-defined]
+        found.extend(app["findings"])
+        for ns in app["namespaces"]:
+            found.extend(ns["findings"])
+    return found
+
+
+def test_every_example_is_covered() -> None:
+    folders = {p.name for p in EXAMPLES.iterdir() if p.is_dir()}
+    assert folders == set(EXPECTED)
+    readme = (EXAMPLES / "README.md").read_text()
+    for name in folders:
+        assert f"`{name}`" in readme
+
+
+@pytest.mark.parametrize("example", sorted(EXPECTED))
+def test_example_root_causes(example: str) -> None:
+    health, roots = EXPECTED[example]
+    code, report = check(example)
+    assert report["health"] == health
+    assert code == (0 if health == "Healthy" else 1)
+    found = {
+        (f["object"]["kind"], f["object"]["namespace"], f["object"]["name"], f["reason"])
+        for f in findings(report) if f["rootCause"]
+    }
+    assert found == roots
+    # Every symptom points at one of those root causes.
+    for finding in findings(report):
+        if not finding["rootCause"]:
+            cause = finding["causedBy"]
+            assert (cause["kind"], cause["namespace"], cause["name"]) in {r[:3] for r in roots}
+
+
+def test_healthy_mesh_states_and_skipped_kinds() -> None:
+    _, report = check("healthy-mesh")
+    states = {a["name"]: a["state"] for a in report["applications"]}  # type: ignore[attr-defined]
+    assert states == {"commerce-mock": 4, "marketing": 4, "crm-legacy": 1}
+    skipped = report["source"]["skippedKinds"]  # type: ignore[index]
+    assert {"ConfigMap", "ServiceAccount"} <= set(skipped)
+
+
+def test_symptoms_of_the_quota_example() -> None:
+    _, report = check("kafka-quota-reached")
+    symptoms = {(f["object"]["kind"], f["object"]["name"]) for f in findings(report)
+                if not f["rootCause"]}
+    assert ("Channel", "commerce-mock") in symptoms
+    assert ("HTTPSource", "commerce-mock") in symptoms
+    assert sum(1 for kind, _ in symptoms if kind == "Subscription") == 2  # brokersubs
