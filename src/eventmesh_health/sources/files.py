@@ -112,9 +112,39 @@ def load_snapshot(path: Path, profile: Profile, now: datetime) -> Snapshot:
                     ))
     taken_at = now
     collected: frozenset[str] | None = None
+    unavailable: dict[str, str] = {}
     if info is not None:
         taken_at, collected = _read_info(info, info_file, profile)
-    return Snapshot(objects=objects, taken_at=taken_at, collected=collected, problems=problems)
+        unavailable = _read_unavailable(info, info_file, profile, collected)
+    return Snapshot(objects=objects, taken_at=taken_at, collected=collected,
+                    unavailable=unavailable, problems=problems)
+
+
+def _read_unavailable(
+    info: dict[str, Any], file: Path | None, profile: Profile, collected: frozenset[str] | None
+) -> dict[str, str]:
+    """SnapshotInfo.unavailable: {resource: why it could not be read} -> {kind key: why}."""
+    raw = info.get("unavailable")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise SnapshotError(
+            f"{file}: SnapshotInfo.unavailable must map resource names to messages"
+        )
+    by_resource = {kind.resource: kind.key for kind in profile.kinds}
+    unknown = [r for r in raw if r not in by_resource]
+    if unknown:
+        names = ", ".join(unknown)
+        raise SnapshotError(f"{file}: SnapshotInfo.unavailable names unknown resources: {names}")
+    both = [r for r in raw if collected is not None and by_resource[r] in collected]
+    if both:
+        names = ", ".join(both)
+        raise SnapshotError(
+            f"{file}: SnapshotInfo lists {names} as both collected and unavailable"
+        )
+    return {by_resource[r]: message for r, message in raw.items()}
 
 
 def _read_info(
