@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from eventmesh_health.analysis.fields import Malformed, Obj, get_list, get_map, get_str
@@ -49,7 +50,9 @@ SYSTEM_PREFIX = "system:"
 class Node:
     role: str
     description: str
-    ref: ObjectRef
+    # The reference of a missing object; for a found one it is made from the object on demand
+    # (most nodes are healthy and never need one).
+    known_ref: ObjectRef | None
     obj: Obj | None
     verdict: Verdict
     need_ids: tuple[str, ...] = ()
@@ -61,6 +64,13 @@ class Node:
     @property
     def failing(self) -> bool:
         return self.verdict.health is not Health.HEALTHY
+
+    @property
+    def ref(self) -> ObjectRef:
+        if self.known_ref is None:
+            assert self.obj is not None, "a node is either found or has a known reference"
+            self.known_ref = _obj_ref(self.obj)
+        return self.known_ref
 
 
 @dataclass(slots=True)
@@ -118,6 +128,8 @@ class _Builder:
         self.ns_links = _resolution_order(
             [link for link in profile.links if link.scope is Scope.NAMESPACE]
         )
+        self.edges = _edges(profile)
+        self.base_context = Context(now=snapshot.taken_at, thresholds=thresholds)
         self.states = {
             link.id: (link.state, link.state_when) for link in profile.links
             if link.state is not None
@@ -138,11 +150,12 @@ class _Builder:
     # --- judging ---------------------------------------------------------------------------
 
     def _context(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None) -> Context:
-        pods: Sequence[Obj] = ()
         if link_judge is Judge.DEPLOYMENT:
-            pods = self._pods(obj)
-        return Context(now=self.snapshot.taken_at, thresholds=self.thresholds, pods=pods,
-                       label=label)
+            return Context(now=self.snapshot.taken_at, thresholds=self.thresholds,
+                           pods=self._pods(obj))
+        if label is not None:
+            return Context(now=self.snapshot.taken_at, thresholds=self.thresholds, label=label)
+        return self.base_context
 
     def _judge(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None = None) -> Verdict:
         key = (id(obj), link_judge)
@@ -252,7 +265,6 @@ class _Builder:
         return node
 
     def _webhook_configuration(self, config: Obj) -> None:
-        ref = _obj_ref(config)
         try:
             webhooks = get_list(config, "webhooks") or []
             targets: list[tuple[str, str, str, str]] = []
@@ -263,13 +275,13 @@ class _Builder:
                     policy = get_str(hook, "failurePolicy") or "Fail"
                     targets.append((str(get_str(hook, "name")), namespace, name, policy))
         except Malformed as err:
-            node = Node("webhook", "an admission webhook configuration", ref, config,
+            node = Node("webhook", "an admission webhook configuration", None, config,
                         Verdict(Health.UNKNOWN, "MalformedObject", str(err)))
             self.system.append(node)
             return
         if not targets:
             return
-        node = Node("webhook", "an admission webhook configuration of the mesh", ref, config,
+        node = Node("webhook", "an admission webhook configuration of the mesh", None, config,
                     HEALTHY)
         for hook_name, namespace, name, policy in targets:
             backend = next(
@@ -407,10 +419,11 @@ class _Builder:
                          parent)]
         for obj in found:
             verdict = self._judge(obj, link.judge, link.label)
-            node_values = dict(values)
+            node_values = values
             if isinstance(link.find, ByServiceClass):
-                node_values["service_id"] = _matched_service_id(obj, link.find, service_ids)
-            nodes.append(Node(link.id, link.description, _obj_ref(obj), obj, verdict,
+                service_id = _matched_service_id(obj, link.find, service_ids)
+                node_values = {**values, "service_id": service_id}
+            nodes.append(Node(link.id, link.description, None, obj, verdict,
                               link.needs, parent, node_values))
         if not nodes and expected:
             ref = self._missing_ref(link, values, parent)
@@ -515,20 +528,44 @@ class _Builder:
         for node in app_nodes or []:
             app_by_link.setdefault(node.role, []).append(node)
         for node in nodes:
-            for need in node.need_ids:
-                if need.startswith(SYSTEM_PREFIX):
-                    component = self.components.get(need[len(SYSTEM_PREFIX):])
+            for edge, target in self.edges[node.role]:
+                if edge is _Edge.SYSTEM:
+                    component = self.components.get(target)
                     if component is not None:
                         node.needs.append(component)
-                    continue
-                if node.parent is not None and node.parent.role == need:
-                    node.needs.append(node.parent)
-                    continue
-                own_children = [c for c in node.children if c.role == need]
-                if own_children or self.profile.link(need).parent == node.role:
-                    node.needs.extend(own_children)
-                    continue
-                node.needs.extend(by_link.get(need) or app_by_link.get(need, []))
+                elif edge is _Edge.PARENT:
+                    if node.parent is not None:
+                        node.needs.append(node.parent)
+                elif edge is _Edge.CHILDREN:
+                    node.needs.extend(c for c in node.children if c.role == target)
+                else:
+                    node.needs.extend(by_link.get(target) or app_by_link.get(target, []))
+
+
+class _Edge(Enum):
+    SYSTEM = "a system component"
+    PARENT = "the node this one was found from"
+    CHILDREN = "the nodes found from this one"
+    SCOPE = "every node of that link in the namespace, else in the application"
+
+
+def _edges(profile: Profile) -> dict[str, list[tuple[_Edge, str]]]:
+    """How each link's needs are wired, decided once per profile rather than per node."""
+    parents = {link.id: link.parent for link in profile.links}
+    edges: dict[str, list[tuple[_Edge, str]]] = {}
+    for link in profile.links:
+        plan = []
+        for need in link.needs:
+            if need.startswith(SYSTEM_PREFIX):
+                plan.append((_Edge.SYSTEM, need[len(SYSTEM_PREFIX):]))
+            elif need == link.parent:
+                plan.append((_Edge.PARENT, need))
+            elif parents.get(need) == link.id:
+                plan.append((_Edge.CHILDREN, need))
+            else:
+                plan.append((_Edge.SCOPE, need))
+        edges[link.id] = plan
+    return edges
 
 
 def _resolution_order(links: list[Link]) -> list[Link]:

@@ -25,6 +25,11 @@ class Kind:
     kind: str
     plural: str
     namespaced: bool = True
+    # Version-independent identity used to index objects (`Deployment.apps`).
+    key: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", kind_key(self.api_version, self.kind))
 
     @property
     def group(self) -> str:
@@ -39,15 +44,19 @@ class Kind:
         """`plural.group` as kubectl and RBAC name it (`deployments.apps`, `pods`)."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
-    @property
-    def key(self) -> str:
-        """Version-independent identity used to index objects (`Deployment.apps`)."""
-        return kind_key(self.api_version, self.kind)
+
+_KIND_KEYS: dict[tuple[str, str], str] = {}
 
 
 def kind_key(api_version: str, kind: str) -> str:
-    group = api_version.rpartition("/")[0]
-    return f"{kind}.{group}" if group else kind
+    """`Kind.group` for an object's apiVersion and kind (memoised: called per object)."""
+    key = _KIND_KEYS.get((api_version, kind))
+    if key is None:
+        group = api_version.rpartition("/")[0]
+        key = f"{kind}.{group}" if group else kind
+        if len(_KIND_KEYS) < 10_000:  # bounded: a hostile dump cannot grow it forever
+            _KIND_KEYS[(api_version, kind)] = key
+    return key
 
 
 class Scope(StrEnum):
