@@ -23,11 +23,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import synthetic  # noqa: E402
-
-from eventmesh_health.analysis import KYMA_1, analyse  # noqa: E402
-from eventmesh_health.snapshot import Snapshot  # noqa: E402
-from eventmesh_health.sources.files import load_snapshot  # noqa: E402
+import synthetic
+from eventmesh_health.analysis import KYMA_1, analyse
+from eventmesh_health.snapshot import Snapshot
+from eventmesh_health.sources.files import load_snapshot
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
