@@ -2,15 +2,44 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test envtest lint typecheck bench clean
+.PHONY: demo test envtest lint typecheck unit bench clean
 
+# The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
+# Installs, then checks a bundled dump of a broken mesh and explains the broken application.
+# (check exits 1 when the mesh is not healthy: that is the point of the example.)
+demo: $(BIN)/eventmesh-health
+	@echo '$$ eventmesh-health check --snapshot $(EXAMPLE)'
+	@$(BIN)/eventmesh-health check --snapshot $(EXAMPLE) || test $$? -eq 1
+	@echo
+	@echo '$$ eventmesh-health explain commerce-mock --snapshot $(EXAMPLE)'
+	@$(BIN)/eventmesh-health explain commerce-mock --snapshot $(EXAMPLE) || test $$? -eq 1
+
 # Builds (once, cached outside the repo) or finds kube-apiserver + etcd; last line = their folder.
 envtest:
 	@bash hack/envtest/build.sh
+
+lint: $(BIN)/eventmesh-health
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: $(BIN)/eventmesh-health
+	$(BIN)/mypy
+
+unit: $(BIN)/eventmesh-health envtest
+	$(BIN)/pytest
+
+# Everything CI runs: install, build the control-plane binaries, lint, types, all tests.
+test: $(BIN)/eventmesh-health envtest lint typecheck unit
+
+bench: $(BIN)/eventmesh-health
+	$(BIN)/python benchmarks/bench_analysis.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -141,11 +141,11 @@ def _analysis(
                                                       progress_deadline=deadline))
 
 
-def _console() -> Console:
-    """Colour and the terminal's width on a terminal; plain, unwrapped lines into a pipe."""
+def _console(width: int = 160) -> Console:
+    """Colour and the terminal's width on a terminal; plain, uncut lines into a pipe."""
     if sys.stdout.isatty():
         return Console(highlight=False)
-    return Console(highlight=False, width=160, soft_wrap=True)
+    return Console(highlight=False, width=width, soft_wrap=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -217,7 +217,7 @@ def explain(
               EXIT_INPUT)
     unit, app_report = found
     if output == "tree":
-        _console().print(explain_tree(unit, app_report, analysis.causes))
+        _console(width=1000).print(explain_tree(unit, app_report, analysis.causes))
     else:
         _emit(explain_json(unit, app_report, analysis.causes), output)
     sys.exit(EXIT_HEALTHY if app_report.health.value == "Healthy" else EXIT_UNHEALTHY)

@@ -129,6 +129,7 @@ class _Builder:
             [link for link in profile.links if link.scope is Scope.NAMESPACE]
         )
         self.edges = _edges(profile)
+        self.order = {link.id: position for position, link in enumerate(profile.links)}
         self.base_context = Context(now=snapshot.taken_at, thresholds=thresholds)
         self.states = {
             link.id: (link.state, link.state_when) for link in profile.links
@@ -390,6 +391,8 @@ class _Builder:
             by_link[link.id] = made
             nodes.extend(made)
         self._wire(nodes, by_link, app_nodes)
+        # Report and display in the profile's (upstream-first) order, not resolution order.
+        nodes.sort(key=lambda node: self.order[node.role])
         return nodes
 
     def _expected(self, link: Link, by_link: dict[str, list[Node]]) -> bool:
