@@ -142,7 +142,7 @@ class _Builder:
         self._system()
         apps = []
         for obj in sorted(
-            self.index.by_kind.get(self.profile.application.key, []),
+            self.index.of_kind(self.profile.application.key),
             key=lambda o: str(o["metadata"]["name"]),
         ):
             apps.append(self._application(obj))
@@ -204,7 +204,7 @@ class _Builder:
                 f"the snapshot holds no {ref.kind} objects, so it cannot tell whether "
                 f"{description} exists",
             )
-        if (key, ref.namespace) in self.index.bad_places:
+        if self.index.bad_place(key, ref.namespace):
             return Verdict(
                 Health.UNKNOWN,
                 "MalformedCandidate",
@@ -218,7 +218,7 @@ class _Builder:
         for component in self.profile.components:
             self._component(component)
         for kind in self.profile.webhook_kinds:
-            for config in self.index.by_kind.get(kind.key, []):
+            for config in self.index.of_kind(kind.key):
                 self._webhook_configuration(config)
 
     def _component(self, component: Component) -> None:
@@ -506,10 +506,8 @@ class _Builder:
                 namespace = parent.obj["metadata"].get("namespace")
                 if isinstance(uid, str):
                     found.extend(
-                        o for o in self.index.owned_by(uid)
+                        o for o in self.index.owned_by(uid, kind.key)
                         if o["metadata"].get("namespace") == namespace
-                        and o["kind"] == kind.kind
-                        and kind_key(o["apiVersion"], o["kind"]) == kind.key
                     )
             elif isinstance(finder, BackingChannel):
                 if parent is None or parent.obj is None:

@@ -1,7 +1,8 @@
 """Indexes over a snapshot so that every lookup the profile needs is a dict access.
 
-Built once per analysis in one pass; the label, field and owner indexes are
-built lazily, once per (kind, label) or (kind, field), on first use.
+Built in one pass; the name, label, field and owner indexes are built lazily, per
+kind, on first use. `add` and `remove` keep it current for `serve`: a change to
+an object drops only the lazy indexes of its own kind.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from eventmesh_health.analysis.fields import Malformed, Obj
 from eventmesh_health.topology import Profile, kind_key
 
 NameKey = tuple[str, str | None, str]  # (kind key, namespace or None, name)
+_Lookup = dict[tuple[str | None, str], list[Obj]]  # (namespace or None = anywhere, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,38 +32,72 @@ class BadObject:
 
 class Index:
     def __init__(self, profile: Profile, objects: Iterable[Any]) -> None:
-        namespaced = {k.key: k.namespaced for k in profile.kinds}
+        self._namespaced = {k.key: k.namespaced for k in profile.kinds}
         self.by_name: dict[NameKey, Obj] = {}
-        self.by_kind: dict[str, list[Obj]] = defaultdict(list)
-        self.by_kind_ns: dict[tuple[str, str | None], list[Obj]] = defaultdict(list)
-        self.bad: list[BadObject] = []
-        # (kind key, namespace) where an object could not be indexed: a "missing" object
-        # there may well be that one, so its absence is Unknown rather than NotFound.
-        self.bad_places: set[tuple[str, str | None]] = set()
+        self._by_kind: dict[str, dict[tuple[str | None, str], Obj]] = defaultdict(dict)
+        self._rejected: list[BadObject] = []
         self.skipped: dict[str, int] = defaultdict(int)
-        self._labels: dict[tuple[str, str], dict[tuple[str | None, str], list[Obj]]] = {}
-        self._fields: dict[tuple[str, tuple[str, ...]], dict[tuple[str | None, str], list[Obj]]]
-        self._fields = {}
-        self._owned: dict[str, list[Obj]] | None = None
-        self._names: dict[tuple[str, str], list[Obj]] | None = None
-
+        self._labels: dict[tuple[str, str], _Lookup] = {}
+        self._fields: dict[tuple[str, tuple[str, ...]], _Lookup] = {}
+        # Objects whose fields could not be read while building a field index, per index.
+        self._field_bad: dict[tuple[str, tuple[str, ...]], list[BadObject]] = {}
+        self._owned: dict[str, dict[str, list[Obj]]] = {}
+        self._names: dict[str, dict[str, list[Obj]]] = {}
         for obj in objects:
-            problem = _basic_problem(obj)
-            if problem is not None:
-                self._reject(obj, problem)
-                continue
-            key = kind_key(obj["apiVersion"], obj["kind"])
-            if key not in namespaced:
-                self.skipped[key] += 1
-                continue
-            meta = obj["metadata"]
-            ns = meta.get("namespace") if namespaced[key] else None
-            if namespaced[key] and not isinstance(ns, str):
-                self._reject(obj, "metadata.namespace is missing for a namespaced kind")
-                continue
-            self.by_name[(key, ns, meta["name"])] = obj
-            self.by_kind[key].append(obj)
-            self.by_kind_ns[(key, ns)].append(obj)
+            self.add(obj, invalidate=False)  # nothing lazy has been built yet
+
+    # --- keeping it current -------------------------------------------------------------------
+
+    def add(self, obj: Any, invalidate: bool = True) -> NameKey | None:
+        """Index `obj` (replacing an object of the same identity); its key, or None when it
+        is rejected (recorded as bad) or of a kind the profile does not read (counted)."""
+        problem = _basic_problem(obj)
+        if problem is not None:
+            self._reject(obj, problem)
+            return None
+        key = kind_key(obj["apiVersion"], obj["kind"])
+        namespaced = self._namespaced.get(key)
+        if namespaced is None:
+            self.skipped[key] += 1
+            return None
+        meta = obj["metadata"]
+        ns = meta.get("namespace") if namespaced else None
+        if namespaced and not isinstance(ns, str):
+            self._reject(obj, "metadata.namespace is missing for a namespaced kind")
+            return None
+        name_key = (key, ns, meta["name"])
+        self.by_name[name_key] = obj
+        self._by_kind[key][(ns, meta["name"])] = obj
+        if invalidate:
+            self._invalidate(key)
+        return name_key
+
+    def remove(self, name_key: NameKey) -> Obj | None:
+        obj = self.by_name.pop(name_key, None)
+        if obj is not None:
+            key, ns, name = name_key
+            self._by_kind[key].pop((ns, name), None)
+            self._invalidate(key)
+        return obj
+
+    def key_of(self, obj: Obj) -> NameKey | None:
+        if _basic_problem(obj) is not None:
+            return None
+        key = kind_key(obj["apiVersion"], obj["kind"])
+        namespaced = self._namespaced.get(key)
+        if namespaced is None:
+            return None
+        return (key, obj["metadata"].get("namespace") if namespaced else None,
+                obj["metadata"]["name"])
+
+    def _invalidate(self, key: str) -> None:
+        for label in [k for k in self._labels if k[0] == key]:
+            del self._labels[label]
+        for path in [k for k in self._fields if k[0] == key]:
+            del self._fields[path]
+            self._field_bad.pop(path, None)
+        self._owned.pop(key, None)
+        self._names.pop(key, None)
 
     def _reject(self, obj: object, message: str) -> None:
         api_version = kind = namespace = name = None
@@ -72,36 +108,57 @@ class Index:
             meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
             namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else None
             name = meta.get("name") if isinstance(meta.get("name"), str) else None
-        self.bad.append(BadObject(api_version or "", kind or "", namespace, name, message))
-        if api_version and kind:
-            self.bad_places.add((kind_key(api_version, kind), namespace))
+        self._rejected.append(
+            BadObject(api_version or "", kind or "", namespace, name, message)
+        )
+
+    # --- what could not be used ----------------------------------------------------------------
+
+    @property
+    def bad(self) -> list[BadObject]:
+        found = list(self._rejected)
+        for bad in self._field_bad.values():
+            found.extend(bad)
+        return found
+
+    def bad_place(self, key: str, namespace: str | None) -> bool:
+        """Whether an object of `key` in `namespace` could not be used: a "missing" object
+        there may well be that one, so its absence is Unknown rather than NotFound."""
+        return any(
+            bad.kind and kind_key(bad.api_version, bad.kind) == key and bad.namespace == namespace
+            for bad in self.bad
+        )
+
+    # --- lookups ---------------------------------------------------------------------------------
 
     def get(self, key: str, namespace: str | None, name: str) -> Obj | None:
         return self.by_name.get((key, namespace, name))
 
-    def has_kind(self, key: str) -> bool:
-        return bool(self.by_kind.get(key))
+    def of_kind(self, key: str) -> Iterable[Obj]:
+        return self._by_kind.get(key, {}).values()
 
-    def in_namespace(self, key: str, namespace: str | None) -> list[Obj]:
-        if namespace is None:
-            return self.by_kind.get(key, [])
-        return self.by_kind_ns.get((key, namespace), [])
+    def has_kind(self, key: str) -> bool:
+        return bool(self._by_kind.get(key))
+
+    def count(self) -> int:
+        return len(self.by_name)
 
     def named(self, key: str, name: str) -> list[Obj]:
         """Objects of `key` called `name`, in any namespace."""
-        if self._names is None:
-            names: dict[tuple[str, str], list[Obj]] = defaultdict(list)
-            for (kind, _, obj_name), obj in self.by_name.items():
-                names[(kind, obj_name)].append(obj)
-            self._names = names
-        return self._names.get((key, name), [])
+        names = self._names.get(key)
+        if names is None:
+            names = defaultdict(list)
+            for (_, obj_name), obj in self._by_kind.get(key, {}).items():
+                names[obj_name].append(obj)
+            self._names[key] = names
+        return names.get(name, [])
 
     def with_label(self, key: str, label: str, value: str, namespace: str | None) -> list[Obj]:
         """Objects of `key` labelled label=value, in `namespace` (None: anywhere)."""
         index = self._labels.get((key, label))
         if index is None:
             index = defaultdict(list)
-            for obj in self.by_kind.get(key, []):
+            for obj in self.of_kind(key):
                 labels = obj["metadata"].get("labels")
                 if isinstance(labels, dict):
                     found = labels.get(label)
@@ -118,50 +175,51 @@ class Index:
         index = self._fields.get((key, path))
         if index is None:
             index = defaultdict(list)
-            for obj in self.by_kind.get(key, []):
+            bad: list[BadObject] = []
+            for obj in self.of_kind(key):
                 current: Any = obj
                 for depth, part in enumerate(path):
                     if current is None:
                         break
                     if not isinstance(current, dict):
-                        self._bad_field(obj, key, Malformed(path[:depth], "a map", current))
+                        bad.append(_bad_field(obj, Malformed(path[:depth], "a map", current)))
                         current = None
                         break
                     current = current.get(part)
                 if current is None:
                     continue
                 if not isinstance(current, str):
-                    self._bad_field(obj, key, Malformed(path, "a string", current))
+                    bad.append(_bad_field(obj, Malformed(path, "a string", current)))
                     continue
                 _add_twice(index, obj, current)
             self._fields[(key, path)] = index
+            self._field_bad[(key, path)] = bad
         return index.get((namespace, value), [])
 
-    def _bad_field(self, obj: Obj, key: str, err: Malformed) -> None:
-        meta = obj["metadata"]
-        self.bad.append(
-            BadObject(
-                obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"],
-                f"cannot tell which application it belongs to: {err}",
-            )
-        )
-        self.bad_places.add((key, meta.get("namespace")))
-
-    def owned_by(self, uid: str) -> list[Obj]:
-        if self._owned is None:
-            owned: dict[str, list[Obj]] = defaultdict(list)
-            for objs in self.by_kind.values():
-                for obj in objs:
-                    refs = obj["metadata"].get("ownerReferences")
-                    if isinstance(refs, list):
-                        for ref in refs:
-                            if isinstance(ref, dict) and isinstance(ref.get("uid"), str):
-                                owned[ref["uid"]].append(obj)
-            self._owned = owned
-        return self._owned.get(uid, [])
+    def owned_by(self, uid: str, key: str) -> list[Obj]:
+        """Objects of `key` that list `uid` among their ownerReferences."""
+        owned = self._owned.get(key)
+        if owned is None:
+            owned = defaultdict(list)
+            for obj in self.of_kind(key):
+                refs = obj["metadata"].get("ownerReferences")
+                if isinstance(refs, list):
+                    for ref in refs:
+                        if isinstance(ref, dict) and isinstance(ref.get("uid"), str):
+                            owned[ref["uid"]].append(obj)
+            self._owned[key] = owned
+        return owned.get(uid, [])
 
 
-def _add_twice(index: dict[tuple[str | None, str], list[Obj]], obj: Obj, value: str) -> None:
+def _bad_field(obj: Obj, err: Malformed) -> BadObject:
+    meta = obj["metadata"]
+    return BadObject(
+        obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"],
+        f"cannot tell which application it belongs to: {err}",
+    )
+
+
+def _add_twice(index: _Lookup, obj: Obj, value: str) -> None:
     """Index under (its namespace, value) and under (None, value), meaning anywhere."""
     namespace = obj["metadata"].get("namespace")
     if namespace is not None:

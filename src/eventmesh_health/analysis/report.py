@@ -128,7 +128,7 @@ def build_report(
         applications=applications,
         source=SourceInfo.model_construct(
             taken_at=snapshot.taken_at.isoformat().replace("+00:00", "Z"),
-            objects=sum(len(v) for v in graph.index.by_kind.values()),
+            objects=graph.index.count(),
             skipped_kinds=dict(sorted({**snapshot.skipped, **graph.index.skipped}.items())),
         ),
     )
