@@ -47,10 +47,13 @@ def settle_missing(nodes: Iterable[Node], causes: Causes) -> None:
     """An expected object that is missing only because something upstream is still being
     set up is not yet created (Progressing), not lost (Unhealthy)."""
     for node in nodes:
-        if node.obj is not None or node.verdict.reason != "NotFound":
+        if node.absent is None:
+            continue
+        node.verdict = node.absent  # settle afresh: the upstream may have changed since
+        if node.absent.reason != "NotFound":
             continue
         roots = causes.roots(node)
         if roots != [node] and any(r.verdict.health is Health.PROGRESSING for r in roots):
             node.verdict = Verdict(
-                Health.PROGRESSING, "NotYetCreated", f"{node.verdict.message} (not yet created)"
+                Health.PROGRESSING, "NotYetCreated", f"{node.absent.message} (not yet created)"
             )

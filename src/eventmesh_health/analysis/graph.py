@@ -60,6 +60,9 @@ class Node:
     values: dict[str, str] = field(default_factory=dict)
     needs: list[Node] = field(default_factory=list)
     children: list[Node] = field(default_factory=list)
+    # For an expected object that is missing: the verdict on its absence, before causes
+    # may soften it to NotYetCreated.
+    absent: Verdict | None = None
 
     @property
     def failing(self) -> bool:
@@ -148,6 +151,35 @@ class _Builder:
             apps.append(self._application(obj))
         return Graph(self.system, apps, self.index)
 
+    def set_input(self, snapshot: Snapshot) -> None:
+        """New time and kind coverage (the objects live in the index): judge afresh."""
+        self.snapshot = snapshot
+        self.base_context = Context(now=snapshot.taken_at, thresholds=self.thresholds)
+        self.verdicts.clear()
+
+    def refresh_system(self) -> tuple[bool, bool]:
+        """Judge the system components again: (any verdict changed, structure changed).
+        When the structure is the same, the existing nodes are updated in place, so the
+        application nodes that need them stay wired."""
+        old_system, old_components = self.system, self.components
+        self.system, self.components = [], {}
+        self._system()
+        same = len(old_system) == len(self.system) and all(
+            a.role == b.role and a.ref == b.ref for a, b in zip(old_system, self.system,
+                                                                strict=True)
+        )
+        if not same:
+            return True, True
+        changed = False
+        for old, new in zip(old_system, self.system, strict=True):
+            changed = changed or old.verdict != new.verdict
+            old.obj, old.verdict, old.absent = new.obj, new.verdict, new.absent
+        self.system, self.components = old_system, old_components
+        return changed, False
+
+    def application(self, app_obj: Obj) -> AppUnit:
+        return self._application(app_obj)
+
     # --- judging ---------------------------------------------------------------------------
 
     def _context(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None) -> Context:
@@ -230,8 +262,11 @@ class _Builder:
             return
         description = f"the {component.role} {component.deployment}"
         ref = _ref(DEPLOYMENT, component.namespace, component.deployment)
-        verdict = self._judge(obj, Judge.DEPLOYMENT) if obj else self._absent(ref, description)
-        node = Node(f"{SYSTEM_PREFIX}{component.id}", description, ref, obj, verdict)
+        absent = None if obj else self._absent(ref, description)
+        verdict = self._judge(obj, Judge.DEPLOYMENT) if obj else absent
+        assert verdict is not None
+        node = Node(f"{SYSTEM_PREFIX}{component.id}", description, ref, obj, verdict,
+                    absent=absent)
         self.system.append(node)
         handle = node
         if component.service is not None:
@@ -246,8 +281,9 @@ class _Builder:
         ref = _ref(SERVICE, namespace, name)
         obj = self.index.get(SERVICE.key, namespace, name)
         description = f"the Service {namespace}/{name}"
+        absent = None
         if obj is None:
-            verdict = self._absent(ref, description)
+            verdict = absent = self._absent(ref, description)
         else:
             endpoints = [
                 *([e] if (e := self.index.get(ENDPOINTS.key, namespace, name)) else []),
@@ -258,7 +294,7 @@ class _Builder:
             ctx = Context(now=self.snapshot.taken_at, thresholds=self.thresholds,
                           endpoints=endpoints)
             verdict = decide(SERVICE_RULES, obj, ctx)
-        node = Node(role, description, ref, obj, verdict)
+        node = Node(role, description, ref, obj, verdict, absent=absent)
         if backend is not None:
             node.needs.append(backend)
             node.children.append(backend)
@@ -430,8 +466,9 @@ class _Builder:
                               link.needs, parent, node_values))
         if not nodes and expected:
             ref = self._missing_ref(link, values, parent)
-            nodes.append(Node(link.id, link.description, ref, None,
-                              self._absent(ref, link.description), link.needs, parent))
+            absent = self._absent(ref, link.description)
+            nodes.append(Node(link.id, link.description, ref, None, absent, link.needs, parent,
+                              absent=absent))
         return nodes
 
     def _missing_ref(self, link: Link, values: dict[str, str], parent: Node | None) -> ObjectRef:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventmesh_health.analysis.fields import Malformed, Obj
-from eventmesh_health.topology import Profile, kind_key
+from eventmesh_health.topology import ByField, ByServiceClass, Profile, kind_key
 
 NameKey = tuple[str, str | None, str]  # (kind key, namespace or None, name)
 _Lookup = dict[tuple[str | None, str], list[Obj]]  # (namespace or None = anywhere, value)
@@ -41,6 +41,14 @@ class Index:
         self._fields: dict[tuple[str, tuple[str, ...]], _Lookup] = {}
         # Objects whose fields could not be read while building a field index, per index.
         self._field_bad: dict[tuple[str, tuple[str, ...]], list[BadObject]] = {}
+        # Every field the profile links by: a malformed one is reported whether or not an
+        # application happened to look it up.
+        self._field_paths: set[tuple[str, tuple[str, ...]]] = {
+            (kind.key, path)
+            for link in profile.links
+            for path in _field_paths_of(link.find)
+            for kind in link.kinds
+        }
         self._owned: dict[str, dict[str, list[Obj]]] = {}
         self._names: dict[str, dict[str, list[Obj]]] = {}
         for obj in objects:
@@ -116,6 +124,9 @@ class Index:
 
     @property
     def bad(self) -> list[BadObject]:
+        # A field index dropped by a change is rebuilt here, so its bad objects are not lost.
+        for key, path in self._field_paths - set(self._fields):
+            self.with_field(key, path, "", None)
         found = list(self._rejected)
         for bad in self._field_bad.values():
             found.extend(bad)
@@ -209,6 +220,14 @@ class Index:
                             owned[ref["uid"]].append(obj)
             self._owned[key] = owned
         return owned.get(uid, [])
+
+
+def _field_paths_of(finder: object) -> tuple[tuple[str, ...], ...]:
+    if isinstance(finder, ByField):
+        return (finder.path,)
+    if isinstance(finder, ByServiceClass):
+        return finder.paths
+    return ()
 
 
 def _bad_field(obj: Obj, err: Malformed) -> BadObject:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from eventmesh_health.analysis.causes import Causes, settle_missing
-from eventmesh_health.analysis.graph import Graph, Node
+from eventmesh_health.analysis.graph import AppUnit, Graph, Node
+from eventmesh_health.analysis.index import Index
 from eventmesh_health.model import (
     ApplicationReport,
     Finding,
@@ -85,41 +86,51 @@ def input_findings(graph: Graph, snapshot: Snapshot, profile: Profile) -> list[F
     return findings
 
 
-def build_report(
-    graph: Graph, snapshot: Snapshot, profile: Profile, causes: Causes | None = None
-) -> MeshReport:
-    causes = causes or Causes()
-    every = [*graph.system]
-    for app in graph.apps:
-        every.extend(app.nodes)
-        for ns in app.namespaces:
-            every.extend(ns.nodes)
-    settle_missing(every, causes)
+def nodes_of(app: AppUnit) -> list[Node]:
+    every = list(app.nodes)
+    for ns in app.namespaces:
+        every.extend(ns.nodes)
+    return every
 
+
+def system_report(
+    graph: Graph, snapshot: Snapshot, profile: Profile, causes: Causes
+) -> SystemReport:
+    settle_missing(graph.system, causes)
     extra = input_findings(graph, snapshot, profile)
-    system = SystemReport.model_construct(
+    return SystemReport.model_construct(
         health=_health(graph.system, (f.health for f in extra)),
         findings=[*_findings(graph.system, causes), *extra],
     )
-    applications = []
-    for app in graph.apps:
-        app_health = _health(app.nodes)
-        namespaces = [
-            NamespaceReport.model_construct(
-                name=ns.name,
-                health=Health.worst([_health(ns.nodes), app_health]),
-                state=ns.state,
-                findings=_findings(ns.nodes, causes),
-            )
-            for ns in app.namespaces
-        ]
-        applications.append(ApplicationReport.model_construct(
-            name=app.name,
-            health=Health.worst([app_health, *(ns.health for ns in namespaces)]),
-            state=max((ns.state for ns in namespaces), default=1),
-            findings=_findings(app.nodes, causes),
-            namespaces=namespaces,
-        ))
+
+
+def application_report(app: AppUnit, causes: Causes) -> ApplicationReport:
+    settle_missing(nodes_of(app), causes)
+    app_health = _health(app.nodes)
+    namespaces = [
+        NamespaceReport.model_construct(
+            name=ns.name,
+            health=Health.worst([_health(ns.nodes), app_health]),
+            state=ns.state,
+            findings=_findings(ns.nodes, causes),
+        )
+        for ns in app.namespaces
+    ]
+    return ApplicationReport.model_construct(
+        name=app.name,
+        health=Health.worst([app_health, *(ns.health for ns in namespaces)]),
+        state=max((ns.state for ns in namespaces), default=1),
+        findings=_findings(app.nodes, causes),
+        namespaces=namespaces,
+    )
+
+
+def mesh_report(
+    system: SystemReport,
+    applications: list[ApplicationReport],
+    index: Index,
+    snapshot: Snapshot,
+) -> MeshReport:
     health = Health.worst([system.health, *(a.health for a in applications)])
     return MeshReport.model_construct(
         healthy=health is Health.HEALTHY,
@@ -128,7 +139,16 @@ def build_report(
         applications=applications,
         source=SourceInfo.model_construct(
             taken_at=snapshot.taken_at.isoformat().replace("+00:00", "Z"),
-            objects=graph.index.count(),
-            skipped_kinds=dict(sorted({**snapshot.skipped, **graph.index.skipped}.items())),
+            objects=index.count(),
+            skipped_kinds=dict(sorted({**snapshot.skipped, **index.skipped}.items())),
         ),
     )
+
+
+def build_report(
+    graph: Graph, snapshot: Snapshot, profile: Profile, causes: Causes | None = None
+) -> MeshReport:
+    causes = causes or Causes()
+    system = system_report(graph, snapshot, profile, causes)
+    applications = [application_report(app, causes) for app in graph.apps]
+    return mesh_report(system, applications, graph.index, snapshot)

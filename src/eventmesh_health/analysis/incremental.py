@@ -1,0 +1,324 @@
+"""Keep an analysis current as objects change, re-evaluating only what a change can touch.
+
+`serve` feeds it the changes its watches see. For each changed object it works out which
+applications could include it — those whose chain held it (or expected it and found it
+missing), and those the profile's finders would match it to (an object called `<app>`,
+labelled `application-name: <app>`, in a namespace bound to the app, ...) — and runs the
+same per-application analysis as `check` for those alone. The system components are
+judged again on every batch (a handful of objects); when one of them changes, the causes
+of every application with a failing link are worked out again.
+
+Pure, like the rest of `analysis`: the caller passes the time and the kinds it could read.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from eventmesh_health.analysis.causes import Causes
+from eventmesh_health.analysis.fields import Obj
+from eventmesh_health.analysis.graph import AppUnit, Graph, Node, _Builder
+from eventmesh_health.analysis.index import NameKey
+from eventmesh_health.analysis.report import (
+    application_report,
+    mesh_report,
+    nodes_of,
+    system_report,
+)
+from eventmesh_health.analysis.rules import Thresholds
+from eventmesh_health.model import ApplicationReport, MeshReport, SystemReport
+from eventmesh_health.snapshot import Snapshot
+from eventmesh_health.topology import (
+    BackingChannel,
+    ByField,
+    ByLabels,
+    ByName,
+    ByOwner,
+    ByServiceClass,
+    Profile,
+    kind_key,
+)
+from eventmesh_health.topology.core import DEPLOYMENT, POD
+
+_ANY = re.compile(r"\{(\w+)\}")
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """`{app}-event-service` -> a regex that recovers `app` from a name."""
+    parts = _ANY.split(template)
+    regex = "".join(
+        f"(?P<{part}>.+?)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
+    )
+    return re.compile(regex)
+
+
+class IncrementalAnalysis:
+    def __init__(
+        self, snapshot: Snapshot, profile: Profile, thresholds: Thresholds | None = None
+    ) -> None:
+        self.profile = profile
+        self.builder = _Builder(profile, snapshot, thresholds or Thresholds())
+        self.units: dict[str, AppUnit] = {}
+        self.reports: dict[str, ApplicationReport] = {}
+        self._refs: dict[str, set[NameKey | tuple[str, str | None, None]]] = {}
+        self._apps_by_ref: dict[Any, set[str]] = defaultdict(set)
+        self._apps_by_ns: dict[str, set[str]] = defaultdict(set)
+        self._apps_by_service: dict[str, set[str]] = defaultdict(set)
+        self._apps_by_uid: dict[str, set[str]] = defaultdict(set)
+        self._inverse = self._inverse_finders()
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            graph = self.builder.build()
+            causes = Causes()
+            self.system: SystemReport = system_report(graph, snapshot, profile, causes)
+            for unit in graph.apps:
+                self._store(unit, causes)
+        finally:
+            if collecting:
+                gc.enable()
+
+    # --- the report ----------------------------------------------------------------------------
+
+    def report(self) -> MeshReport:
+        applications = [self.reports[name] for name in sorted(self.reports)]
+        return mesh_report(self.system, applications, self.builder.index, self.builder.snapshot)
+
+    # --- changes -------------------------------------------------------------------------------
+
+    def apply(
+        self,
+        upserts: Iterable[Obj],
+        deletions: Iterable[Obj],
+        now: datetime,
+        collected: frozenset[str] | None = None,
+        unavailable: Mapping[str, str] | None = None,
+    ) -> set[str]:
+        """Take changed objects into account; the names of applications whose report may
+        have changed (an application that appeared or went away included)."""
+        index = self.builder.index
+        snapshot = self.builder.snapshot
+        coverage_changed = (
+            (collected is not None and collected != snapshot.collected)
+            or (unavailable is not None and dict(unavailable) != dict(snapshot.unavailable))
+        )
+        self.builder.set_input(replace(
+            snapshot,
+            objects=(),
+            taken_at=now,
+            collected=snapshot.collected if collected is None else collected,
+            unavailable=snapshot.unavailable if unavailable is None else unavailable,
+        ))
+        affected: set[str] = set()
+        for obj in deletions:
+            key = index.key_of(obj)
+            if key is not None:
+                old = index.remove(key)
+                affected |= self._candidates(obj)
+                if old is not None:
+                    affected |= self._candidates(old)
+        for obj in upserts:
+            key = index.key_of(obj)
+            old = index.get(*key) if key is not None else None
+            if old is not None:
+                affected |= self._candidates(old)
+            index.add(obj)
+            affected |= self._candidates(obj)
+        if coverage_changed:
+            affected |= set(self.units)
+        return self._reevaluate(affected)
+
+    def tick(self, now: datetime) -> set[str]:
+        """Judge again what depends on the clock (how long something has been Progressing,
+        Terminating or stuck): every application with a link that is not Healthy."""
+        snapshot = self.builder.snapshot
+        self.builder.set_input(replace(snapshot, taken_at=now))
+        return self._reevaluate({name for name, unit in self.units.items()
+                                 if any(node.failing for node in nodes_of(unit))})
+
+    def _reevaluate(self, affected: set[str]) -> set[str]:
+        system_changed, restructured = self.builder.refresh_system()
+        if restructured:
+            affected |= set(self.units)
+        causes = Causes()
+        app_key = self.profile.application.key
+        for name in sorted(affected):
+            app_obj = self.builder.index.get(app_key, None, name)
+            self._forget(name)
+            if app_obj is not None:
+                self._store(self.builder.application(app_obj), causes)
+        if system_changed:
+            # Causes may now lead to (or away from) a system component.
+            for name, unit in self.units.items():
+                if name not in affected and any(n.failing for n in nodes_of(unit)):
+                    self.reports[name] = application_report(unit, causes)
+                    affected.add(name)
+        graph = Graph(self.builder.system, [], self.builder.index)
+        self.system = system_report(graph, self.builder.snapshot, self.profile, causes)
+        return affected
+
+    # --- bookkeeping -------------------------------------------------------------------------
+
+    def _store(self, unit: AppUnit, causes: Causes) -> None:
+        name = unit.name
+        self.units[name] = unit
+        self.reports[name] = application_report(unit, causes)
+        refs: set[Any] = set()
+        for node in nodes_of(unit):
+            refs.add(self._node_key(node))
+            if node.obj is not None:
+                uid = node.obj["metadata"].get("uid")
+                if isinstance(uid, str):
+                    self._apps_by_uid[uid].add(name)
+                    refs.add(("uid", uid))
+            service_id = node.values.get("service_id")
+            if service_id:
+                self._apps_by_service[service_id].add(name)
+                refs.add(("service", service_id))
+        for ns in unit.namespaces:
+            self._apps_by_ns[ns.name].add(name)
+            refs.add(("ns", ns.name))
+        for ref in refs:
+            if ref[0] not in ("uid", "service", "ns"):
+                self._apps_by_ref[ref].add(name)
+        self._refs[name] = refs
+
+    def _forget(self, name: str) -> None:
+        self.units.pop(name, None)
+        self.reports.pop(name, None)
+        for ref in self._refs.pop(name, set()):
+            table: dict[Any, set[str]]
+            key: Any = ref[1]
+            if ref[0] == "uid":
+                table = self._apps_by_uid
+            elif ref[0] == "service":
+                table = self._apps_by_service
+            elif ref[0] == "ns":
+                table = self._apps_by_ns
+            else:
+                table, key = self._apps_by_ref, ref
+            apps = table.get(key)
+            if apps is not None:
+                apps.discard(name)
+                if not apps:
+                    del table[key]
+
+    @staticmethod
+    def _node_key(node: Node) -> tuple[str, str | None, str | None]:
+        ref = node.ref
+        return (kind_key(ref.api_version, ref.kind), ref.namespace, ref.name)
+
+    # --- which applications can an object belong to ----------------------------------------------
+
+    def _inverse_finders(self) -> dict[str, list[Any]]:
+        """Per kind key, the finders that can match objects of that kind, precompiled."""
+        inverse: dict[str, list[Any]] = defaultdict(list)
+        for link in self.profile.links:
+            finder = link.find
+            for kind in link.kinds:
+                if isinstance(finder, ByName):
+                    inverse[kind.key].append((
+                        "name",
+                        _pattern(finder.namespace) if finder.namespace else None,
+                        _pattern(finder.name),
+                    ))
+                elif isinstance(finder, ByLabels):
+                    inverse[kind.key].append(("labels", finder.labels))
+                elif isinstance(finder, ByField):
+                    inverse[kind.key].append(("field", finder.path, finder.value))
+                elif isinstance(finder, ByServiceClass):
+                    inverse[kind.key].append(("class", finder.paths))
+                elif isinstance(finder, ByOwner):
+                    inverse[kind.key].append(("owner",))
+                elif isinstance(finder, BackingChannel):
+                    parent = self.profile.link(link.parent or "")
+                    inverse[kind.key].append(("backing", tuple(k.key for k in parent.kinds)))
+        return inverse
+
+    def _bindings(self, found: Mapping[str, str]) -> set[str]:
+        if "app" in found:
+            return {found["app"]}
+        if "namespace" in found:
+            return set(self._apps_by_ns.get(found["namespace"], ()))
+        if "service_id" in found:
+            return set(self._apps_by_service.get(found["service_id"], ()))
+        return set()
+
+    def _candidates(self, obj: Obj) -> set[str]:
+        key = self.builder.index.key_of(obj)
+        if key is None:
+            return set()
+        kind, namespace, name = key
+        apps = set(self._apps_by_ref.get(key, ()))
+        apps |= self._apps_by_ref.get((kind, namespace, None), set())
+        meta = obj["metadata"]
+        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+        for rule in self._inverse.get(kind, ()):
+            if rule[0] == "name":
+                _, ns_pattern, name_pattern = rule
+                found: dict[str, str] = {}
+                if ns_pattern is not None:
+                    match = ns_pattern.fullmatch(namespace or "")
+                    if match is None:
+                        continue
+                    found.update(match.groupdict())
+                match = name_pattern.fullmatch(name)
+                if match is None:
+                    continue
+                found.update(match.groupdict())
+                apps |= self._bindings(found)
+            elif rule[0] == "labels":
+                for label, template in rule[1]:
+                    value = labels.get(label)
+                    if isinstance(value, str) and template.startswith("{"):
+                        apps |= self._bindings({template.strip("{}"): value})
+            elif rule[0] == "field":
+                value = _field(obj, rule[1])
+                if value is not None and rule[2].startswith("{"):
+                    apps |= self._bindings({rule[2].strip("{}"): value})
+            elif rule[0] == "class":
+                for path in rule[1]:
+                    value = _field(obj, path)
+                    if value is not None:
+                        apps |= self._bindings({"service_id": value})
+            elif rule[0] == "owner":
+                for ref in meta.get("ownerReferences") or []:
+                    if isinstance(ref, dict) and isinstance(ref.get("uid"), str):
+                        apps |= self._apps_by_uid.get(ref["uid"], set())
+            elif rule[0] == "backing":
+                for parent_kind in rule[1]:
+                    apps |= self._apps_by_ref.get((parent_kind, namespace, name), set())
+        if kind == POD.key:
+            apps |= self._pod_owners(obj, namespace)
+        return apps
+
+    def _pod_owners(self, pod: Obj, namespace: str | None) -> set[str]:
+        """Applications whose chain holds the Deployment that runs this Pod. A Deployment's
+        Pods are named `<deployment>-<replicaset hash>-<suffix>`; the Deployment's selector
+        must also match, so a look-alike name is not enough."""
+        labels = pod["metadata"].get("labels")
+        parts = str(pod["metadata"]["name"]).rsplit("-", 2)
+        if not isinstance(labels, dict) or len(parts) != 3:
+            return set()
+        deployment = self.builder.index.get(DEPLOYMENT.key, namespace, parts[0])
+        if deployment is None:
+            return set()
+        selector = _field(deployment, ("spec", "selector", "matchLabels"), want=dict)
+        if not selector or any(labels.get(k) != v for k, v in selector.items()):
+            return set()
+        return set(self._apps_by_ref.get((DEPLOYMENT.key, namespace, parts[0]), ()))
+
+
+def _field(obj: Obj, path: tuple[str, ...], want: type = str) -> Any:
+    current: Any = obj
+    for part in path:
+        if not isinstance(current, dict):
+            return None
+        current = current.get(part)
+    return current if isinstance(current, want) else None
