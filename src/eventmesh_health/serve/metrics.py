@@ -1,0 +1,361 @@
+"""Prometheus metrics of `serve`: the current health as state sets, and how the checker runs.
+
+One `Metrics` object owns its own `CollectorRegistry` (never the process-global one), so
+several can live in one process (the tests make many). The orchestrator calls the
+`update_report`, `observe_analysis`, `set_cache`, `inc_*` and `set_leader` methods; the
+REST API serves `exposition()` on `/metrics`.
+
+Naming follows the Prometheus conventions: the `eventmesh_` prefix, base units
+(`_seconds`), `_total` on counters. Labels only take values from bounded sets:
+application and namespace names, the five health values, kinds and resources the
+profile knows, verbs, and finding reasons capped by `ReasonLabels` (a reason is a
+CamelCase code; anything else, and every reason beyond the first `MAX_REASONS`
+distinct ones, is counted as `Other`). Free text (finding messages) never becomes a
+label.
+
+Everything is rendered by one collector from plain data, so
+
+- the series of an application or namespace that is no longer in the report vanish
+  with the next `update_report` (the report-derived families are rebuilt whole and
+  swapped in one assignment);
+- counters and the histogram have no `_created` series (prometheus-client's own
+  Counter/Histogram would add them, and only a process-global switch turns that off).
+
+A scrape may run in a worker thread while the event loop updates: the report-derived
+families are swapped atomically and the counters are guarded by a lock.
+
+| metric | type | labels |
+|---|---|---|
+| `eventmesh_mesh_healthy` | gauge 0/1 | |
+| `eventmesh_system_health` | state set | health |
+| `eventmesh_application_health` | state set | application, health |
+| `eventmesh_application_state` | gauge 1-4 | application |
+| `eventmesh_namespace_health` | state set | application, namespace, health |
+| `eventmesh_findings` | gauge (count) | scope, reason, root_cause |
+| `eventmesh_application_last_transition_timestamp_seconds` | gauge | application |
+| `eventmesh_analysis_duration_seconds` | histogram | |
+| `eventmesh_cache_synced` | gauge 0/1 | |
+| `eventmesh_cache_objects` | gauge | kind |
+| `eventmesh_kind_available` | gauge 0/1 | kind |
+| `eventmesh_watch_restarts_total` | counter | kind |
+| `eventmesh_relists_total` | counter | kind |
+| `eventmesh_api_writes_total` | counter | resource, verb |
+| `eventmesh_is_leader` | gauge 0/1 | |
+
+A state set has one series per health value: 1 for the current one, 0 for the other
+four (`eventmesh_application_health{health="Unhealthy"} == 1` selects the broken ones).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from eventmesh_health.model import Finding, Health, MeshReport
+
+__all__ = [
+    "ANALYSIS_BUCKETS",
+    "CONTENT_TYPE",
+    "HEALTH_VALUES",
+    "MAX_REASONS",
+    "OTHER_REASON",
+    "Metrics",
+    "ReasonLabels",
+]
+
+# The classic text format (0.0.4): every Prometheus 2.x scrapes it. Our names are all
+# legacy-valid, so the bytes are the same as prometheus-client's 1.0.0 output.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+HEALTH_VALUES: tuple[str, ...] = tuple(health.value for health in Health)
+
+# 1 ms ... 10 s: a small mesh takes milliseconds, 10 000 applications about a second.
+ANALYSIS_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+MAX_REASONS = 100
+OTHER_REASON = "Other"
+_REASON = re.compile(r"[A-Za-z][A-Za-z0-9]{0,62}")
+
+
+class ReasonLabels:
+    """Maps finding reasons to label values from a bounded set.
+
+    A reason is kept when it is a CamelCase code (`^[A-Za-z][A-Za-z0-9]{0,62}$`) and is
+    one of the first `limit` distinct codes seen over the process' life; any other is
+    `Other`. The set never shrinks, so a reason keeps its own label once it has one.
+    """
+
+    def __init__(self, limit: int = MAX_REASONS) -> None:
+        self._limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, reason: str) -> str:
+        if reason in self._known:
+            return reason
+        if len(self._known) >= self._limit or not _REASON.fullmatch(reason):
+            return OTHER_REASON
+        self._known.add(reason)
+        return reason
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
+def _state_set(family: GaugeMetricFamily, labels: Sequence[str], health: Health) -> None:
+    for value in HEALTH_VALUES:
+        family.add_metric([*labels, value], 1.0 if value == health.value else 0.0)
+
+
+def _flag(value: bool) -> float:
+    return 1.0 if value else 0.0
+
+
+class Metrics:
+    """The metrics registry of `serve` and the methods the orchestrator updates it with."""
+
+    def __init__(
+        self,
+        *,
+        kinds: Iterable[str] = (),
+        writes: Iterable[tuple[str, str]] = (),
+        reason_limit: int = MAX_REASONS,
+    ) -> None:
+        """`kinds` and `writes` (resource, verb) start their counters at 0, so a steady
+        state with no restarts, relists or writes is visible as 0 rather than absent."""
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._lock = threading.Lock()
+        self._reasons = ReasonLabels(reason_limit)
+        # Every (scope, reason label, root cause) ever reported: shown as 0 once gone, so a
+        # finding that disappears drops to 0 instead of going stale. Bounded by the reason
+        # cap: 3 scopes x (limit + 1) reasons x 2.
+        self._finding_keys: dict[tuple[str, str, str], None] = {}
+        self._report_families: tuple[Metric, ...] = ()
+        self._analysis_buckets = [0] * len(ANALYSIS_BUCKETS)
+        self._analysis_count = 0
+        self._analysis_sum = 0.0
+        self._cache_synced = False
+        self._cache_objects: dict[str, int] = {}
+        self._kind_available: dict[str, bool] = {}
+        self._watch_restarts: dict[str, int] = dict.fromkeys(kinds, 0)
+        self._relists: dict[str, int] = dict(self._watch_restarts)
+        self._writes: dict[tuple[str, str], int] = dict.fromkeys(writes, 0)
+        self._is_leader = False
+        self.registry.register(_Collector(self))
+
+    # --- what the orchestrator calls -------------------------------------------------
+
+    def update_report(self, report: MeshReport, transitions: Mapping[str, datetime]) -> None:
+        """Replace every report-derived series with those of `report`.
+
+        Applications and namespaces not in `report` lose their series. `transitions` maps
+        application names to when their health last changed; applications without an
+        entry have no `..._last_transition_timestamp_seconds` series.
+        """
+        mesh_healthy = GaugeMetricFamily(
+            "eventmesh_mesh_healthy",
+            "1 when the whole mesh (system and every application) is Healthy, else 0.",
+        )
+        mesh_healthy.add_metric([], _flag(report.healthy))
+        system = GaugeMetricFamily(
+            "eventmesh_system_health",
+            "Health of the system components as a state set: 1 for the current value.",
+            labels=["health"],
+        )
+        _state_set(system, [], report.system.health)
+        app_health = GaugeMetricFamily(
+            "eventmesh_application_health",
+            "Health of each application as a state set: 1 for the current value, "
+            "0 for the others.",
+            labels=["application", "health"],
+        )
+        app_state = GaugeMetricFamily(
+            "eventmesh_application_state",
+            "How far each application is set up (1 created, 2 bound, 3 Events enabled, "
+            "4 a Trigger exists); the highest of its namespaces.",
+            labels=["application"],
+        )
+        ns_health = GaugeMetricFamily(
+            "eventmesh_namespace_health",
+            "Health of each (application, namespace) pair as a state set: 1 for the "
+            "current value, 0 for the others.",
+            labels=["application", "namespace", "health"],
+        )
+        transition = GaugeMetricFamily(
+            "eventmesh_application_last_transition_timestamp_seconds",
+            "When each application's health last changed (first seen counts), "
+            "Unix time in seconds.",
+            labels=["application"],
+        )
+        counts: dict[tuple[str, str, str], int] = dict.fromkeys(self._finding_keys, 0)
+
+        def count(scope: str, findings: Iterable[Finding]) -> None:
+            for finding in findings:
+                key = (scope, self._reasons(finding.reason), str(finding.root_cause).lower())
+                counts[key] = counts.get(key, 0) + 1
+
+        count("system", report.system.findings)
+        for app in report.applications:
+            _state_set(app_health, [app.name], app.health)
+            app_state.add_metric([app.name], float(app.state))
+            when = transitions.get(app.name)
+            if when is not None:
+                transition.add_metric([app.name], when.timestamp())
+            count("application", app.findings)
+            for ns in app.namespaces:
+                _state_set(ns_health, [app.name, ns.name], ns.health)
+                count("namespace", ns.findings)
+
+        findings = GaugeMetricFamily(
+            "eventmesh_findings",
+            "Current number of findings by where they are (system, application, "
+            "namespace), reason code (Other beyond the cap) and whether they are root causes.",
+            labels=["scope", "reason", "root_cause"],
+        )
+        for key in sorted(counts):
+            findings.add_metric(list(key), float(counts[key]))
+            self._finding_keys.setdefault(key)
+
+        self._report_families = (
+            mesh_healthy, system, app_health, app_state, ns_health, findings, transition,
+        )
+
+    def observe_analysis(self, seconds: float) -> None:
+        """One analysis run took `seconds`."""
+        with self._lock:
+            for i, bound in enumerate(ANALYSIS_BUCKETS):
+                if seconds <= bound:
+                    self._analysis_buckets[i] += 1
+            self._analysis_count += 1
+            self._analysis_sum += seconds
+
+    def set_cache(
+        self, synced: bool, objects_per_kind: Mapping[str, int], available: Mapping[str, bool]
+    ) -> None:
+        """The watch caches: whether all synced, objects held per kind, which kinds the
+        API server serves. Kinds missing from a mapping lose their series."""
+        with self._lock:
+            self._cache_synced = synced
+            self._cache_objects = dict(objects_per_kind)
+            self._kind_available = dict(available)
+
+    def inc_watch_restart(self, kind: str) -> None:
+        with self._lock:
+            self._watch_restarts[kind] = self._watch_restarts.get(kind, 0) + 1
+
+    def inc_relist(self, kind: str) -> None:
+        with self._lock:
+            self._relists[kind] = self._relists.get(kind, 0) + 1
+
+    def inc_write(self, resource: str, verb: str) -> None:
+        """One write request of the checker's own (`resource` e.g. `events`, `verb` e.g.
+        `create`, `patch`, `apply`, `delete`)."""
+        with self._lock:
+            self._writes[(resource, verb)] = self._writes.get((resource, verb), 0) + 1
+
+    def set_leader(self, is_leader: bool) -> None:
+        with self._lock:
+            self._is_leader = is_leader
+
+    # --- output ----------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition (format 0.0.4, `CONTENT_TYPE`) of the registry."""
+        return generate_latest(self.registry)
+
+    def _collect(self) -> Iterator[Metric]:
+        report_families = self._report_families
+        with self._lock:
+            buckets = list(self._analysis_buckets)
+            count, total = self._analysis_count, self._analysis_sum
+            synced, leader = self._cache_synced, self._is_leader
+            objects = sorted(self._cache_objects.items())
+            available = sorted(self._kind_available.items())
+            restarts = sorted(self._watch_restarts.items())
+            relists = sorted(self._relists.items())
+            writes = sorted(self._writes.items())
+
+        yield from report_families
+
+        yield HistogramMetricFamily(
+            "eventmesh_analysis_duration_seconds",
+            "Time one analysis of the cached objects took.",
+            buckets=[
+                *((_le(bound), float(n)) for bound, n in zip(ANALYSIS_BUCKETS, buckets,
+                                                              strict=True)),
+                ("+Inf", float(count)),
+            ],
+            sum_value=total,
+        )
+        yield GaugeMetricFamily(
+            "eventmesh_cache_synced",
+            "1 when the watch caches of every kind have synced, else 0.",
+            value=_flag(synced),
+        )
+        family = GaugeMetricFamily(
+            "eventmesh_cache_objects", "Objects held in the watch cache, per kind.",
+            labels=["kind"],
+        )
+        for kind, n in objects:
+            family.add_metric([kind], float(n))
+        yield family
+        family = GaugeMetricFamily(
+            "eventmesh_kind_available",
+            "1 when the API server serves the kind (its CRD is installed), else 0.",
+            labels=["kind"],
+        )
+        for kind, ok in available:
+            family.add_metric([kind], _flag(ok))
+        yield family
+        counter = CounterMetricFamily(
+            "eventmesh_watch_restarts", "Watches restarted (ended or failed), per kind.",
+            labels=["kind"],
+        )
+        for kind, n in restarts:
+            counter.add_metric([kind], float(n))
+        yield counter
+        counter = CounterMetricFamily(
+            "eventmesh_relists", "Full LISTs after a watch could not resume, per kind.",
+            labels=["kind"],
+        )
+        for kind, n in relists:
+            counter.add_metric([kind], float(n))
+        yield counter
+        counter = CounterMetricFamily(
+            "eventmesh_api_writes",
+            "Write requests the checker itself sent to the API server.",
+            labels=["resource", "verb"],
+        )
+        for (resource, verb), n in writes:
+            counter.add_metric([resource, verb], float(n))
+        yield counter
+        yield GaugeMetricFamily(
+            "eventmesh_is_leader",
+            "1 while this replica holds the leader lease (writes health objects and Events).",
+            value=_flag(leader),
+        )
+
+
+def _le(bound: float) -> str:
+    # What prometheus-client's own Histogram prints: 0.001, 1.0, 10.0.
+    return repr(float(bound))
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics._collect()
