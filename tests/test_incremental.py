@@ -18,7 +18,7 @@ from eventmesh_health.snapshot import Snapshot
 from tests.rulecases import BASE, TAKEN_AT, cases, load_case
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-import synthetic  # noqa: E402
+import synthetic
 
 NOW = datetime.fromisoformat(TAKEN_AT)
 BASE_OBJECTS: list[dict[str, Any]] = list(yaml.safe_load_all(BASE.read_text()))
@@ -26,7 +26,6 @@ BASE_OBJECTS: list[dict[str, Any]] = list(yaml.safe_load_all(BASE.read_text()))
 EDITS: list[Any] = []
 for _path in cases():
     _case = load_case(_path)
-    _base_ids = {id(o) for o in BASE_OBJECTS}
     EDITS.extend(o for o in _case.objects if isinstance(o, dict) and o not in BASE_OBJECTS)
 
 
