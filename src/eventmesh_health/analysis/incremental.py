@@ -143,6 +143,15 @@ class IncrementalAnalysis:
                                  if any(node.failing for node in nodes_of(unit))})
 
     def _reevaluate(self, affected: set[str]) -> set[str]:
+        collecting = gc.isenabled()
+        gc.disable()  # as in `analyse`: no cyclic GC passes over the whole cache mid-update
+        try:
+            return self._reevaluate_now(affected)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _reevaluate_now(self, affected: set[str]) -> set[str]:
         system_changed, restructured = self.builder.refresh_system()
         if restructured:
             affected |= set(self.units)

@@ -74,10 +74,11 @@ class Index:
             self._reject(obj, "metadata.namespace is missing for a namespaced kind")
             return None
         name_key = (key, ns, meta["name"])
+        old = self.by_name.get(name_key)
         self.by_name[name_key] = obj
         self._by_kind[key][(ns, meta["name"])] = obj
         if invalidate:
-            self._invalidate(key)
+            self._update_lazy(key, old, obj)
         return name_key
 
     def remove(self, name_key: NameKey) -> Obj | None:
@@ -85,7 +86,7 @@ class Index:
         if obj is not None:
             key, ns, name = name_key
             self._by_kind[key].pop((ns, name), None)
-            self._invalidate(key)
+            self._update_lazy(key, obj, None)
         return obj
 
     def key_of(self, obj: Obj) -> NameKey | None:
@@ -98,14 +99,44 @@ class Index:
         return (key, obj["metadata"].get("namespace") if namespaced else None,
                 obj["metadata"]["name"])
 
-    def _invalidate(self, key: str) -> None:
-        for label in [k for k in self._labels if k[0] == key]:
-            del self._labels[label]
-        for path in [k for k in self._fields if k[0] == key]:
-            del self._fields[path]
-            self._field_bad.pop(path, None)
-        self._owned.pop(key, None)
-        self._names.pop(key, None)
+    def _update_lazy(self, key: str, old: Obj | None, new: Obj | None) -> None:
+        """Move one object in the lazy indexes of its kind (cheaper than rebuilding them)."""
+        names = self._names.get(key)
+        if names is not None:
+            if old is not None:
+                _drop(names[old["metadata"]["name"]], old)
+            if new is not None:
+                names[new["metadata"]["name"]].append(new)
+        for (kind, label), index in self._labels.items():
+            if kind == key:
+                if old is not None and (value := _label(old, label)) is not None:
+                    _drop_twice(index, old, value)
+                if new is not None and (value := _label(new, label)) is not None:
+                    _add_twice(index, new, value)
+        for (kind, path), index in self._fields.items():
+            if kind == key:
+                bad = self._field_bad[(kind, path)]
+                if old is not None:
+                    value, _ = _field(old, path)
+                    if value is not None:
+                        _drop_twice(index, old, value)
+                    meta = old["metadata"]
+                    bad[:] = [b for b in bad
+                              if (b.namespace, b.name) != (meta.get("namespace"), meta["name"])]
+                if new is not None:
+                    value, problem = _field(new, path)
+                    if value is not None:
+                        _add_twice(index, new, value)
+                    if problem is not None:
+                        bad.append(problem)
+        owned = self._owned.get(key)
+        if owned is not None:
+            if old is not None:
+                for uid in _owner_uids(old):
+                    _drop(owned[uid], old)
+            if new is not None:
+                for uid in _owner_uids(new):
+                    owned[uid].append(new)
 
     def _reject(self, obj: object, message: str) -> None:
         api_version = kind = namespace = name = None
@@ -170,11 +201,9 @@ class Index:
         if index is None:
             index = defaultdict(list)
             for obj in self.of_kind(key):
-                labels = obj["metadata"].get("labels")
-                if isinstance(labels, dict):
-                    found = labels.get(label)
-                    if isinstance(found, str):
-                        _add_twice(index, obj, found)
+                found = _label(obj, label)
+                if found is not None:
+                    _add_twice(index, obj, found)
             self._labels[(key, label)] = index
         return index.get((namespace, value), [])
 
@@ -188,21 +217,11 @@ class Index:
             index = defaultdict(list)
             bad: list[BadObject] = []
             for obj in self.of_kind(key):
-                current: Any = obj
-                for depth, part in enumerate(path):
-                    if current is None:
-                        break
-                    if not isinstance(current, dict):
-                        bad.append(_bad_field(obj, Malformed(path[:depth], "a map", current)))
-                        current = None
-                        break
-                    current = current.get(part)
-                if current is None:
-                    continue
-                if not isinstance(current, str):
-                    bad.append(_bad_field(obj, Malformed(path, "a string", current)))
-                    continue
-                _add_twice(index, obj, current)
+                found, problem = _field(obj, path)
+                if found is not None:
+                    _add_twice(index, obj, found)
+                if problem is not None:
+                    bad.append(problem)
             self._fields[(key, path)] = index
             self._field_bad[(key, path)] = bad
         return index.get((namespace, value), [])
@@ -213,13 +232,57 @@ class Index:
         if owned is None:
             owned = defaultdict(list)
             for obj in self.of_kind(key):
-                refs = obj["metadata"].get("ownerReferences")
-                if isinstance(refs, list):
-                    for ref in refs:
-                        if isinstance(ref, dict) and isinstance(ref.get("uid"), str):
-                            owned[ref["uid"]].append(obj)
+                for owner in _owner_uids(obj):
+                    owned[owner].append(obj)
             self._owned[key] = owned
         return owned.get(uid, [])
+
+
+def _label(obj: Obj, label: str) -> str | None:
+    labels = obj["metadata"].get("labels")
+    if isinstance(labels, dict):
+        value = labels.get(label)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _field(obj: Obj, path: tuple[str, ...]) -> tuple[str | None, BadObject | None]:
+    """The string at `path` (None when absent), or what is wrong with the object there."""
+    current: Any = obj
+    for depth, part in enumerate(path):
+        if current is None:
+            return None, None
+        if not isinstance(current, dict):
+            return None, _bad_field(obj, Malformed(path[:depth], "a map", current))
+        current = current.get(part)
+    if current is None:
+        return None, None
+    if not isinstance(current, str):
+        return None, _bad_field(obj, Malformed(path, "a string", current))
+    return current, None
+
+
+def _owner_uids(obj: Obj) -> list[str]:
+    refs = obj["metadata"].get("ownerReferences")
+    if not isinstance(refs, list):
+        return []
+    return [ref["uid"] for ref in refs if isinstance(ref, dict) and isinstance(ref.get("uid"), str)]
+
+
+def _drop(objects: list[Obj], obj: Obj) -> None:
+    """Remove `obj` itself (by identity: equal-looking objects are different objects)."""
+    for position, candidate in enumerate(objects):
+        if candidate is obj:
+            del objects[position]
+            return
+
+
+def _drop_twice(index: _Lookup, obj: Obj, value: str) -> None:
+    namespace = obj["metadata"].get("namespace")
+    if namespace is not None:
+        _drop(index[(namespace, value)], obj)
+    _drop(index[(None, value)], obj)
 
 
 def _field_paths_of(finder: object) -> tuple[tuple[str, ...], ...]:
