@@ -32,7 +32,7 @@ from eventmesh_health.sources.cluster import (
     Connection,
     read_cluster,
 )
-from eventmesh_health.sources.dump import DumpError, write_dump
+from eventmesh_health.sources.dump import DumpError, check_target, write_dump
 from eventmesh_health.sources.files import SnapshotError, load_snapshot
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_INPUT, EXIT_CLUSTER = 0, 1, 2, 3
@@ -237,6 +237,10 @@ def dump(output_dir: Path, kubeconfig: Path | None, context: str | None,
     (when it was taken, which kinds were read, which could not be and why).
     Exit codes: 0 written, 2 bad usage / permission error, 3 cluster unreadable.
     """
+    try:
+        check_target(output_dir)  # before reading: fail fast
+    except DumpError as err:
+        _fail(str(err), EXIT_INPUT)
     read = _read_cluster(_connection(kubeconfig, context, request_timeout))
     source = f"eventmesh-health {_version()} dump of context {read.context} ({read.server})"
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,8 @@ from eventmesh_health.topology.core import CORE_KINDS
 
 DEFAULT_TIMEOUT = 10.0
 CHUNK_SIZE = 500
+MAX_RETRIES = 5  # attempts of a list answered 429 Too Many Requests
+MAX_RETRY_AFTER = 5.0  # seconds
 DEFAULT_KUBECONFIG = Path("~/.kube/config")
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 RBAC_HINT = "see deploy/rbac/clusterrole-reader.yaml for the ClusterRole eventmesh-health needs"
@@ -314,7 +317,7 @@ def read_cluster(
                 unavailable[kind.key] = _not_served_message(client, kind, err.code)
             else:
                 collected.add(kind.key)
-        taken_at = (now or _utcnow)().replace(microsecond=0)
+        taken_at = (now or _utcnow)()  # after the reads: no object is newer
     finally:
         client.close()
     snapshot = Snapshot(
@@ -338,7 +341,31 @@ class _NotServed(Exception):
         self.code = code
 
 
-def _list(client: Client, kind: Kind) -> list[dict[str, Any]]:
+class _TooManyRequests(Exception):
+    """429 (e.g. "storage is (re)initializing", or API priority and fairness): retry later."""
+
+    def __init__(self, seconds: float, message: str) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
+def _list(
+    client: Client, kind: Kind, sleep: Callable[[float], None] = time.sleep
+) -> list[dict[str, Any]]:
+    """All objects of a kind; retries a 429 after its Retry-After, as client-go does."""
+    for _attempt in range(MAX_RETRIES):
+        try:
+            return _list_once(client, kind)
+        except _TooManyRequests as err:
+            last = err
+            sleep(err.seconds)
+    raise ClusterUnreachable(
+        f"the API server at {client.config.cluster.server} kept answering 429 Too Many "
+        f"Requests while listing {kind.resource}: {last}"
+    )
+
+
+def _list_once(client: Client, kind: Kind) -> list[dict[str, Any]]:
     res = resource_class(kind)
     server = client.config.cluster.server
     try:
@@ -346,12 +373,15 @@ def _list(client: Client, kind: Kind) -> list[dict[str, Any]]:
             items = list(client.list(res, namespace=ALL_NS, chunk_size=CHUNK_SIZE))
         else:
             items = list(client.list(res, chunk_size=CHUNK_SIZE))
-    except ApiError as err:
-        raise _api_error(err, kind, server) from None
-    except httpx2.HTTPStatusError as err:  # an answer without a Status body
-        if err.response.status_code == 404:
-            raise _NotServed(404) from None
-        raise _status_error(err.response.status_code, err.response.text, kind, server) from None
+    except httpx2.HTTPStatusError as err:  # ApiError: with a Status body
+        code = err.response.status_code
+        message = err.response.text
+        if isinstance(err, ApiError):
+            code = int(err.status.code or code)
+            message = str(err.status.message or "")
+        if code == 429:
+            raise _TooManyRequests(_retry_after(err.response), message) from None
+        raise _status_error(code, message, kind, server) from None
     except httpx2.TimeoutException:
         raise ClusterUnreachable(
             f"the API server at {server} did not answer within the request timeout while "
@@ -381,11 +411,12 @@ def _transport_reason(err: httpx2.TransportError) -> str:
 _USER = re.compile(r'User "([^"]*)"')
 
 
-def _api_error(err: ApiError, kind: Kind, server: str) -> Exception:
-    code = err.status.code
-    if code is None and err.response is not None:
-        code = err.response.status_code
-    return _status_error(int(code or 0), str(err.status.message or ""), kind, server)
+def _retry_after(response: httpx2.Response) -> float:
+    try:
+        seconds = float(response.headers.get("Retry-After", "1"))
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.1), MAX_RETRY_AFTER)
 
 
 def _status_error(code: int, message: str, kind: Kind, server: str) -> Exception:
@@ -419,6 +450,18 @@ def _status_error(code: int, message: str, kind: Kind, server: str) -> Exception
 def _not_served_message(client: Client, kind: Kind, code: int) -> str:
     """Why a kind could not be listed; for a 404, asks discovery (which every user may read)
     whether the group or only this version is missing."""
+    return not_served_message(kind, code, lambda: _served_versions(client, kind))
+
+
+def not_served_message(
+    kind: Kind, code: int, served_versions: Callable[[], list[str] | None]
+) -> str:
+    """Why a kind could not be read (a 404, or a 503 from an aggregated API), in one line.
+
+    `served_versions` says which versions of the kind's resource are served (None: none, the
+    CRD is not installed); it is only called for a custom resource's 404, and when it raises,
+    the message leaves open whether the CRD or only the version is missing. `read_cluster`
+    asks discovery; the informer of `serve` answers from its watch of the CRDs."""
     hint = _INSTALL_HINTS.get(kind.group, "its CRD missing?")
     if code == 503:
         return (f"{kind.resource} cannot be read: the API server answered 503 Service "
@@ -427,8 +470,8 @@ def _not_served_message(client: Client, kind: Kind, code: int) -> str:
         return f"the API server does not serve {kind.resource} {kind.api_version}"
     missing = f"CustomResourceDefinition {kind.resource} is not installed ({hint})"
     try:
-        versions = _served_versions(client, kind)
-    except Exception:  # discovery is only used to sharpen the message
+        versions = served_versions()
+    except Exception:  # only used to sharpen the message
         return (f"CustomResourceDefinition {kind.resource} is not installed, or does not "
                 f"serve {kind.version} ({hint})")
     if versions is None or kind.version in versions:

@@ -96,15 +96,23 @@ def dump_documents(snapshot: Snapshot, profile: Profile, source: str) -> dict[st
     return documents
 
 
+def check_target(directory: Path) -> None:
+    """A dump goes into a new or empty folder: it is read recursively, so stale files of
+    another dump would mix in."""
+    try:
+        if directory.exists():
+            if not directory.is_dir():
+                raise DumpError(f"{directory}: exists and is not a folder")
+            if any(directory.iterdir()):
+                raise DumpError(f"{directory}: folder is not empty (give a new or empty folder)")
+    except OSError as err:
+        raise DumpError(f"{directory}: {err.strerror or err}") from None
+
+
 def write_dump(snapshot: Snapshot, profile: Profile, directory: Path, source: str) -> list[Path]:
-    """Write the dump into `directory`, which must be new or empty (a dump is read
-    recursively: stale files from another dump would mix in). Returns the files written."""
+    """Write the dump into `directory`, which must be new or empty. Returns the files."""
     documents = dump_documents(snapshot, profile, source)
-    if directory.exists():
-        if not directory.is_dir():
-            raise DumpError(f"{directory}: exists and is not a folder")
-        if any(directory.iterdir()):
-            raise DumpError(f"{directory}: folder is not empty (give a new or empty folder)")
+    check_target(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         written = []
