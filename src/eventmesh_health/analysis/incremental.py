@@ -16,7 +16,8 @@ from __future__ import annotations
 import gc
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -72,17 +73,12 @@ class IncrementalAnalysis:
         self._apps_by_service: dict[str, set[str]] = defaultdict(set)
         self._apps_by_uid: dict[str, set[str]] = defaultdict(set)
         self._inverse = self._inverse_finders()
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with _no_cyclic_gc():
             graph = self.builder.build()
             causes = Causes()
             self.system: SystemReport = system_report(graph, snapshot, profile, causes)
             for unit in graph.apps:
                 self._store(unit, causes)
-        finally:
-            if collecting:
-                gc.enable()
 
     # --- the report ----------------------------------------------------------------------------
 
@@ -102,6 +98,17 @@ class IncrementalAnalysis:
     ) -> set[str]:
         """Take changed objects into account; the names of applications whose report may
         have changed (an application that appeared or went away included)."""
+        with _no_cyclic_gc():
+            return self._apply(upserts, deletions, now, collected, unavailable)
+
+    def _apply(
+        self,
+        upserts: Iterable[Obj],
+        deletions: Iterable[Obj],
+        now: datetime,
+        collected: frozenset[str] | None,
+        unavailable: Mapping[str, str] | None,
+    ) -> set[str]:
         index = self.builder.index
         snapshot = self.builder.snapshot
         coverage_changed = (
@@ -139,19 +146,11 @@ class IncrementalAnalysis:
         Terminating or stuck): every application with a link that is not Healthy."""
         snapshot = self.builder.snapshot
         self.builder.set_input(replace(snapshot, taken_at=now))
-        return self._reevaluate({name for name, unit in self.units.items()
-                                 if any(node.failing for node in nodes_of(unit))})
+        with _no_cyclic_gc():
+            return self._reevaluate({name for name, unit in self.units.items()
+                                     if any(node.failing for node in nodes_of(unit))})
 
     def _reevaluate(self, affected: set[str]) -> set[str]:
-        collecting = gc.isenabled()
-        gc.disable()  # as in `analyse`: no cyclic GC passes over the whole cache mid-update
-        try:
-            return self._reevaluate_now(affected)
-        finally:
-            if collecting:
-                gc.enable()
-
-    def _reevaluate_now(self, affected: set[str]) -> set[str]:
         system_changed, restructured = self.builder.refresh_system()
         if restructured:
             affected |= set(self.units)
@@ -322,6 +321,18 @@ class IncrementalAnalysis:
         if not selector or any(labels.get(k) != v for k, v in selector.items()):
             return set()
         return set(self._apps_by_ref.get((DEPLOYMENT.key, namespace, parts[0]), ()))
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """As in `analyse`: no cyclic GC passes over the whole cache in the middle of an update."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _field(obj: Obj, path: tuple[str, ...], want: type = str) -> Any:
