@@ -456,6 +456,8 @@ class _Builder:
             return [Node(link.id, link.description, _obj_ref(parent.obj), None,
                          Verdict(Health.UNKNOWN, "MalformedObject", str(err)), link.needs,
                          parent)]
+        if len(found) > 1:  # a stable order, whatever order the objects arrived in
+            found.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
         for obj in found:
             verdict = self._judge(obj, link.judge, link.label)
             node_values = values
