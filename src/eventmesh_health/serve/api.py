@@ -194,9 +194,8 @@ def create_app(state: HealthState, metrics: Metrics) -> FastAPI:
     def current() -> _Rendered:
         report = state.report
         if report is None:
-            _, why = state.ready()
-            if why == "ok":
-                why = "first analysis not yet done"
+            why = "caches not yet synced" if not state.caches_synced else (
+                "first analysis not yet done")
             raise ApiError(503, "NotReady", f"no report yet: {why}", {"Retry-After": "5"})
         if not rendered or rendered[0].report is not report:
             rendered[:] = [_Rendered(report)]
