@@ -260,3 +260,84 @@ def _version() -> str:
         return version("eventmesh-health")
     except PackageNotFoundError:
         return "(unknown version)"
+
+
+def _env(name: str) -> str:
+    return f"EVENTMESH_HEALTH_{name}"
+
+
+@main.command()
+@_cluster_options
+@click.option("--host", default="0.0.0.0", show_default=True, envvar=_env("HOST"),
+              help="Address the REST API and /metrics listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              envvar=_env("PORT"))
+@click.option("--leader-election/--no-leader-election", default=True, show_default=True,
+              envvar=_env("LEADER_ELECTION"),
+              help="Only the holder of a Lease writes; every replica serves reads.")
+@click.option("--lease-namespace", default="kyma-system", show_default=True,
+              envvar=_env("LEASE_NAMESPACE"))
+@click.option("--lease-name", default="eventmesh-health", show_default=True,
+              envvar=_env("LEASE_NAME"))
+@click.option("--identity", default=None, envvar=["POD_NAME", _env("IDENTITY")],
+              help="This replica's name in the Lease (default: $POD_NAME, else the host name).")
+@click.option("--lease-duration", default="15s", show_default=True, callback=_duration,
+              envvar=_env("LEASE_DURATION"))
+@click.option("--events-namespace", default="kyma-system", show_default=True,
+              envvar=_env("EVENTS_NAMESPACE"),
+              help="Where Events about Applications (cluster-scoped) are written.")
+@click.option("--write/--no-write", default=True, show_default=True, envvar=_env("WRITE"),
+              help="Write health objects, Application annotations and Events.")
+@click.option("--outage-after", default="30s", show_default=True, callback=_duration,
+              envvar=_env("OUTAGE_AFTER"),
+              help="Watches disconnected this long make every health Unknown.")
+@_STUCK_OPTION
+@_DEADLINE_OPTION
+def serve(
+    kubeconfig: Path | None, context: str | None, timeout: float, host: str, port: int,
+    leader_election: bool, lease_namespace: str, lease_name: str, identity: str | None,
+    lease_duration: timedelta, events_namespace: str, write: bool, outage_after: timedelta,
+    stuck_deletion_after: timedelta, progress_deadline: timedelta,
+) -> None:
+    """Always-on checker: watches the cluster, keeps every Application's health current, and
+    serves it (REST API, /metrics, EventMeshHealth objects, annotations, Events).
+
+    Every option can also be set in the environment as EVENTMESH_HEALTH_<OPTION>.
+    """
+    import asyncio
+    import contextlib
+    import logging
+    import socket
+
+    import httpx2
+    import lightkube
+
+    from eventmesh_health.serve.service import Service, Settings
+    from eventmesh_health.sources.cluster import load_config
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    connection = _connection(kubeconfig, context, timeout)
+    try:
+        config = load_config(connection)
+    except ClusterError as err:
+        _fail(str(err), EXIT_INPUT)
+    seconds = lease_duration.total_seconds()
+    settings = Settings(
+        host=host, port=port, leader_election=leader_election, lease_namespace=lease_namespace,
+        lease_name=lease_name, identity=identity or socket.gethostname(),
+        lease_duration=seconds, renew_deadline=seconds * 2 / 3, retry_period=seconds * 2 / 15,
+        events_namespace=events_namespace, write=write, outage_after=outage_after,
+        thresholds=Thresholds(stuck_deletion=stuck_deletion_after,
+                              progress_deadline=progress_deadline),
+    )
+
+    async def run() -> None:
+        client = lightkube.AsyncClient(config, timeout=httpx2.Timeout(timeout), trust_env=True)
+        try:
+            await Service(client, settings).run()
+        finally:
+            await client.close()
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a clean stop, no traceback
+        asyncio.run(run())

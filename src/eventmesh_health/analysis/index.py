@@ -185,6 +185,9 @@ class Index:
     def count(self) -> int:
         return len(self.by_name)
 
+    def count_of(self, key: str) -> int:
+        return len(self._by_kind.get(key, {}))
+
     def named(self, key: str, name: str) -> list[Obj]:
         """Objects of `key` called `name`, in any namespace."""
         names = self._names.get(key)

@@ -1,0 +1,281 @@
+"""`serve`: one asyncio event loop that ties the pieces together.
+
+    watches (informer) --changes--> incremental analysis --report--> HealthState
+                                                                   |-> REST API, /metrics
+                                                                   '-> health objects,
+                                                                       annotations, Events
+                                                                       (leader only)
+
+The analysis is the same pure one `check` runs; only the applications a change can
+touch are re-evaluated. When the watches have been disconnected for longer than
+`outage_after`, every health becomes Unknown with the reason, never a stale Healthy;
+once they are back the cache re-syncs and the true health returns by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import lightkube
+
+from eventmesh_health.analysis import KYMA_1, Thresholds
+from eventmesh_health.analysis.incremental import IncrementalAnalysis
+from eventmesh_health.model import (
+    ApplicationReport,
+    Finding,
+    Health,
+    MeshReport,
+    NamespaceReport,
+    ObjectRef,
+    Severity,
+    SystemReport,
+)
+from eventmesh_health.serve.api import create_app, embedded_server
+from eventmesh_health.serve.informer import Change, ClusterCache
+from eventmesh_health.serve.leader import LeaderElector
+from eventmesh_health.serve.metrics import Metrics
+from eventmesh_health.serve.state import HealthState
+from eventmesh_health.serve.writer import HealthWriter
+
+log = logging.getLogger("eventmesh_health.serve")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `serve` can be told, in one place (flags and environment: see the CLI)."""
+
+    host: str = "0.0.0.0"  # in a Pod, the API and /metrics must be reachable from outside
+    port: int = 8080
+    leader_election: bool = True
+    lease_namespace: str = "kyma-system"
+    lease_name: str = "eventmesh-health"
+    identity: str = field(default_factory=socket.gethostname)
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    events_namespace: str = "kyma-system"
+    write: bool = True
+    outage_after: timedelta = timedelta(seconds=30)
+    tick: timedelta = timedelta(seconds=15)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    log_level: str = "info"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Service:
+    def __init__(
+        self, client: lightkube.AsyncClient, settings: Settings,
+        now: Callable[[], datetime] = _now,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.now = now
+        self.state = HealthState(leader_election_running=not settings.leader_election)
+        self.metrics = Metrics()
+        self.cache = ClusterCache(client, KYMA_1.kinds, on_changes=self._on_changes)
+        self.analysis: IncrementalAnalysis | None = None
+        self.elector: LeaderElector | None = None
+        if settings.leader_election:
+            self.elector = LeaderElector(
+                client, settings.lease_namespace, settings.lease_name, settings.identity,
+                lease_duration=settings.lease_duration, renew_deadline=settings.renew_deadline,
+                retry_period=settings.retry_period,
+                on_started_leading=self._leadership_changed,
+                on_stopped_leading=self._leadership_changed,
+            )
+        self.writer = HealthWriter(
+            client, is_leader=self.is_leader, events_namespace=settings.events_namespace,
+            reporting_instance=settings.identity,
+        )
+        self.app = create_app(self.state, self.metrics)
+        self._changed = asyncio.Event()
+        self._writes_seen: dict[tuple[str, str], int] = {}
+        self._stats_seen: dict[str, tuple[int, int]] = {}
+        self.analysis_seconds: list[float] = []
+
+    # --- leadership ---------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        if self.elector is None:
+            return True
+        return self.elector.is_leader
+
+    def _leadership_changed(self) -> None:
+        self.state.is_leader = self.is_leader()
+        self.metrics.set_leader(self.state.is_leader)
+        self._changed.set()  # a new leader publishes at once
+
+    # --- running ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until cancelled: watches, analysis, API server, leader election, publishing."""
+        server = embedded_server(self.app, host=self.settings.host, port=self.settings.port,
+                                 log_level=self.settings.log_level)
+        tasks = [
+            asyncio.create_task(self.cache.run(), name="watches"),
+            asyncio.create_task(server.serve(), name="api"),
+            asyncio.create_task(self._publisher(), name="publisher"),
+            asyncio.create_task(self._clock(), name="clock"),
+        ]
+        if self.elector is not None:
+            tasks.append(asyncio.create_task(self._elect(), name="leader-election"))
+        else:
+            self._leadership_changed()
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a task that ended on its own is a bug: surface it
+        finally:
+            server.should_exit = True
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _elect(self) -> None:
+        assert self.elector is not None
+        self.state.leader_election_running = True
+        try:
+            await self.elector.run()
+        finally:
+            self.state.leader_election_running = False
+
+    async def _on_changes(self, changes: list[Change]) -> None:
+        now = self.now()
+        snapshot = self.cache.snapshot(now)
+        started = time.perf_counter()
+        if self.analysis is None:
+            self.analysis = IncrementalAnalysis(snapshot, KYMA_1, self.settings.thresholds)
+            self.state.caches_synced = True
+        else:
+            latest: dict[tuple[str, Any, Any], Change] = {}
+            for change in changes:
+                meta = change.obj.get("metadata") or {}
+                latest[(change.kind, meta.get("namespace"), meta.get("name"))] = change
+            self.analysis.apply(
+                [c.obj for c in latest.values() if c.type != "DELETED"],
+                [c.obj for c in latest.values() if c.type == "DELETED"],
+                now, snapshot.collected, snapshot.unavailable,
+            )
+        self._record(started, now)
+
+    async def _clock(self) -> None:
+        """What changes with time alone: ages (stuck, progress deadlines) and outages."""
+        interval = min(self.settings.tick.total_seconds(),
+                       self.settings.outage_after.total_seconds() / 3)
+        while True:
+            await asyncio.sleep(interval)
+            now = self.now()
+            if self.analysis is None and self.cache.synced:  # synced with nothing to deliver
+                await self._on_changes([])
+            elif self.analysis is not None and self._outage(now) is None:
+                started = time.perf_counter()
+                self.analysis.tick(now)
+                self._record(started, now)
+            elif self.analysis is not None:
+                self._record(None, now)
+
+    def _outage(self, now: datetime) -> str | None:
+        since = self.cache.disconnected_since
+        if since is None or now - since < self.settings.outage_after:
+            return None
+        detail = f": {self.cache.last_error}" if self.cache.last_error else ""
+        return (f"the API server has not been reachable since {since.isoformat()} "
+                f"({int((now - since).total_seconds())}s){detail}")
+
+    def _record(self, started: float | None, now: datetime) -> None:
+        assert self.analysis is not None
+        if started is not None:
+            seconds = time.perf_counter() - started
+            self.metrics.observe_analysis(seconds)
+            self.analysis_seconds.append(seconds)
+        outage = self._outage(now)
+        report = self.analysis.report()
+        self.state.degraded_reason = outage
+        if outage is not None:
+            report = outage_report(report, outage)
+        previous = self.state.report
+        old = {a.name: a.health for a in previous.applications} if previous else {}
+        for app in report.applications:
+            if old.get(app.name) != app.health:
+                self.state.transitions[app.name] = now
+                if app.name in old:
+                    self.state.previous[app.name] = old[app.name]
+        for gone in set(self.state.transitions) - {a.name for a in report.applications}:
+            self.state.transitions.pop(gone, None)
+            self.state.previous.pop(gone, None)
+        self.state.report = report
+        self.metrics.update_report(report, self.state.transitions)
+        self._cache_metrics()
+        self._changed.set()
+
+    def _cache_metrics(self) -> None:
+        assert self.analysis is not None
+        index = self.analysis.builder.index
+        unavailable = self.analysis.builder.snapshot.unavailable
+        self.metrics.set_cache(
+            self.cache.synced,
+            {k.key: index.count_of(k.key) for k in KYMA_1.kinds},
+            {k.key: k.key not in unavailable for k in KYMA_1.kinds},
+        )
+        for kind, stats in self.cache.stats.items():
+            restarts, relists = self._stats_seen.get(kind, (0, 0))
+            for _ in range(stats.watch_restarts - restarts):
+                self.metrics.inc_watch_restart(kind)
+            for _ in range(stats.relists - relists):
+                self.metrics.inc_relist(kind)
+            self._stats_seen[kind] = (stats.watch_restarts, stats.relists)
+
+    async def _publisher(self) -> None:
+        """Writes (leader only), after each change; never during an outage."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            report = self.state.report
+            if (report is None or not self.settings.write or not self.is_leader()
+                    or self.state.degraded_reason is not None or self.analysis is None):
+                continue
+            applications = {
+                str(obj["metadata"]["name"]): obj
+                for obj in self.analysis.builder.index.of_kind(KYMA_1.application.key)
+            }
+            await self.writer.publish(report, applications, self.state.transitions)
+            for (resource, verb), count in self.writer.write_counts.items():
+                for _ in range(count - self._writes_seen.get((resource, verb), 0)):
+                    self.metrics.inc_write(resource, verb)
+                self._writes_seen[(resource, verb)] = count
+
+
+def outage_report(report: MeshReport, reason: str) -> MeshReport:
+    """What can be said while the cluster cannot be read: nothing is known to be healthy."""
+    finding = Finding.model_construct(
+        severity=Severity.ERROR, health=Health.UNKNOWN,
+        object=ObjectRef(api_version="v1", kind="APIServer", namespace=None, name=None),
+        reason="ClusterUnreachable", message=reason, root_cause=True, caused_by=None,
+    )
+    applications = [
+        ApplicationReport.model_construct(
+            name=app.name, health=Health.UNKNOWN, state=app.state, findings=[],
+            namespaces=[
+                NamespaceReport.model_construct(
+                    name=ns.name, health=Health.UNKNOWN, state=ns.state, findings=[])
+                for ns in app.namespaces
+            ],
+        )
+        for app in report.applications
+    ]
+    return MeshReport.model_construct(
+        healthy=False, health=Health.UNKNOWN,
+        system=SystemReport.model_construct(health=Health.UNKNOWN, findings=[finding]),
+        applications=applications, source=report.source,
+    )
+
