@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -316,6 +316,29 @@ def test_run_metrics() -> None:
     assert values(got["eventmesh_cache_synced"]) == {(): 0}
     assert values(got["eventmesh_is_leader"]) == {(): 0}
     assert values(got["eventmesh_watch_restarts"])[(("kind", "Pod"),)] == 2
+
+
+def test_exposition_is_what_prometheus_client_renders_of_the_registry(
+    broken: MeshReport,
+) -> None:
+    """`exposition()` renders the report's series itself (fast, once per report): byte for
+    byte what `generate_latest` makes of the registry, including label values that need
+    escaping, an empty mesh, and before the first report."""
+    metrics = Metrics(kinds=["Pod"])
+    assert metrics.exposition() == generate_latest(metrics.registry)
+    metrics.observe_analysis(0.5)
+    metrics.update_report(broken, {"commerce-mock": CHANGED, "marketing": TAKEN_AT})
+    assert metrics.exposition() == generate_latest(metrics.registry)
+    assert metrics.exposition() == generate_latest(metrics.registry)  # cached
+    app = broken.applications[0]
+    weird = app.model_copy(update={"name": 'we"ird\\app\nx%s', "namespaces": [
+        app.namespaces[0].model_copy(update={"name": "n%s\\"}), *app.namespaces[1:]]})
+    metrics.update_report(broken.model_copy(update={"applications": [weird]}), {})
+    text = metrics.exposition()
+    assert text == generate_latest(metrics.registry)
+    assert 'application="we\\"ird\\\\app\\nx%s"' in text.decode()
+    metrics.update_report(system_only(), {})
+    assert metrics.exposition() == generate_latest(metrics.registry)
 
 
 def test_each_metrics_object_has_its_own_registry(broken: MeshReport) -> None:

@@ -188,6 +188,8 @@ def create_app(state: HealthState, metrics: Metrics) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        # No 307 from `/x/` to `/x`: its Location would echo the Host header back.
+        redirect_slashes=False,
     )
     rendered: list[_Rendered] = []  # at most one: that of the report in `state`
 
@@ -277,7 +279,10 @@ def create_app(state: HealthState, metrics: Metrics) -> FastAPI:
         summary="Prometheus metrics (text exposition format 0.0.4)",
         responses={200: {"content": {"text/plain": {}}}},
     )
-    async def prometheus() -> Response:
+    def prometheus() -> Response:
+        # A plain `def`: FastAPI runs it in a worker thread, so rendering a big mesh's
+        # series after a new report (0.2 s CPU for 10 000 applications) does not stall
+        # the event loop. `Metrics` is safe to read from another thread.
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.exception_handler(ApiError)
