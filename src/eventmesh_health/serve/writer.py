@@ -129,6 +129,10 @@ EVENT_RESOURCE = "events"
 # A duration as `analysis.fields.duration` writes it: 45s, 12m, 3h10m, 2d4h.
 _DURATION = re.compile(r"\b\d+[smhd](?:\d+[smh])?\b")
 _MAX_VERSIONS = 16
+# 429 Too Many Requests (API priority and fairness, "storage is (re)initializing" right
+# after a CRD was created) means the request was not processed: retried after Retry-After.
+MAX_ATTEMPTS = 3
+MAX_RETRY_AFTER = 2.0  # seconds
 
 T = TypeVar("T")
 
@@ -184,7 +188,9 @@ def root_cause_summary(finding: Finding) -> str:
 
 
 def _finding_json(finding: Finding) -> dict[str, Any]:
-    return finding.model_dump(mode="json", by_alias=True)
+    """A finding as the JSON contract has it, with its null fields left out (as Kubernetes
+    objects do; the API server's merge patch would drop them inside arrays anyway)."""
+    return finding.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -208,7 +214,9 @@ def health_status(
     observed_at: datetime,
 ) -> dict[str, Any]:
     """The `status` of an application's EventMeshHealth object: its part of the JSON
-    contract, with root causes listed and symptoms counted."""
+    contract, with root causes listed and symptoms counted. Null fields of findings
+    (`causedBy` of a root cause, `namespace` of a cluster-scoped object, `name` of an object
+    whose name is generated) are omitted."""
     causes = root_causes(app, report)
     symptoms = sum(1 for f in app.findings if not f.root_cause)
     namespaces = []
@@ -363,8 +371,9 @@ class _Series:
     note: str
     type: str
     related: dict[str, Any] | None
-    first: datetime
-    last: datetime
+    first: datetime  # eventTime: when the first occurrence happened (its transition time)
+    last: datetime  # lastObservedTime: when the latest occurrence happened
+    seen: datetime  # when the writer saw the latest occurrence (its own clock: the window)
     occurred: int = 1
     written: int = 0  # occurrences the Event object records (0: not created yet)
     held: int = 0  # occurrences counted as held back by the rate limit so far
@@ -445,7 +454,8 @@ class HealthWriter:
 
     @property
     def write_errors(self) -> Mapping[tuple[str, str], int]:
-        """Write requests that failed, per (resource, verb)."""
+        """Write requests answered with an error, per (resource, verb), including conflicts
+        the writer then resolved (e.g. creating an object another replica had created)."""
         return dict(self._errors)
 
     @property
@@ -507,7 +517,7 @@ class HealthWriter:
                     self._publish_health(app, report, uid, last_transition, observed_at),
                     f"EventMeshHealth {app.name}", resync=True,
                 )
-            self._observe_transition(app, report, obj, uid, last_transition)
+            self._observe_transition(app, report, obj, uid, last_transition, now)
             await self._guard(
                 self._publish_annotations(app, report, obj, last_transition),
                 f"annotations of Application {app.name}",
@@ -534,15 +544,24 @@ class HealthWriter:
     async def _write(
         self, resource: str, verb: str, request: Callable[[], Awaitable[T]]
     ) -> T:
-        """Every write goes through here: leadership is checked right before the request."""
-        if not self._is_leader():
-            raise _NotLeader
-        self._counts[(resource, verb)] += 1
-        try:
-            return await request()
-        except (ApiError, httpx2.HTTPError):
-            self._errors[(resource, verb)] += 1
-            raise
+        """Every write goes through here: leadership is checked right before the request
+        (and before each retry of a 429)."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            if not self._is_leader():
+                raise _NotLeader
+            self._counts[(resource, verb)] += 1
+            try:
+                return await request()
+            except ApiError as err:
+                if _code(err) == 429 and attempt < MAX_ATTEMPTS:
+                    await asyncio.sleep(_retry_after(err))
+                    continue
+                self._errors[(resource, verb)] += 1
+                raise
+            except httpx2.HTTPError:
+                self._errors[(resource, verb)] += 1
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- EventMeshHealth objects --------------------------------------------------------------
 
@@ -551,15 +570,24 @@ class HealthWriter:
         if self._synced_at is not None and now - self._synced_at < self._resync_period:
             return True
         health: dict[str, _HealthObject] = {}
-        try:
-            async for item in self._client.list(self._health_res):
-                obj = _as_dict(item)
-                name = str(_metadata(obj).get("name") or "")
-                if name:
-                    health[name] = self._record(obj)
-        except (ApiError, httpx2.HTTPError) as err:
-            log.warning("listing EventMeshHealth objects failed: %s", _describe(err))
-            return False
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async for item in self._client.list(self._health_res):
+                    obj = _as_dict(item)
+                    name = str(_metadata(obj).get("name") or "")
+                    if name:
+                        health[name] = self._record(obj)
+            except ApiError as err:
+                if _code(err) == 429 and attempt < MAX_ATTEMPTS:
+                    health.clear()
+                    await asyncio.sleep(_retry_after(err))
+                    continue
+                log.warning("listing EventMeshHealth objects failed: %s", _describe(err))
+                return False
+            except httpx2.HTTPError as err:
+                log.warning("listing EventMeshHealth objects failed: %s", _describe(err))
+                return False
+            break
         self._health = health
         self._synced_at = now
         return True
@@ -698,8 +726,10 @@ class HealthWriter:
         obj: Mapping[str, Any],
         uid: str,
         when: datetime,
+        now: datetime,
     ) -> None:
-        """Record a health transition (as a new Event or one more in a series)."""
+        """Record a health transition (as a new Event or one more in a series). `when`: the
+        transition's time (for the Event); `now`: the writer's clock (for the window)."""
         previous = self._published.get(app.name)
         if previous is None:
             # First sight since we lead: what the last leader published, if anyone did.
@@ -715,10 +745,11 @@ class HealthWriter:
         if (
             series is not None
             and series.uid == uid
-            and when - series.last <= self._series_window
+            and now - series.seen <= self._series_window
         ):
             series.occurred += 1
             series.last = max(series.last, when)
+            series.seen = now
             series.note = note
             return
         causes = root_causes(app, report)
@@ -731,7 +762,7 @@ class HealthWriter:
         self._series[key] = _Series(
             application=app.name, uid=uid, reason=reason, note=note,
             type="Warning" if app.health in _WARNING else "Normal",
-            related=related, first=when, last=when,
+            related=related, first=when, last=when, seen=now,
         )
 
     def _allowed(self, application: str, now: datetime) -> bool:
@@ -742,7 +773,7 @@ class HealthWriter:
 
     async def _flush_events(self, now: datetime) -> None:
         """Write every series with unwritten occurrences, as the rate limit allows."""
-        for key, series in sorted(self._series.items(), key=lambda item: item[1].last):
+        for key, series in sorted(self._series.items(), key=lambda item: item[1].seen):
             if series.occurred > series.written:
                 if not self._allowed(series.application, now):
                     self._rate_limited += series.occurred - max(series.held, series.written)
@@ -750,7 +781,7 @@ class HealthWriter:
                     continue
                 self._event_writes[series.application].append(now)
                 await self._guard(self._write_series(series), f"Event {series.name or key}")
-            elif now - series.last > self._series_window:
+            elif now - series.seen > self._series_window:
                 del self._series[key]
         for application in [a for a, w in self._event_writes.items() if not w]:
             del self._event_writes[application]
@@ -780,8 +811,10 @@ class HealthWriter:
 
     async def _create_event(self, series: _Series) -> None:
         occurred = series.occurred
+        # client-go names Events <object>.<nanoseconds, hex>; the random tail keeps two
+        # Events of one transition time (or two replicas) apart.
         stamp = int(series.first.timestamp() * 1_000_000_000)
-        name = f"{series.application[:200]}.{stamp:x}"
+        name = f"{series.application[:200]}.{stamp:x}{secrets.token_hex(3)}"
         body: dict[str, Any] = {
             "apiVersion": EVENT_KIND.api_version,
             "kind": EVENT_KIND.kind,
@@ -830,6 +863,14 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 def _code(err: ApiError) -> int:
     return int(err.status.code or err.response.status_code)
+
+
+def _retry_after(err: ApiError) -> float:
+    try:
+        seconds = float(err.response.headers.get("Retry-After", "1"))
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.1), MAX_RETRY_AFTER)
 
 
 def _describe(err: Exception) -> str:
