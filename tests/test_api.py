@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -284,6 +285,13 @@ async def test_an_unexpected_failure_is_a_json_500_without_traceback(
         assert_error(response, 500, "InternalError")
         assert "ValidationError" not in response.text
         assert (await http.get("/healthz")).status_code == 200  # still serving
+
+
+async def test_the_embedded_server_leaves_signals_to_the_caller(report: MeshReport) -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    async with client(ready_state(report)) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
 async def test_valid_name_that_is_253_characters_long_is_just_not_found(

@@ -15,9 +15,9 @@ Every endpoint answers GET and HEAD only (other methods: 405 with `Allow: GET, H
 takes no request body (a GET with one: 400). Errors are JSON, `{"error": code, "detail":
 text}`: 404 `NotFound` (unknown path, application or namespace, named in `detail`), 422
 `InvalidName` (a path parameter that is not a Kubernetes name), 503 `NotReady` (no report
-yet: the caches have not synced), 405 `MethodNotAllowed`, 400 `BodyNotAccepted`, 500
-`InternalError` (never a traceback). `/docs` and `/redoc` are off: they load their assets
-from a CDN.
+yet: the caches have not synced; with `Retry-After`), 405 `MethodNotAllowed`, 400
+`BodyNotAccepted`, 500 `InternalError` (never a traceback). `/docs` and `/redoc` are off:
+they load their assets from a CDN.
 
 The app runs in the event loop of the rest of `serve` (it only reads `HealthState`,
 which the orchestrator replaces field by field in the same loop)::
@@ -161,7 +161,9 @@ class _Rendered:
 
 
 _ERRORS_NOT_READY: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorBody, "description": "No report yet: the caches have not synced."},
+    503: {"model": ErrorBody,
+          "description": "No report yet: the caches have not synced, or the first analysis "
+                         "has not run."},
 }
 _ERRORS_LOOKUP: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such application or namespace."},
