@@ -152,7 +152,14 @@ class LeaderElector:
 
     async def _acquire(self) -> None:
         while True:
-            if await self._attempt():
+            try:
+                async with asyncio.timeout(self.renew_deadline):
+                    acquired = await self._attempt()
+            except TimeoutError:
+                log.warning("leader election: lease %s/%s: no answer within %ss",
+                            self.namespace, self.name, self.renew_deadline)
+                acquired = False
+            if acquired:
                 return
             await asyncio.sleep(self._next_try())
 
