@@ -283,9 +283,10 @@ def _env(name: str) -> str:
               help="This replica's name in the Lease (default: $POD_NAME, else the host name).")
 @click.option("--lease-duration", default="15s", show_default=True, callback=_duration,
               envvar=_env("LEASE_DURATION"))
-@click.option("--events-namespace", default="kyma-system", show_default=True,
-              envvar=_env("EVENTS_NAMESPACE"),
-              help="Where Events about Applications (cluster-scoped) are written.")
+@click.option("--events-namespace", default="default", show_default=True,
+              type=click.Choice(["default", "kube-system"]), envvar=_env("EVENTS_NAMESPACE"),
+              help="Where Events about Applications go: the API server accepts Events about "
+              "cluster-scoped objects only in these namespaces.")
 @click.option("--write/--no-write", default=True, show_default=True, envvar=_env("WRITE"),
               help="Write health objects, Application annotations and Events.")
 @click.option("--outage-after", default="30s", show_default=True, callback=_duration,
@@ -294,7 +295,7 @@ def _env(name: str) -> str:
 @_STUCK_OPTION
 @_DEADLINE_OPTION
 def serve(
-    kubeconfig: Path | None, context: str | None, timeout: float, host: str, port: int,
+    kubeconfig: Path | None, context: str | None, request_timeout: float, host: str, port: int,
     leader_election: bool, lease_namespace: str, lease_name: str, identity: str | None,
     lease_duration: timedelta, events_namespace: str, write: bool, outage_after: timedelta,
     stuck_deletion_after: timedelta, progress_deadline: timedelta,
@@ -317,7 +318,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    connection = _connection(kubeconfig, context, timeout)
+    connection = _connection(kubeconfig, context, request_timeout)
     try:
         config = load_config(connection)
     except ClusterError as err:
@@ -333,7 +334,8 @@ def serve(
     )
 
     async def run() -> None:
-        client = lightkube.AsyncClient(config, timeout=httpx2.Timeout(timeout), trust_env=True)
+        client = lightkube.AsyncClient(config, timeout=httpx2.Timeout(request_timeout),
+                                       trust_env=True)
         try:
             await Service(client, settings).run()
         finally:

@@ -42,7 +42,13 @@ from eventmesh_health.serve.informer import Change, ClusterCache
 from eventmesh_health.serve.leader import LeaderElector
 from eventmesh_health.serve.metrics import Metrics
 from eventmesh_health.serve.state import HealthState
-from eventmesh_health.serve.writer import HealthWriter
+from eventmesh_health.serve.writer import (
+    APPLICATION_RESOURCE,
+    EVENT_RESOURCE,
+    HEALTH_RESOURCE,
+    HEALTH_STATUS_RESOURCE,
+    HealthWriter,
+)
 
 log = logging.getLogger("eventmesh_health.serve")
 
@@ -60,7 +66,7 @@ class Settings:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
-    events_namespace: str = "kyma-system"
+    events_namespace: str = "default"  # Events about cluster-scoped objects must be here
     write: bool = True
     outage_after: timedelta = timedelta(seconds=30)
     tick: timedelta = timedelta(seconds=15)
@@ -81,7 +87,13 @@ class Service:
         self.client = client
         self.now = now
         self.state = HealthState(leader_election_running=not settings.leader_election)
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            kinds=[k.key for k in KYMA_1.kinds],
+            writes=[(HEALTH_RESOURCE, "create"), (HEALTH_RESOURCE, "patch"),
+                    (HEALTH_RESOURCE, "delete"), (HEALTH_STATUS_RESOURCE, "patch"),
+                    (APPLICATION_RESOURCE, "patch"), (EVENT_RESOURCE, "create"),
+                    (EVENT_RESOURCE, "patch")],
+        )
         self.cache = ClusterCache(client, KYMA_1.kinds, on_changes=self._on_changes)
         self.analysis: IncrementalAnalysis | None = None
         self.elector: LeaderElector | None = None
