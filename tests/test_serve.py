@@ -276,7 +276,7 @@ def test_crd_installed_after_start_is_picked_up(
 def test_two_replicas_only_the_leader_writes_and_the_other_takes_over(
     control_plane: ControlPlane, api: ApiServer, tmp_path: Path
 ) -> None:
-    lease = "/apis/coordination.k8s.io/v1/namespaces/kyma-system/leases/eventmesh-health"
+    lease = "/apis/coordination.k8s.io/v1/namespaces/kyma-system/leases/eventmesh-health-serve"
     since = audit_now()
     first = start_serve(control_plane, tmp_path, "replica-a", "--lease-duration", "6s")
     second = start_serve(control_plane, tmp_path, "replica-b", "--lease-duration", "6s")

@@ -277,7 +277,7 @@ def _env(name: str) -> str:
               help="Only the holder of a Lease writes; every replica serves reads.")
 @click.option("--lease-namespace", default="kyma-system", show_default=True,
               envvar=_env("LEASE_NAMESPACE"))
-@click.option("--lease-name", default="eventmesh-health", show_default=True,
+@click.option("--lease-name", default="eventmesh-health-serve", show_default=True,
               envvar=_env("LEASE_NAME"))
 @click.option("--identity", default=None, envvar=["POD_NAME", _env("IDENTITY")],
               help="This replica's name in the Lease (default: $POD_NAME, else the host name).")

@@ -61,7 +61,7 @@ class Settings:
     port: int = 8080
     leader_election: bool = True
     lease_namespace: str = "kyma-system"
-    lease_name: str = "eventmesh-health"
+    lease_name: str = "eventmesh-health-serve"
     identity: str = field(default_factory=socket.gethostname)
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
