@@ -407,8 +407,8 @@ async def test_forbidden_kinds_are_unavailable_and_sync_completes(
             unavailable = cache.snapshot(datetime.now(UTC)).unavailable
             assert set(unavailable) == {TRIGGER.key, NAMESPACE_KIND.key}
             assert unavailable[NAMESPACE_KIND.key].startswith("forbidden: user 'nobody-")
-            assert "verb 'list' on resource 'namespaces' is missing" in unavailable[
-                NAMESPACE_KIND.key]
+            assert ("verb 'list' on resource 'namespaces' is missing; see "
+                    "deploy/rbac/clusterrole-serve.yaml") in unavailable[NAMESPACE_KIND.key]
             assert "triggers.eventing.knative.dev" in unavailable[TRIGGER.key]
             assert cache.objects() == []
             assert cache.disconnected_since is None  # refused is not disconnected
@@ -448,7 +448,7 @@ class FakeServer:
     def __init__(self) -> None:
         self.requests: list[dict[str, str]] = []
         self.lists: list[httpx2.Response] = []
-        self.watches: list[list[bytes] | Callable[[], Awaitable[None]]] = []
+        self.watches: list[list[bytes] | httpx2.Response] = []
         self.hang = asyncio.Event()  # set to end the last, endless watch
 
     async def handle(self, request: httpx2.Request) -> httpx2.Response:
@@ -457,11 +457,10 @@ class FakeServer:
         if params.get("watch") != "true":
             return self.lists.pop(0)
         script = self.watches.pop(0) if self.watches else []
+        if isinstance(script, httpx2.Response):
+            return script
 
         async def stream() -> AsyncIterator[bytes]:
-            if callable(script):
-                await script()
-                return
             for chunk in script:
                 yield chunk
             if not self.watches:  # the last watch: stays open until the test ends
@@ -536,6 +535,56 @@ async def test_watch_error_410_lists_again_and_delivers_the_difference() -> None
     assert (stats.lists, stats.relists, stats.events, stats.bookmarks) == (2, 1, 2, 1)
     assert stats.watch_restarts >= 1  # the resume from the bookmark
     assert cache.disconnected_since is None
+
+
+async def test_http_410_on_resume_and_forbidden_watch() -> None:
+    """A resumed watch answered 410 (an HTTP answer this time) lists again; a watch RBAC
+    forbids falls back to listing every `unavailable_retry` seconds, keeping the objects."""
+    server = FakeServer()
+    server.lists = [
+        httpx2.Response(200, content=_list_body([_ns("a", "5")], "5")),
+        httpx2.Response(200, content=_list_body([_ns("a", "5"), _ns("b", "6"), _ns("c", "8")],
+                                                "9")),
+        httpx2.Response(200, content=_list_body([_ns("a", "5"), _ns("c", "8")], "12")),
+    ]
+
+    def status(code: int, reason: str, message: str) -> httpx2.Response:
+        return httpx2.Response(code, json={"kind": "Status", "apiVersion": "v1", "code": code,
+                                           "status": "Failure", "reason": reason,
+                                           "message": message})
+
+    server.watches = [
+        [_event("ADDED", _ns("b", "6"))],  # then the stream ends: resume from 6
+        status(410, "Expired", "too old resource version: 6 (7)"),
+        status(403, "Forbidden", 'namespaces is forbidden: User "eve" cannot watch resource '
+                                 '"namespaces" in API group "" at the cluster scope'),
+    ]
+    recorder = Recorder()
+    client = server.client()
+    cache = ClusterCache(client, [NAMESPACE_KIND], on_changes=recorder, unavailable_retry=0.05)
+    try:
+        async with running(cache):
+            assert await cache.wait_synced(2.0)
+            await recorder.wait_for("DELETED b", lambda c: c.type == "DELETED"
+                                    and _name(c.obj) == "b", 5.0)
+            assert {_name(o) for o in cache.objects()} == {"a", "c"}
+            snapshot = cache.snapshot(datetime.now(UTC))
+            assert snapshot.collected == {NAMESPACE_KIND.key} and snapshot.unavailable == {}
+            assert cache.disconnected_since is None  # refused is not disconnected
+            assert cache.last_error is not None
+            assert "user 'eve' may not watch namespaces" in cache.last_error
+            server.hang.set()
+    finally:
+        await client.close()
+    kinds = [("watch" if r.get("watch") else "list", r.get("resourceVersion"))
+             for r in server.requests]
+    assert kinds[:6] == [("list", None), ("watch", "5"), ("watch", "6"), ("list", None),
+                         ("watch", "9"), ("list", None)]
+    changes = [(c.type, _name(c.obj)) for c in recorder.changes]
+    assert changes == [("ADDED", "a"), ("ADDED", "b"), ("ADDED", "c"), ("DELETED", "b")]
+    stats = cache.stats[NAMESPACE_KIND.key]
+    # The one resume (from 6) was answered 410: no watch was resumed.
+    assert (stats.lists, stats.relists, stats.watch_restarts) == (3, 2, 0)
 
 
 def _version_of(change: Change) -> str:

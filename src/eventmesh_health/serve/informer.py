@@ -29,6 +29,15 @@ server, TLS, credentials (client certificates, tokens, exec plugins, token file 
 proxy and transport as every other call of the client, and no second configuration path. The
 attribute is private, so the constructor checks its type and fails loudly if lightkube moves it.
 
+What an answer means (per kind; `disconnected_since` is the oldest failing one):
+- 404, or 503 from an aggregated API, for a kind never listed or whose CRD is gone:
+  unavailable (it counts as synced). For a kind listed before whose CRD still serves it (the
+  API server is starting up and has not installed its handler yet): a failure, retried.
+- 403 on LIST: unavailable, with the RBAC message (so the sync completes); on WATCH: the kind
+  is listed every `unavailable_retry` seconds instead. Neither counts as disconnected.
+- Anything else (unreachable, timeouts, 401, 5xx, 429 after its Retry-After, garbage):
+  failing since the first such answer, retried with backoff; objects are kept meanwhile.
+
 Objects are plain dicts exactly like a dump's (`apiVersion` and `kind` set, no
 `metadata.managedFields`), keyed by (kind key, namespace, name). Changes are held until every
 kind has been listed once (or found unavailable), then delivered as one batch of ADDED; after
@@ -55,6 +64,7 @@ import lightkube
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.sources.cluster import (
     _BUILT_IN_GROUPS,
+    _USER,
     RBAC_HINT,
     _describe,
     _NotServed,
@@ -78,6 +88,7 @@ WATCH_SECONDS = (300, 600)  # server-side timeoutSeconds, random in this range (
 READ_MARGIN = 30.0  # the client gives up on a silent watch this long after timeoutSeconds
 STABLE_WATCH = 5.0  # a watch that ran this long counts as a success (resets the backoff)
 MAX_RETRY_AFTER = 30.0
+SERVE_RBAC_HINT = "see deploy/rbac/clusterrole-serve.yaml for the ClusterRole serve needs"
 
 _ObjKey = tuple[str, str]  # (namespace or "", name) within one kind
 
@@ -97,7 +108,7 @@ class KindStats:
 
     lists: int = 0  # successful LISTs (all pages)
     relists: int = 0  # ... of which after the first (410, watch ERROR, CRD change, recovery)
-    watch_restarts: int = 0  # watches resumed from a remembered resourceVersion
+    watch_restarts: int = 0  # watches resumed (answered 200) from a remembered resourceVersion
     events: int = 0  # ADDED / MODIFIED / DELETED events received
     bookmarks: int = 0  # BOOKMARK events received
 
@@ -332,7 +343,7 @@ class ClusterCache:
             self._note_error(str(err))
             if err.verb == "watch":  # listing works: poll by listing now and then
                 if state.error != str(err):
-                    log.warning("%s: %s; listing every %.0f s instead",
+                    log.warning("%s: %s; listing every %g s instead",
                                 kind.key, err, self._unavailable_retry)
                 state.error = str(err)
                 state.resource_version = None
@@ -637,15 +648,18 @@ class ClusterCache:
                            f"while {verb}ing {kind.resource}: {message}",
                            retry_after=_retry_after(response))
         if code == 403 and verb == "watch":
+            user = _USER.search(message)
+            who = f"user {user.group(1)!r}" if user else "the current user"
             return _Forbidden(
-                f"forbidden: the current user may not watch {kind.resource} at the cluster "
-                f"scope (RBAC: verb 'watch' on resource {kind.resource!r} is missing; "
-                f"{RBAC_HINT})", "watch")
+                f"forbidden: {who} may not watch {kind.resource} at the cluster scope "
+                f"(RBAC: verb 'watch' on resource {kind.resource!r} is missing; "
+                f"{SERVE_RBAC_HINT})",
+                "watch")
         error = _status_error(code, message, kind, self._server)
         if isinstance(error, _NotServed):
             return error
         if code == 403:
-            return _Forbidden(str(error), "list")
+            return _Forbidden(str(error).replace(RBAC_HINT, SERVE_RBAC_HINT), "list")
         if verb == "watch" and code != 401:
             detail = f": {message}" if message else ""
             return _Failed(f"the API server at {self._server} failed while watching "
