@@ -14,14 +14,18 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from lightkube import Client, KubeConfig
 
+from eventmesh_health import cli
 from eventmesh_health.analysis import KYMA_1
+from eventmesh_health.sources import cluster
 from tests.envtest.controlplane import ControlPlane, free_port
 from tests.envtest.fixtures import install_crds, load_test_crds
 from tests.live_objects import (
@@ -129,6 +133,36 @@ def test_live_check_matches_the_example(
                    for k, ns, name in [(obj["kind"], obj["metadata"].get("namespace"),
                                         obj["metadata"].get("name"))]}
         assert {(k, ns, name) for k, ns, name, _ in extra} <= refused
+
+
+@pytest.mark.envtest
+def test_every_kind_is_listed_page_by_page(
+    api: ApiServer, control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With pages of 7 objects (in-process, the clock stopped) the report is the same as with
+    pages of 500, and the audit log shows the `limit`/`continue` requests."""
+    apply_example(api, "healthy-mesh")
+    now = datetime.now(UTC)
+    monkeypatch.setattr(cluster, "_utcnow", lambda: now)
+    args = ["check", "-o", "json", "--kubeconfig", str(control_plane.kubeconfig_path)]
+    whole = CliRunner().invoke(cli.main, args, env={"KUBECONFIG": None})
+    before = len(control_plane.audit_events())
+    monkeypatch.setattr(cluster, "CHUNK_SIZE", 7)
+    paged = CliRunner().invoke(cli.main, args, env={"KUBECONFIG": None})
+    assert whole.exit_code == paged.exit_code == 0, paged.output
+    assert json.loads(whole.stdout) == json.loads(paged.stdout)
+    assert len(api.list(api.resource("v1", "Pod"))) > 7
+
+    def pod_lists() -> list[str]:
+        return [str(e["requestURI"]) for e in control_plane.audit_events()[before:]
+                if e.get("verb") == "list"
+                and str(e.get("requestURI", "")).startswith("/api/v1/pods?")]
+
+    deadline = time.monotonic() + 10  # audit events are written just after the response
+    while not any("continue=" in uri for uri in pod_lists()):
+        assert time.monotonic() < deadline, pod_lists()
+        time.sleep(0.05)
+    assert all("limit=7" in uri for uri in pod_lists())
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
