@@ -42,7 +42,9 @@ Objects are plain dicts exactly like a dump's (`apiVersion` and `kind` set, no
 `metadata.managedFields`), keyed by (kind key, namespace, name). Changes are held until every
 kind has been listed once (or found unavailable), then delivered as one batch of ADDED; after
 that, changes arriving within `coalesce` seconds of each other make one `on_changes` call.
-Everything runs in one asyncio event loop: `objects()` and `snapshot()` are consistent.
+An empty batch means no object changed but the sync completed or a kind's availability did
+(see `snapshot().unavailable`). Everything runs in one asyncio event loop: `objects()` and
+`snapshot()` are consistent.
 """
 
 from __future__ import annotations
