@@ -81,6 +81,9 @@ def decide(rules: Sequence[Rule], obj: Obj, ctx: Context) -> Verdict:
 def being_deleted(obj: Obj, ctx: Context) -> Verdict | None:
     """deletionTimestamp set: Terminating, then StuckInDeletion once finalizers outlive the
     threshold (the classic 'Subscriptions hung on finalizers after an upgrade')."""
+    meta = obj.get("metadata")
+    if type(meta) is dict and meta.get("deletionTimestamp") is None:
+        return None  # the common case, without the typed walk
     since = get_time(obj, "metadata", "deletionTimestamp")
     if since is None:
         return None
