@@ -151,6 +151,7 @@ class HopStats:
     window_sent: int | None = None  # sends that should have arrived by now
     window_unreceived: int | None = None
     unreceived_streak: int = 0  # the newest sends that should have arrived and did not
+    streak_last_sent: datetime | None = None  # when the newest of those was sent
 
     @property
     def loss_ratio(self) -> float | None:
@@ -420,12 +421,12 @@ class Tracker:
         now = now or self.clock()
         with self._lock:
             series = self._series.get((application, namespace, hop))
-            sent, unreceived, streak = self._sender_side(series, application, namespace, hop,
-                                                         now)
+            sent, unreceived, streak, streak_last = self._sender_side(
+                series, application, namespace, hop, now)
             if series is None:
                 return HopStats(application, namespace, hop, now, self.window,
                                 window_sent=sent, window_unreceived=unreceived,
-                                unreceived_streak=streak)
+                                unreceived_streak=streak, streak_last_sent=streak_last)
             self._mature(series, now)
             horizon = now - self.window
             while series.events and series.events[0][0] < horizon:
@@ -456,6 +457,7 @@ class Tracker:
                 window_duplicates=counts[_DUPLICATE], window_out_of_order=counts[_OUT_OF_ORDER],
                 latency=LatencySummary.of(samples),
                 window_sent=sent, window_unreceived=unreceived, unreceived_streak=streak,
+                streak_last_sent=streak_last,
             )
 
     def pair_stats(
@@ -467,16 +469,17 @@ class Tracker:
     def _sender_side(
         self, series: _Series | None, application: str, namespace: str, hop: Hop,
         now: datetime,
-    ) -> tuple[int | None, int | None, int]:
+    ) -> tuple[int | None, int | None, int, datetime | None]:
         sent = self._sent.get((application, hop, namespace if hop is Hop.BROKER else None))
         pair = (application, namespace)
         since = self._expected.get(pair, self._first.get(pair))
         if sent is None or since is None:
-            return None, None, 0
+            return None, None, 0, None
         start = max(since, now - self.window)
         due = now - self.grace
         expected = unreceived = streak = 0
         streak_open = True
+        streak_last: datetime | None = None
         for at, run_id, seq in reversed(sent.records):
             if at > due:
                 continue
@@ -489,9 +492,10 @@ class Tracker:
                 unreceived += 1
                 if streak_open:
                     streak += 1
+                    streak_last = streak_last or at
             else:
                 streak_open = False
-        return expected, unreceived, streak
+        return expected, unreceived, streak, streak_last
 
     # --- internals --------------------------------------------------------------------
 
