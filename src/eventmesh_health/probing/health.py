@@ -35,7 +35,8 @@ channel probes arrive but ingress ones do not → the event-service/HTTP adapter
 HTTPSource); nothing arrives → the namespace's Broker. Hops still pending, not probed, or
 with too few samples are neither blamed nor vouch; a silent hop is judged for silence
 only. One finding per broken segment and problem, each a root cause naming the segment's
-object (`HopObjects`).
+object (`HopObjects`), worst first, then upstream first; `DataPlaneVerdict.culprits` lists
+the same root causes as (hop, problem, injection) for programs.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ def classify(
             continue
         verdicts[hop] = _judge_hop(stats[hop], now, since, limits)
 
-    findings: list[Finding] = []
+    ranked: list[tuple[int, int, Finding]] = []
     culprits: list[Culprit] = []
     blamed: set[tuple[str, ObjectRef]] = set()
     for problem in Problem:
@@ -281,7 +282,9 @@ def classify(
             key = (finding.reason, finding.object)
             if key not in blamed:
                 blamed.add(key)
-                findings.append(finding)
+                ranked.append((-finding.health.rank, hop.position, finding))
+    # worst first, then upstream first
+    findings = [finding for _, _, finding in sorted(ranked, key=lambda r: (r[0], r[1]))]
 
     if not findings and probed and all(
             verdicts[hop].state is HopState.PENDING for hop in probed):
@@ -452,10 +455,10 @@ def _finding(
 
 
 def _hops(hops: list[Hop]) -> str:
-    names = [f"the {h.value}" for h in hops]
+    names = [h.value for h in hops]
     if len(names) > 1:
-        return ", ".join(names[:-1]) + " and " + names[-1] + " hops"
-    return names[0] + " hop" if names else "no hop"
+        return "the " + ", ".join(names[:-1]) + " and " + names[-1] + " hops"
+    return f"the {names[0]} hop" if names else "no hop"
 
 
 def _secs(delta: timedelta) -> str:

@@ -13,9 +13,11 @@ change, so each keeps its own state — the last `max_runs` of them):
 - a sequence above the highest seen is *in order*; the ones it skips are *missing*,
   noticed now;
 - a missing sequence that arrives within `grace` of being noticed is *out of order*
-  (reordering is not loss); one still missing after `grace` is *lost* (counted at
-  noticed + grace, whenever the tracker next looks, so figures do not depend on when it
-  is asked); one that arrives after that is *late*: it stays counted as lost (it missed
+  (reordering is not loss); one still missing after `grace` is *lost* (counted whenever
+  the tracker next looks, so figures do not depend on when it is asked; in the window
+  at its estimated send time, interpolated between the send times of its neighbours, so
+  the losses of an outage leave the window one window after they happened, not after
+  the outage ended); one that arrives after that is *late*: it stays counted as lost (it missed
   its deadline), but counts as delivered for the sender-side figures and gives a latency
   sample;
 - a sequence seen before is a *duplicate* (as is a repeated event id the receiver's
@@ -191,12 +193,14 @@ _RECEIVED, _LOST, _DUPLICATE, _OUT_OF_ORDER = range(4)
 
 
 class _Run:
-    __slots__ = ("baseline", "below", "highest", "lost", "missing")
+    __slots__ = ("baseline", "below", "highest", "highest_sent", "lost", "missing")
 
-    def __init__(self, sequence: int) -> None:
+    def __init__(self, sequence: int, sent: datetime) -> None:
         self.baseline = sequence
         self.highest = sequence
-        self.missing: dict[int, datetime] = {}  # sequence -> when the gap was noticed
+        self.highest_sent = sent  # the send time of `highest`
+        # sequence -> (when the gap was noticed, estimated send time)
+        self.missing: dict[int, tuple[datetime, datetime]] = {}
         self.lost: OrderedDict[int, None] = OrderedDict()  # counted lost, not yet arrived
         self.below: set[int] = set()  # arrived below the baseline
 
@@ -293,13 +297,13 @@ class Tracker:
             run = series.runs.get(hb.run)
             seq = hb.sequence
             if run is None:
-                run = series.runs[hb.run] = _Run(seq)
+                run = series.runs[hb.run] = _Run(seq, hb.time)
                 while len(series.runs) > self.max_runs:
                     series.runs.popitem(last=False)
                 kind = Arrival.IN_ORDER
             else:
                 series.runs.move_to_end(hb.run)
-                kind = self._classify(series, run, seq, at)
+                kind = self._classify(series, run, hb, at)
             if kind is Arrival.DUPLICATE:
                 series.duplicates += 1
                 series.events.append((at, _DUPLICATE, 1.0))
@@ -321,15 +325,18 @@ class Tracker:
             self._first.setdefault((hb.application, namespace), at)
             return kind
 
-    def _classify(self, series: _Series, run: _Run, seq: int, at: datetime) -> Arrival:
+    def _classify(self, series: _Series, run: _Run, hb: Heartbeat, at: datetime) -> Arrival:
+        seq = hb.sequence
         if seq > run.highest:
             gap = seq - run.highest - 1
             if gap > self.max_gap:
                 self._count_lost(series, gap, at)
             else:
-                for missing in range(run.highest + 1, seq):
-                    run.missing[missing] = at
+                step = (hb.time - run.highest_sent) / (gap + 1)
+                for i, missing in enumerate(range(run.highest + 1, seq), start=1):
+                    run.missing[missing] = (at, run.highest_sent + step * i)
             run.highest = seq
+            run.highest_sent = hb.time
             return Arrival.IN_ORDER
         if seq < run.baseline:
             if seq in run.below:
@@ -511,14 +518,15 @@ class Tracker:
         for run in series.runs.values():
             if not run.missing:
                 continue
-            due = [seq for seq, noticed in run.missing.items() if noticed + self.grace <= now]
-            for seq in sorted(due, key=lambda s: run.missing[s]):
-                noticed = run.missing.pop(seq)
+            due = [seq for seq, (noticed, _) in run.missing.items()
+                   if noticed + self.grace <= now]
+            for seq in sorted(due):
+                _, sent = run.missing.pop(seq)
                 run.lost[seq] = None
                 if len(run.lost) > self.max_gap:
                     run.lost.popitem(last=False)
                 series.lost += 1
-                series.events.append((noticed + self.grace, _LOST, 1.0))
+                series.events.append((sent, _LOST, 1.0))
 
     def _count_lost(self, series: _Series, count: int, at: datetime) -> None:
         series.lost += count
