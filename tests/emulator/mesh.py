@@ -694,11 +694,12 @@ class Emulator:
         except ValueError as err:
             return self._bad("subscriber", Ctx(namespace=namespace, host=host), 400, str(err))
         ctx = Ctx(app=event.source, namespace=namespace, host=host)
-        _, answer = await self._admit("subscriber", ctx, event, Response(202))
+        effect, answer = await self._admit("subscriber", ctx, event, Response(202))
         if answer is not None:
             return answer
-        self.delivered.append(SubscriberDelivery(
-            host, "/" + "/".join(seg[1:]), event, time.monotonic()))
+        for _ in range(effect.copies):  # `duplicate` here: as if it had arrived that often
+            self.delivered.append(SubscriberDelivery(
+                host, "/" + "/".join(seg[1:]), event, time.monotonic()))
         self._notify()
         return Response(202)
 
