@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 import yaml
 from lightkube import AsyncClient, KubeConfig
+from lightkube.config.models import User
 from lightkube.generic_resource import create_namespaced_resource
 
 from tests.emulator import (
@@ -31,6 +33,7 @@ from tests.emulator import (
     CloudEvent,
     Emulator,
     Fault,
+    KubeWatcher,
     Receiver,
     Routes,
     ThreadedEmulator,
@@ -696,3 +699,63 @@ async def test_hop_stop_and_restart_keep_the_port() -> None:
             new_event(APP, "x"))[0])
         assert answer.status_code == 202
         await asyncio.wait_for(emu.idle(), 5)
+
+
+async def test_watcher_lists_again_after_a_watch_error() -> None:
+    """A 410 in the watch stream: the Triggers are listed again, so one deleted in the gap
+    stops being routed to (a plain re-watch would never tell)."""
+    def trigger(name: str, version: str) -> dict[str, Any]:
+        return {"apiVersion": "eventing.knative.dev/v1alpha1", "kind": "Trigger",
+                "metadata": {"name": name, "namespace": "stage", "uid": name,
+                             "resourceVersion": version},
+                "spec": {"broker": "default", "subscriber": {"uri": f"http://{name}.stage"}}}
+
+    def listing(items: list[dict[str, Any]], version: str) -> httpx2.Response:
+        return httpx2.Response(200, json={"apiVersion": "v1", "kind": "List", "items": items,
+                                          "metadata": {"resourceVersion": version}})
+
+    gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+            "reason": "Expired", "message": "too old resource version"}
+    trigger_lists = [listing([trigger("a", "4"), trigger("b", "5")], "5"),
+                     listing([trigger("a", "4"), trigger("c", "7")], "9")]
+    trigger_watches = [[{"type": "ADDED", "object": trigger("c", "7")},
+                        {"type": "ERROR", "object": gone}]]
+    requests: list[str] = []
+    hang = asyncio.Event()
+
+    async def handle(request: httpx2.Request) -> httpx2.Response:
+        watch = request.url.params.get("watch") == "true"
+        requests.append(f"{'WATCH' if watch else 'LIST'} {request.url.path.split('/')[-1]}")
+        if "subscriptions" in request.url.path:
+            events: list[dict[str, Any]] = []
+            if not watch:
+                return listing([], "1")
+        elif not watch:
+            return trigger_lists.pop(0)
+        else:
+            events = trigger_watches.pop(0) if trigger_watches else []
+
+        async def stream() -> AsyncIterator[bytes]:
+            for event in events:
+                yield json.dumps(event).encode() + b"\n"
+            if not events:
+                await hang.wait()
+
+        return httpx2.Response(200, content=stream())
+
+    config = KubeConfig.from_server("http://fake.invalid").get()
+    config = config._replace(user=User())
+    client = AsyncClient(config, transport=httpx2.MockTransport(handle), trust_env=False)
+    routes = Routes()
+    watcher = KubeWatcher(client, routes, retry_max=0.2)
+    watcher.start()
+    try:
+        await watcher.wait_synced(5)
+        await routes.wait_until("the re-list", lambda: not trigger_lists, 5)
+        await routes.wait_until("b gone, c routed", lambda: [
+            t.name for t in routes.broker_triggers("stage")] == ["a", "c"], 5)
+        assert requests.count("LIST triggers") == 2
+    finally:
+        hang.set()
+        await watcher.stop()
+        await client.close()

@@ -15,6 +15,7 @@ import signal
 import sys
 
 from lightkube import KubeConfig
+from lightkube.config.kubeconfig import SingleConfig
 
 from .mesh import PORT_ORDER, Emulator
 from .routing import SYSTEM_NAMESPACE
@@ -47,9 +48,13 @@ async def main(args: argparse.Namespace) -> None:
         if not sep:
             raise SystemExit(f"--map {item!r}: expected HOST=URL")
         host_map[pattern] = url
-    config = KubeConfig.from_file(args.kubeconfig) if args.kubeconfig else KubeConfig.from_env()
+    kubeconfig = (KubeConfig.from_file(args.kubeconfig) if args.kubeconfig
+                  else KubeConfig.from_env())
+    config: KubeConfig | SingleConfig | None = kubeconfig
     if args.context:
-        config = config.get(context_name=args.context)
+        config = kubeconfig.get(context_name=args.context)
+        if config is None:
+            raise SystemExit(f"--context {args.context}: not in the kubeconfig")
     emulator = Emulator(config, host=args.host, port_base=args.port_base,
                         system_namespace=args.system_namespace, host_map=host_map,
                         retries=args.retries)

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 from lightkube import AsyncClient, KubeConfig
+from lightkube.config.kubeconfig import SingleConfig
 
 from .ce import CloudEvent, from_http, to_binary
 from .faults import HOPS, Counters, Ctx, Effect, Fault
@@ -81,7 +82,7 @@ class Emulator:
     `retry_backoff` are the delivery defaults where an object's `spec.delivery` says nothing.
     """
 
-    def __init__(self, kubeconfig: str | Path | KubeConfig | None = None, *,
+    def __init__(self, kubeconfig: str | Path | KubeConfig | SingleConfig | None = None, *,
                  client: AsyncClient | None = None, routes: Routes | None = None,
                  host: str = "127.0.0.1", port_base: int = 0,
                  system_namespace: str = SYSTEM_NAMESPACE,
@@ -138,7 +139,7 @@ class Emulator:
                 config = self._kubeconfig
                 if config is None:
                     config = KubeConfig.from_env()
-                elif not isinstance(config, KubeConfig):
+                elif not isinstance(config, (KubeConfig, SingleConfig)):
                     config = KubeConfig.from_file(config)
                 self._client = AsyncClient(config, trust_env=False)
                 self._own_client = True
@@ -256,13 +257,12 @@ class Emulator:
         name, namespace = cluster_name(uri) or (host, None)
         system = self.routes.system_namespace
         if namespace:
-            for suffix, build in (
-                ("-broker-filter", lambda _b: self.base_url("broker-filter") + tail),
-                ("-kne-trigger-kn-channel", lambda b: self.trigger_channel_url(namespace, b)),
-                ("-broker", lambda b: self.broker_ingress_url(namespace, b)),
-            ):
-                if name.endswith(suffix) and len(name) > len(suffix):
-                    return build(name[: -len(suffix)])
+            if _named(name, "-broker-filter"):
+                return self.base_url("broker-filter") + tail
+            if _named(name, "-kne-trigger-kn-channel"):
+                return self.trigger_channel_url(namespace, name[: -len("-kne-trigger-kn-channel")])
+            if _named(name, "-broker"):
+                return self.broker_ingress_url(namespace, name[: -len("-broker")])
             if namespace == system and name.endswith("-kn-channel"):
                 return self.channel_url(name[: -len("-kn-channel")])
             if namespace == system and name.endswith("-event-service"):
@@ -794,6 +794,10 @@ def _failed(hop: str, outcome: Outcome) -> Response:
     else:
         status = 504 if (outcome.error or "").startswith("timeout") else 502
     return Response.text(status, f"{hop}: forwarding failed: {outcome.describe()}")
+
+
+def _named(name: str, suffix: str) -> bool:
+    return name.endswith(suffix) and len(name) > len(suffix)
 
 
 def _seg(value: str) -> str:
