@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
+import h11
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -278,7 +280,7 @@ def test_probe_metrics_and_the_rest_of_the_api(served):
 HEADERS = st.dictionaries(
     st.sampled_from(["ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time",
                      "ce-eventtypeversion", "ce-emhrun", "ce-emhseq", "ce-emhhop",
-                     "ce-emhsig", "ce-emhns", "content-type", "ce-x", "content-length"]),
+                     "ce-emhsig", "ce-emhns", "content-type", "ce-x", "transfer-encoding"]),
     st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=30),
     max_size=12,
 )
@@ -301,10 +303,24 @@ def test_no_request_gets_a_5xx(served, headers, body, endpoint, path):
     before = snapshot(served)
     try:
         response = served.http.post(f"/{endpoint}/{path}", headers=headers, content=body)
-    except httpx.HTTPError:
-        return  # e.g. a Content-Length the client itself refuses to send
+    except (httpx.HTTPError, h11.LocalProtocolError):
+        return  # a framing the client itself refuses to send
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert response.json()["error"]
         assert snapshot(served) == before
     assert served.receiver.internal_errors == 0
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: abc\r\n\r\n",
+    b"Content-Length: 99999999999999999999\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_broken_framing_is_a_4xx(served, framing):
+    host, port = served.http.base_url.host, served.http.base_url.port
+    assert port is not None
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"POST /heartbeat/prod/app-raw HTTP/1.1\r\nHost: x\r\n" + framing)
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+    assert status_line.startswith(b"HTTP/1.1 4"), status_line
