@@ -74,7 +74,7 @@ class Fault:
     copies: int = 1
     status: int = 503
     id: str = ""
-    hits: int = 0  # requests it acted on
+    hits: int = 0  # requests in its scope since it was added
     _acc: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:

@@ -145,9 +145,14 @@ class Emulator:
                 self._own_client = True
             self._watcher = KubeWatcher(self._client, self.routes)
             self._watcher.start()
-            await self._watcher.wait_synced(sync_timeout)
-        for server in self.servers.values():
-            await server.start()
+        try:
+            if self._watcher is not None:
+                await self._watcher.wait_synced(sync_timeout)
+            for server in self.servers.values():
+                await server.start()
+        except BaseException:
+            await self.stop()  # no watch or listener left behind
+            raise
         return self
 
     async def stop(self) -> None:
