@@ -294,11 +294,43 @@ def _env(name: str) -> str:
               help="Watches disconnected this long make every health Unknown.")
 @_STUCK_OPTION
 @_DEADLINE_OPTION
+@click.option("--probe/--no-probe", default=False, show_default=True, envvar=_env("PROBE"),
+              help="Heartbeat probing of the data plane (the leader manages heartbeat "
+              "Triggers and sends heartbeats; verdicts are merged into the report). Off by "
+              "default until it has run in a real cluster.")
+@click.option("--probe-interval", default="30s", show_default=True, callback=_duration,
+              envvar=_env("PROBE_INTERVAL"), help="Heartbeat interval per application.")
+@click.option("--probe-secret", default="kyma-system/eventmesh-health-heartbeat-keys",
+              show_default=True, envvar=_env("PROBE_SECRET"),
+              help="NAMESPACE/NAME of the Secret holding the HMAC keys (re-read every "
+              "minute: rotation without restart).")
+@click.option("--receiver-url-template", default=None, envvar=_env("RECEIVER_URL_TEMPLATE"),
+              help="Subscriber URI of the heartbeat Triggers, with {namespace} and "
+              "{application} (default: http://eventmesh-health.kyma-system.svc.cluster.local"
+              ":8080/heartbeat/{namespace}/{application}).")
+@click.option("--event-service-url-template", default=None,
+              envvar=_env("EVENT_SERVICE_URL_TEMPLATE"),
+              help="Legacy event-service endpoint, with {app} (default: http://{app}-event-"
+              "service.kyma-integration.svc.cluster.local:8081/{app}/v1/events).")
+@click.option("--adapter-url-template", default=None, envvar=_env("ADAPTER_URL_TEMPLATE"),
+              help="If set, heartbeats go as binary CloudEvents to this HTTP adapter URL "
+              "({app}) instead of the legacy event-service.")
+@click.option("--broker-url-template", default=None, envvar=_env("BROKER_URL_TEMPLATE"),
+              help="Broker ingress, with {namespace} (default: http://default-broker."
+              "{namespace}.svc.cluster.local).")
+@click.option("--channel-url-template", default=None, envvar=_env("CHANNEL_URL_TEMPLATE"),
+              help="Application Channel address, with {app} (default: the Channel's "
+              "status.address.url).")
 def serve(
     kubeconfig: Path | None, context: str | None, request_timeout: float, host: str, port: int,
     leader_election: bool, lease_namespace: str, lease_name: str, identity: str | None,
     lease_duration: timedelta, events_namespace: str, write: bool, outage_after: timedelta,
     stuck_deletion_after: timedelta, progress_deadline: timedelta,
+    probe: bool = False, probe_interval: timedelta = timedelta(seconds=30),
+    probe_secret: str = "kyma-system/eventmesh-health-heartbeat-keys",
+    receiver_url_template: str | None = None, event_service_url_template: str | None = None,
+    adapter_url_template: str | None = None, broker_url_template: str | None = None,
+    channel_url_template: str | None = None,
 ) -> None:
     """Always-on checker: watches the cluster, keeps every Application's health current, and
     serves it (REST API, /metrics, EventMeshHealth objects, annotations, Events).
@@ -324,7 +356,29 @@ def serve(
     except ClusterError as err:
         _fail(str(err), EXIT_INPUT)
     seconds = lease_duration.total_seconds()
+    probe_settings = None
+    if probe:
+        from eventmesh_health.probing.runner import ProbeSettings
+
+        secret_ns, sep, secret_name = probe_secret.partition("/")
+        if not sep or not secret_ns or not secret_name:
+            _fail(f"--probe-secret must be NAMESPACE/NAME, not {probe_secret!r}", EXIT_INPUT)
+        from eventmesh_health.probing.sender import (
+            DEFAULT_BROKER_URL_TEMPLATE,
+            DEFAULT_EVENT_SERVICE_URL_TEMPLATE,
+            DEFAULT_RECEIVER_URL_TEMPLATE,
+        )
+
+        probe_settings = ProbeSettings(
+            interval=probe_interval, secret_namespace=secret_ns, secret_name=secret_name,
+            receiver_url_template=receiver_url_template or DEFAULT_RECEIVER_URL_TEMPLATE,
+            event_service_url_template=(event_service_url_template
+                                        or DEFAULT_EVENT_SERVICE_URL_TEMPLATE),
+            broker_url_template=broker_url_template or DEFAULT_BROKER_URL_TEMPLATE,
+            adapter_url_template=adapter_url_template or None,
+            channel_url_template=channel_url_template or None)
     settings = Settings(
+        probe=probe_settings,
         host=host, port=port, leader_election=leader_election, lease_namespace=lease_namespace,
         lease_name=lease_name, identity=identity or socket.gethostname(),
         lease_duration=seconds, renew_deadline=seconds * 2 / 3, retry_period=seconds * 2 / 15,

@@ -43,16 +43,18 @@ never mutates the one the API may be serving).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import FastAPI, Path, Request
+from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventmesh_health.model import ApplicationReport, MeshReport, NamespaceReport
@@ -181,8 +183,15 @@ NamespaceName = Annotated[str, Path(
 )]
 
 
-def create_app(state: HealthState, metrics: Metrics) -> FastAPI:
-    """The API over `state` and `metrics`; see the module docstring for how to serve it."""
+def create_app(
+    state: HealthState, metrics: Metrics, routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """The API over `state` and `metrics`; see the module docstring for how to serve it.
+
+    `routers` are mounted as they are (e.g. the heartbeat receiver's POST endpoints of
+    `probing.receiver`); a wrong method on one of their paths gets 405 with the `Allow`
+    of that path.
+    """
     app = FastAPI(
         title="eventmesh-health",
         summary="Health of a Kyma / Knative event mesh: what is broken, and where.",
@@ -294,11 +303,13 @@ def create_app(state: HealthState, metrics: Metrics) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 405:
+            allow = _allowed(request)
+            what = ("this API is read-only" if allow == ALLOWED_METHODS
+                    else "this endpoint only takes")
             return _error(
                 405, "MethodNotAllowed",
-                f"{_echo(request.method)} is not allowed: this API is read-only "
-                f"({ALLOWED_METHODS})",
-                {"Allow": ALLOWED_METHODS},
+                f"{_echo(request.method)} is not allowed: {what} ({allow})",
+                {"Allow": allow},
             )
         if exc.status_code == 404:
             return _error(404, "NotFound", f"no such endpoint: {_echo(request.url.path)}")
@@ -313,8 +324,24 @@ def create_app(state: HealthState, metrics: Metrics) -> FastAPI:
     async def internal(request: Request, exc: Exception) -> Response:
         return _error(500, "InternalError", "internal error; see the checker's log")
 
+    for router in routers:
+        app.include_router(router)
     app.add_middleware(_ReadOnly)
     return app
+
+
+def _allowed(request: Request) -> str:
+    """The methods the routes matching the request's path accept (`Allow` of a 405)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods |= set(route.methods or ())
+    if not methods or methods & {"GET", "HEAD"}:
+        return ALLOWED_METHODS
+    return ", ".join(sorted(methods))
 
 
 _CODES = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 503: "NotReady"}

@@ -369,6 +369,12 @@ class Metrics:
         with self._lock:
             self._is_leader = is_leader
 
+    def add_collector(self, collector: Collector) -> None:
+        """Export `collector`'s families too (in `registry` and `exposition()`), e.g. the
+        heartbeat probing's `probing.ProbeMetrics`."""
+        self._run.register(collector)
+        self.registry.register(collector)
+
     # --- output ----------------------------------------------------------------------
 
     def exposition(self) -> bytes:

@@ -37,6 +37,7 @@ from eventmesh_health.model import (
     Severity,
     SystemReport,
 )
+from eventmesh_health.probing.runner import ProbeRunner, ProbeSettings
 from eventmesh_health.serve.api import create_app, embedded_server
 from eventmesh_health.serve.informer import Change, ClusterCache
 from eventmesh_health.serve.leader import LeaderElector
@@ -72,6 +73,8 @@ class Settings:
     tick: timedelta = timedelta(seconds=15)
     thresholds: Thresholds = field(default_factory=Thresholds)
     log_level: str = "info"
+    # Heartbeat probing of the data plane (`--probe`); None: off.
+    probe: ProbeSettings | None = None
 
 
 def _now() -> datetime:
@@ -109,7 +112,14 @@ class Service:
             client, is_leader=self.is_leader, events_namespace=settings.events_namespace,
             reporting_instance=settings.identity,
         )
-        self.app = create_app(self.state, self.metrics)
+        self.prober: ProbeRunner | None = None
+        if settings.probe is not None:
+            self.prober = ProbeRunner(client, settings.probe, settings.identity,
+                                      self.is_leader)
+            self.metrics.add_collector(self.prober.metrics)
+        self.app = create_app(
+            self.state, self.metrics,
+            routers=[self.prober.receiver.router] if self.prober is not None else [])
         self._changed = asyncio.Event()
         self._writes_seen: dict[tuple[str, str], int] = {}
         self._stats_seen: dict[str, tuple[int, int]] = {}
@@ -141,6 +151,8 @@ class Service:
         ]
         if self.elector is not None:
             tasks.append(asyncio.create_task(self._elect(), name="leader-election"))
+        if self.prober is not None:
+            tasks.append(asyncio.create_task(self._probe(), name="probing"))
         else:
             self._leadership_changed()
         try:
@@ -160,6 +172,18 @@ class Service:
             await self.elector.run()
         finally:
             self.state.leader_election_running = False
+
+    async def _probe(self) -> None:
+        assert self.prober is not None
+        try:
+            await self.prober.run(self._probe_update)
+        finally:
+            await self.prober.close()
+
+    def _probe_update(self) -> None:
+        """Data-plane verdicts change with time alone: publish them."""
+        if self.analysis is not None:
+            self._record(None, self.now())
 
     async def _on_changes(self, changes: list[Change]) -> None:
         now = self.now()
@@ -213,6 +237,11 @@ class Service:
         outage = self._outage(now)
         report = self.analysis.report()
         self.state.degraded_reason = outage
+        if self.prober is not None:
+            index = self.analysis.builder.index
+            self.prober.update(report, index)
+            if outage is None:
+                report = self.prober.merge(report, index)
         if outage is not None:
             report = outage_report(report, outage)
         previous = self.state.report

@@ -1,0 +1,216 @@
+"""Sending heartbeats and hop probes into the mesh (the leader does this).
+
+Per application and round (`Sender.send_application`):
+
+- one heartbeat into the application's ingress: by default the legacy Kyma event-service
+  (`POST` to `event_service_url_template`, the legacy JSON body of `heartbeat.to_legacy`),
+  or, with `adapter_url_template` set, a binary-mode CloudEvent to the HTTP adapter;
+- one `channel` probe into the application Channel's address (`channel_url_template`, or
+  the Channel's `status.address.url` the caller passes);
+- one `broker` probe per namespace into its broker ingress (`broker_url_template`).
+
+Every send is recorded in the tracker (`Tracker.record_sent`) *before* it is posted, with
+the heartbeat's own time: a send that fails never arrives, which is exactly what the
+tracker must count against the hop. Failures (no answer, timeout, non-2xx) are counted in
+`failures` per (application, hop) and logged at debug level; nothing raises out of
+`send_application` but cancellation.
+
+Keys come from a Kubernetes Secret (`KeySource`): read through the API, parsed with
+`signing.keyring_from_secret_data`, re-read every `reload` so a rotation takes effect
+without a restart. A Secret that cannot be read or parsed keeps the last good keyring (and
+is logged); without any keyring nothing is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+
+from eventmesh_health.probing.heartbeat import (
+    DEFAULT_TYPE,
+    Heartbeat,
+    Hop,
+    SequenceCounter,
+    new_heartbeat,
+    to_binary,
+    to_legacy,
+)
+from eventmesh_health.probing.signing import Keyring, keyring_from_secret_data
+from eventmesh_health.probing.tracker import Tracker
+
+__all__ = [
+    "DEFAULT_BROKER_URL_TEMPLATE",
+    "DEFAULT_EVENT_SERVICE_URL_TEMPLATE",
+    "DEFAULT_RECEIVER_URL_TEMPLATE",
+    "KeySource",
+    "SendConfig",
+    "Sender",
+    "jittered",
+]
+
+log = logging.getLogger("eventmesh_health.probing")
+
+DEFAULT_EVENT_SERVICE_URL_TEMPLATE = (
+    "http://{app}-event-service.kyma-integration.svc.cluster.local:8081/{app}/v1/events")
+DEFAULT_BROKER_URL_TEMPLATE = "http://default-broker.{namespace}.svc.cluster.local"
+DEFAULT_RECEIVER_URL_TEMPLATE = (
+    "http://eventmesh-health.kyma-system.svc.cluster.local:8080/heartbeat/{namespace}/{application}")
+
+
+@dataclass(frozen=True, slots=True)
+class SendConfig:
+    """Where probes go. Templates are `str.format` templates: `{app}` (also `{application}`)
+    and `{namespace}`."""
+
+    event_service_url_template: str = DEFAULT_EVENT_SERVICE_URL_TEMPLATE
+    adapter_url_template: str | None = None  # set: binary CloudEvents to the HTTP adapter
+    channel_url_template: str | None = None  # None: the Channel's status.address.url
+    broker_url_template: str = DEFAULT_BROKER_URL_TEMPLATE
+    heartbeat_type: str = DEFAULT_TYPE
+    timeout: float = 5.0  # seconds, per request (connect, read, write, pool)
+
+
+def fill(template: str, application: str, namespace: str = "") -> str:
+    return template.format(app=application, application=application, namespace=namespace)
+
+
+def jittered(interval: float, jitter: float = 0.1) -> float:
+    """`interval` seconds plus or minus up to `jitter` of it (spreads replicas' rounds)."""
+    return max(0.0, interval * (1 + random.uniform(-jitter, jitter)))
+
+
+class KeySource:
+    """The keyring from a Secret's `data`, re-read at most every `reload`.
+
+    `read` returns the Secret's `data` map (e.g. a lightkube `get` of the Secret).
+    """
+
+    def __init__(
+        self, read: Callable[[], Awaitable[Mapping[str, str]]], *,
+        reload: timedelta = timedelta(minutes=1),
+    ) -> None:
+        self._read = read
+        self.reload = reload
+        self.keyring: Keyring | None = None
+        self._loaded_at: float | None = None
+        self.errors = 0
+
+    def get(self) -> Keyring:
+        """The current keyring (for the receiver's `Verifier`); raises before the first load."""
+        if self.keyring is None:
+            raise LookupError("no heartbeat keys loaded yet")
+        return self.keyring
+
+    async def refresh(self, force: bool = False) -> Keyring | None:
+        now = time.monotonic()
+        if (not force and self._loaded_at is not None
+                and now - self._loaded_at < self.reload.total_seconds()):
+            return self.keyring
+        self._loaded_at = now
+        try:
+            data = await self._read()
+            self.keyring = keyring_from_secret_data(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the last good keyring stays in use
+            self.errors += 1
+            log.warning("heartbeat keys could not be (re)loaded: %s", _describe(exc))
+        return self.keyring
+
+
+class Sender:
+    """Signs, records and posts heartbeats; see the module docstring."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        keys: Callable[[], Keyring | None],
+        run: str,
+        *,
+        config: SendConfig | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self.keys = keys
+        self.run = run
+        self.config = config or SendConfig()
+        self.sequences = SequenceCounter()
+        self._own_client = client is None
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(self.config.timeout), trust_env=False,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self.sent: dict[tuple[str, Hop], int] = {}
+        self.failures: dict[tuple[str, Hop], int] = {}
+
+    async def close(self) -> None:
+        if self._own_client:
+            await self.client.aclose()
+
+    async def send_application(
+        self, application: str, namespaces: list[str], channel_url: str | None = None,
+    ) -> None:
+        """One round for an application: ingress, channel (when its address is known) and
+        one broker probe per namespace, concurrently. Never raises (but cancellation)."""
+        keyring = self.keys()
+        if keyring is None:
+            return
+        cfg = self.config
+        sends: list[Awaitable[None]] = []
+        if cfg.adapter_url_template is not None:
+            sends.append(self._send(keyring, application, Hop.INGRESS,
+                                    fill(cfg.adapter_url_template, application), binary=True))
+        else:
+            sends.append(self._send(keyring, application, Hop.INGRESS,
+                                    fill(cfg.event_service_url_template, application),
+                                    binary=False))
+        url = (fill(cfg.channel_url_template, application)
+               if cfg.channel_url_template is not None else channel_url)
+        if url:
+            sends.append(self._send(keyring, application, Hop.CHANNEL, url, binary=True))
+        for namespace in namespaces:
+            sends.append(self._send(keyring, application, Hop.BROKER,
+                                    fill(cfg.broker_url_template, application, namespace),
+                                    binary=True, namespace=namespace))
+        await asyncio.gather(*sends)
+
+    def _heartbeat(
+        self, keyring: Keyring, application: str, hop: Hop, namespace: str | None,
+    ) -> Heartbeat:
+        sequence = self.sequences.next(application, hop, namespace)
+        hb = new_heartbeat(application, hop, sequence, run=self.run, at=self.tracker.clock(),
+                           type=self.config.heartbeat_type, namespace=namespace)
+        return keyring.sign(hb)
+
+    async def _send(
+        self, keyring: Keyring, application: str, hop: Hop, url: str, *, binary: bool,
+        namespace: str | None = None,
+    ) -> None:
+        key = (application, hop)
+        try:
+            hb = self._heartbeat(keyring, application, hop, namespace)
+            headers, body = to_binary(hb) if binary else to_legacy(hb)
+            self.tracker.record_sent(application, hop, hb.sequence, run=self.run, at=hb.time,
+                                     namespace=namespace)
+            self.sent[key] = self.sent.get(key, 0) + 1
+            answer = await self.client.post(url, headers=headers, content=body)
+            if not 200 <= answer.status_code < 300:
+                raise httpx.HTTPStatusError(f"HTTP {answer.status_code}",
+                                            request=answer.request, response=answer)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failures[key] = self.failures.get(key, 0) + 1
+            log.debug("%s probe of %s to %s failed: %s", hop.value, application, url,
+                      _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "..."

@@ -1,0 +1,199 @@
+"""The checker's own heartbeat Triggers: one per probed (application, namespace).
+
+`desired_trigger` is what a pair's Trigger must look like; `TriggerManager.reconcile`
+makes the cluster match a set of pairs (the leader calls it each probing round):
+
+- only Triggers with the label `eventmesh-health.kyma-project.io/heartbeat: "true"` are
+  ever listed, patched or deleted: user Triggers are never touched;
+- names are deterministic (`eventmesh-health-<application>`, cut to fit, plus a hash of
+  the full name), so a Trigger left over from a crashed run is adopted (patched if its
+  spec differs), never duplicated; labelled Triggers that no probed pair wants (another
+  name, an unbound pair, a deleted application) are deleted;
+- writes only on change: a Trigger whose spec (and labels) already match is left alone.
+
+The subscriber is the checker's receiver (`receiver_url_template`, encoding namespace and
+application). `spec.delivery.deadLetterSink` is set only when `dead_letter_url_template`
+is given and the Trigger API version supports it: `eventing.knative.dev/v1alpha1` as
+served by Knative v0.12 (Kyma 1.x) has no `spec.delivery` on Triggers (it came with
+v0.14's v1beta1), so for v1alpha1 it is left out and failed deliveries are only seen as
+loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightkube.generic_resource import create_namespaced_resource
+
+from eventmesh_health.probing.heartbeat import DEFAULT_TYPE, EVENT_TYPE_VERSION
+
+__all__ = [
+    "HEARTBEAT_LABEL",
+    "TRIGGER_API_VERSION",
+    "TriggerConfig",
+    "TriggerManager",
+    "desired_trigger",
+    "trigger_name",
+]
+
+log = logging.getLogger("eventmesh_health.probing")
+
+HEARTBEAT_LABEL = "eventmesh-health.kyma-project.io/heartbeat"
+APPLICATION_LABEL = "eventmesh-health.kyma-project.io/application"
+TRIGGER_API_VERSION = "eventing.knative.dev/v1alpha1"
+# API versions whose Trigger has spec.delivery (deadLetterSink): not v1alpha1 of v0.12.
+_DELIVERY_VERSIONS = frozenset({"eventing.knative.dev/v1beta1", "eventing.knative.dev/v1"})
+_NAME_PREFIX = "eventmesh-health-"
+_MAX_NAME = 63
+
+Trigger = create_namespaced_resource("eventing.knative.dev", "v1alpha1", "Trigger", "triggers")
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerConfig:
+    receiver_url_template: str
+    dead_letter_url_template: str | None = None
+    heartbeat_type: str = DEFAULT_TYPE
+    api_version: str = TRIGGER_API_VERSION
+    broker: str = "default"
+
+
+def trigger_name(application: str) -> str:
+    """`eventmesh-health-<application>`, or cut and suffixed with a hash to fit 63."""
+    name = _NAME_PREFIX + application.replace(".", "-")
+    if len(name) <= _MAX_NAME and "." not in application:
+        return name
+    digest = hashlib.sha256(application.encode()).hexdigest()[:10]
+    head = name[: _MAX_NAME - len(digest) - 1].rstrip("-")
+    return f"{head}-{digest}"
+
+
+def _label_value(application: str) -> str:
+    if len(application) <= 63:
+        return application
+    digest = hashlib.sha256(application.encode()).hexdigest()[:10]
+    return application[:52].rstrip("-.") + "-" + digest
+
+
+def desired_trigger(config: TriggerConfig, application: str, namespace: str) -> dict[str, Any]:
+    """The heartbeat Trigger of one (application, namespace)."""
+    fmt = {"app": application, "application": application, "namespace": namespace}
+    spec: dict[str, Any] = {
+        "broker": config.broker,
+        "filter": {"attributes": {
+            "source": application, "type": config.heartbeat_type,
+            "eventtypeversion": EVENT_TYPE_VERSION,
+        }},
+        "subscriber": {"uri": config.receiver_url_template.format(**fmt)},
+    }
+    if config.dead_letter_url_template and config.api_version in _DELIVERY_VERSIONS:
+        spec["delivery"] = {"deadLetterSink": {
+            "uri": config.dead_letter_url_template.format(**fmt)}}
+    return {
+        "apiVersion": config.api_version,
+        "kind": "Trigger",
+        "metadata": {
+            "name": trigger_name(application),
+            "namespace": namespace,
+            "labels": {
+                HEARTBEAT_LABEL: "true",
+                APPLICATION_LABEL: _label_value(application),
+                "app.kubernetes.io/managed-by": "eventmesh-health",
+            },
+        },
+        "spec": spec,
+    }
+
+
+@dataclass
+class TriggerManager:
+    """Makes the labelled Triggers in the cluster match the probed pairs."""
+
+    client: Any  # lightkube.AsyncClient
+    config: TriggerConfig
+    writes: dict[str, int] = field(default_factory=lambda: {"create": 0, "patch": 0,
+                                                            "delete": 0})
+    errors: int = 0
+
+    async def owned(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """The labelled Triggers, by (namespace, name)."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        async for obj in self.client.list(Trigger, namespace="*",
+                                          labels={HEARTBEAT_LABEL: "true"}):
+            raw = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+            meta = raw.get("metadata") or {}
+            out[(str(meta.get("namespace")), str(meta.get("name")))] = raw
+        return out
+
+    async def reconcile(self, pairs: Iterable[tuple[str, str]]) -> bool:
+        """Create, patch and delete so that exactly `pairs` (application, namespace) have
+        their Trigger. Returns whether everything succeeded (failures are logged and
+        counted, and retried on the next call)."""
+        want = {}
+        for application, namespace in pairs:
+            body = desired_trigger(self.config, application, namespace)
+            want[(namespace, body["metadata"]["name"])] = body
+        try:
+            have = await self.owned()
+        except Exception as exc:
+            self.errors += 1
+            log.warning("heartbeat Triggers could not be listed: %s", exc)
+            return False
+        ok = True
+        for key, body in want.items():
+            current = have.get(key)
+            try:
+                if current is None:
+                    await self.client.create(Trigger.from_dict(body))
+                    self.writes["create"] += 1
+                    log.info("heartbeat Trigger %s/%s created", *key)
+                elif not _matches(current, body):
+                    spec = dict(body["spec"])
+                    spec.setdefault("delivery", None)  # a merge patch removes it
+                    await self.client.patch(
+                        Trigger, key[1], {"metadata": {"labels": body["metadata"]["labels"]},
+                                          "spec": spec},
+                        namespace=key[0], patch_type=_merge_patch())
+                    self.writes["patch"] += 1
+                    log.info("heartbeat Trigger %s/%s adopted (spec updated)", *key)
+            except Exception as exc:
+                ok = False
+                self.errors += 1
+                log.warning("heartbeat Trigger %s/%s could not be written: %s", *key, exc)
+        for key, current in have.items():
+            if key in want:
+                continue
+            if (current.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            try:
+                await self.client.delete(Trigger, key[1], namespace=key[0])
+                self.writes["delete"] += 1
+                log.info("heartbeat Trigger %s/%s deleted", *key)
+            except Exception as exc:
+                if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+                    continue
+                ok = False
+                self.errors += 1
+                log.warning("heartbeat Trigger %s/%s could not be deleted: %s", *key, exc)
+        return ok
+
+
+def _matches(current: dict[str, Any], body: dict[str, Any]) -> bool:
+    spec = current.get("spec") or {}
+    want = body["spec"]
+    if any(spec.get(k) != v for k, v in want.items()):
+        return False
+    if "delivery" not in want and spec.get("delivery"):
+        return False
+    labels = (current.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in body["metadata"]["labels"].items())
+
+
+def _merge_patch() -> Any:
+    from lightkube.types import PatchType
+
+    return PatchType.MERGE
