@@ -332,16 +332,28 @@ def create_app(
 
 def _allowed(request: Request) -> str:
     """The methods the routes matching the request's path accept (`Allow` of a 405)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if not isinstance(route, APIRoute):
-            continue
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match is not Match.NONE:
-            methods |= set(route.methods or ())
+    methods = _route_methods(request.app.router.routes, {**request.scope, "method": "GET"})
     if not methods or methods & {"GET", "HEAD"}:
         return ALLOWED_METHODS
     return ", ".join(sorted(methods))
+
+
+def _route_methods(routes: Sequence[Any], scope: Scope) -> set[str]:
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        if isinstance(route, APIRoute):
+            methods |= set(route.methods or ())
+            continue
+        # An included router (FastAPI >= 0.16x keeps it as one route): its own routes.
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is None:
+            inner = getattr(route, "routes", None)
+        if inner is not None:
+            methods |= _route_methods(inner, scope)
+    return methods
 
 
 _CODES = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 503: "NotReady"}
