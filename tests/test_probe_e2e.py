@@ -296,7 +296,11 @@ async def test_delay_of_200ms_is_reported_as_latency(probed: Probed) -> None:
     median = sorted(samples)[len(samples) // 2]
     print(f"prod broker latency with 200 ms delay: median {median * 1000:.0f} ms; "
           f"stage p50 {1000 * (stage.p50 or 0):.0f} ms")
-    assert 0.2 <= median <= 0.2 + 0.6, samples  # tolerance: the loaded test machine
+    # Every delayed heartbeat took at least the injected 200 ms; the median is the
+    # undelayed path's (stage, same moments) plus 200 ms, within 500 ms (the loaded
+    # test machine's jitter).
+    assert min(samples) >= 0.2, samples
+    assert abs(median - ((stage.p50 or 0.0) + 0.2)) <= 0.5, (samples, stage)
     assert probed.findings("prod") == []  # 200 ms is within the 2 s SLO
     await probed.emu.clear_faults()
 

@@ -1,0 +1,128 @@
+"""The heartbeat sender: what goes where, signed, recorded; failures counted, never raised;
+keys from a Secret, reloaded, the last good keyring kept."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from eventmesh_health.probing import (
+    Hop,
+    Tracker,
+    Verifier,
+    heartbeat_from_event,
+    keyring_from_secret_data,
+    parse_http,
+)
+from eventmesh_health.probing.sender import KeySource, SendConfig, Sender, jittered
+
+KEY = base64.b64encode(b"k" * 32).decode()
+KEYRING = keyring_from_secret_data({"k1": KEY})
+
+
+def client(requests: list[httpx.Request], status: int = 202,
+           fail: str | None = None) -> httpx.AsyncClient:
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if fail and fail in str(request.url):
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(status)
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+CONFIG = SendConfig(
+    event_service_url_template="http://es/{app}/v1/events",
+    channel_url_template="http://ch/{app}",
+    broker_url_template="http://broker/{namespace}",
+)
+
+
+async def test_one_round_ingress_channel_and_one_broker_probe_per_namespace() -> None:
+    requests: list[httpx.Request] = []
+    tracker = Tracker()
+    sender = Sender(tracker, lambda: KEYRING, "run-1", config=CONFIG,
+                    client=client(requests))
+    await sender.send_application("commerce-mock", ["stage", "prod"])
+    urls = sorted(str(r.url) for r in requests)
+    assert urls == ["http://broker/prod", "http://broker/stage", "http://ch/commerce-mock",
+                    "http://es/commerce-mock/v1/events"]
+    verifier = Verifier(KEYRING)
+    for request in requests:
+        if "/v1/events" in str(request.url):
+            body = json.loads(request.content)
+            assert body["event-type"] == "eventmesh-health.heartbeat"
+            assert body["event-type-version"] == "v1"
+            assert body["data"]["emhhop"] == "ingress"
+            continue
+        hb = heartbeat_from_event(parse_http(request.headers.items(), request.content))
+        verifier.check_signature(hb)
+        assert hb.application == "commerce-mock" and hb.run == "run-1" and hb.sequence == 1
+        if hb.hop is Hop.BROKER:
+            assert str(request.url).endswith(hb.namespace or "?")
+    assert tracker.sent_totals() == {("commerce-mock", Hop.INGRESS): 1,
+                                     ("commerce-mock", Hop.CHANNEL): 1,
+                                     ("commerce-mock", Hop.BROKER): 2}
+    await sender.send_application("commerce-mock", ["stage"])
+    assert sender.sequences.next("commerce-mock", Hop.INGRESS) == 3  # 1, 2 were sent
+
+
+async def test_channel_address_from_the_channel_and_binary_to_the_adapter() -> None:
+    requests: list[httpx.Request] = []
+    config = SendConfig(adapter_url_template="http://adapter/{app}",
+                        broker_url_template="http://b/{namespace}")
+    sender = Sender(Tracker(), lambda: KEYRING, "run-1", config=config,
+                    client=client(requests))
+    await sender.send_application("app", [], channel_url="http://app-kn-channel.x")
+    assert sorted(str(r.url) for r in requests) == ["http://adapter/app",
+                                                     "http://app-kn-channel.x"]
+    assert all(r.headers["ce-specversion"] == "1.0" for r in requests)
+
+
+@pytest.mark.parametrize("status", [500, 404])
+async def test_failures_are_counted_and_recorded_as_sent_never_raised(status: int) -> None:
+    requests: list[httpx.Request] = []
+    tracker = Tracker()
+    sender = Sender(tracker, lambda: KEYRING, "run-1", config=CONFIG,
+                    client=client(requests, status=status, fail="broker/prod"))
+    await sender.send_application("a", ["stage", "prod"])
+    assert sender.failures[("a", Hop.BROKER)] == 2  # one refused, one non-2xx
+    assert sender.failures[("a", Hop.INGRESS)] == 1
+    assert tracker.sent_totals()[("a", Hop.BROKER)] == 2
+
+
+async def test_nothing_is_sent_without_keys() -> None:
+    requests: list[httpx.Request] = []
+    sender = Sender(Tracker(), lambda: None, "run-1", config=CONFIG, client=client(requests))
+    await sender.send_application("a", ["stage"])
+    assert requests == []
+
+
+async def test_keys_reloaded_and_the_last_good_keyring_kept() -> None:
+    data: list[Mapping[str, str] | Exception] = [
+        {"k1": KEY}, ValueError("no"), {"k1": KEY, "k2": base64.b64encode(b"z" * 32).decode()}]
+
+    async def read() -> Mapping[str, str]:
+        item = data.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    keys = KeySource(read, reload=timedelta(hours=1))
+    with pytest.raises(LookupError):
+        keys.get()
+    assert (await keys.refresh()) is not None and keys.get().current.id == "k1"
+    assert (await keys.refresh()).current.id == "k1"  # type: ignore[union-attr]  # not due
+    await keys.refresh(force=True)
+    assert keys.errors == 1 and keys.get().current.id == "k1"  # the last good one
+    await keys.refresh(force=True)
+    assert keys.get().current.id == "k2"  # rotated: the greatest id signs
+
+
+def test_jitter_stays_within_bounds() -> None:
+    values = [jittered(10.0, 0.1) for _ in range(200)]
+    assert all(9.0 <= v <= 11.0 for v in values) and len(set(values)) > 1
