@@ -7,6 +7,7 @@ import base64
 import json
 from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -126,3 +127,50 @@ async def test_keys_reloaded_and_the_last_good_keyring_kept() -> None:
 def test_jitter_stays_within_bounds() -> None:
     values = [jittered(10.0, 0.1) for _ in range(200)]
     assert all(9.0 <= v <= 11.0 for v in values) and len(set(values)) > 1
+
+
+# --- the runner's merge of data-plane verdicts into the report --------------------------
+
+
+def _report(ns_health: str) -> Any:
+    from eventmesh_health.model import MeshReport
+
+    return MeshReport.model_validate({
+        "healthy": ns_health == "Healthy", "health": ns_health,
+        "system": {"health": "Healthy", "findings": []},
+        "applications": [{"name": "a", "health": ns_health, "state": 4, "namespaces": [
+            {"name": "stage", "health": ns_health, "state": 4, "findings": []},
+            {"name": "prod", "health": "Healthy", "state": 4, "findings": []}]}]})
+
+
+def test_merge_takes_the_worst_and_keeps_the_control_plane_root_cause() -> None:
+    from datetime import UTC, datetime
+
+    from eventmesh_health.model import Health
+    from eventmesh_health.probing import classify
+    from eventmesh_health.probing.runner import merge_verdicts
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    silent = classify("a", "stage", {}, now=now, since=now - timedelta(hours=1),
+                      hops=[Hop.BROKER])
+    # No stats for a probed hop: not probed, Healthy -> nothing changes.
+    assert merge_verdicts(_report("Healthy"), {("a", "stage"): silent}).health is Health.HEALTHY
+
+    from eventmesh_health.probing.tracker import HopStats
+
+    stats = {Hop.BROKER: HopStats("a", "stage", Hop.BROKER, now, timedelta(minutes=5))}
+    verdict = classify("a", "stage", stats, now=now, since=now - timedelta(hours=1))
+    assert verdict.health is Health.UNHEALTHY
+    merged = merge_verdicts(_report("Healthy"), {("a", "stage"): verdict})
+    app = merged.applications[0]
+    assert (merged.healthy, merged.health, app.health) == (False, Health.UNHEALTHY,
+                                                           Health.UNHEALTHY)
+    assert [ns.health for ns in app.namespaces] == [Health.UNHEALTHY, Health.HEALTHY]
+    assert [f.reason for f in app.namespaces[0].findings] == ["NoHeartbeat"]
+
+    unknown = classify("a", "stage", stats, now=now, since=now,
+                       not_meaningful="the control plane is not ready")
+    merged = merge_verdicts(_report("Progressing"), {("a", "stage"): unknown})
+    stage = merged.applications[0].namespaces[0]
+    assert stage.health is Health.PROGRESSING  # Unknown adds a finding, not its health
+    assert [f.reason for f in stage.findings] == ["DataPlaneNotProbed"]
