@@ -71,6 +71,7 @@ from eventmesh_health.sources.cluster import (
     _describe,
     _NotServed,
     _plain,
+    _retry_after,
     _status_error,
     _transport_reason,
     not_served_message,
@@ -648,7 +649,7 @@ class ClusterCache:
         if code == 429:
             return _Failed(f"the API server at {self._server} answered 429 Too Many Requests "
                            f"while {verb}ing {kind.resource}: {message}",
-                           retry_after=_retry_after(response))
+                           retry_after=_retry_after(response, MAX_RETRY_AFTER))
         if code == 403 and verb == "watch":
             user = _USER.search(message)
             who = f"user {user.group(1)!r}" if user else "the current user"
@@ -767,14 +768,6 @@ def _crd_versions(crd: dict[str, Any]) -> list[str]:
     if not isinstance(versions, list):
         return []
     return [str(v.get("name")) for v in versions if isinstance(v, dict) and v.get("served")]
-
-
-def _retry_after(response: httpx2.Response) -> float:
-    try:
-        seconds = float(response.headers.get("Retry-After", "1"))
-    except ValueError:
-        seconds = 1.0
-    return min(max(seconds, 0.1), MAX_RETRY_AFTER)
 
 
 def _one_line(text: str) -> str:

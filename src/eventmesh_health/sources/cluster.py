@@ -411,12 +411,13 @@ def _transport_reason(err: httpx2.TransportError) -> str:
 _USER = re.compile(r'User "([^"]*)"')
 
 
-def _retry_after(response: httpx2.Response) -> float:
+def _retry_after(response: httpx2.Response, cap: float = MAX_RETRY_AFTER) -> float:
+    """How long a 429 asks us to wait, within [0.1 s, cap]."""
     try:
         seconds = float(response.headers.get("Retry-After", "1"))
     except ValueError:
         seconds = 1.0
-    return min(max(seconds, 0.1), MAX_RETRY_AFTER)
+    return min(max(seconds, 0.1), cap)
 
 
 def _status_error(code: int, message: str, kind: Kind, server: str) -> Exception:
