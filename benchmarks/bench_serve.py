@@ -24,8 +24,9 @@ over a quiet window (audit events of user `bench-serve` received in the window: 
 (long-lived, so a quiet minute normally starts none) and writes). The load average of the
 machine is sampled throughout. Everything is stopped on exit, Ctrl-C and errors.
 
-`--profile DIR` runs serve under cProfile (stopped with SIGINT so the profile gets written);
-the latencies then include the profiler's overhead.
+`--profile DIR` adds, after the measured runs, one more run per mode with serve under cProfile
+(stopped with SIGINT, so that the profile gets written: DIR/serve-<apps>-<mode>.prof). Its
+row is marked `+prof`: its latencies include the profiler's overhead.
 """
 
 from __future__ import annotations
@@ -583,6 +584,7 @@ class Run:
     load_seconds: float
     load_requests: int
     mode: str
+    profiled: bool = False
     sync_seconds: float = float("nan")
     written_seconds: float = float("nan")  # process start -> every EventMeshHealth written
     settled_seconds: float = float("nan")  # process start -> last write of the first burst
@@ -605,7 +607,7 @@ def run_serve(cp: ControlPlane, kubeconfig: Path, run: Run, args: argparse.Names
               http: httpx.Client, trigger: Resource, folder: Path) -> None:
     write = run.mode == "write"
     audit = AuditTail(cp.audit_log_path, USER)
-    profile = (args.profile / f"serve-{run.apps}-{run.mode}.prof") if args.profile else None
+    profile = args.profile / f"serve-{run.apps}-{run.mode}.prof" if run.profiled else None
     log(f"serve ({run.mode}) on {run.apps:,} applications")
     serve = Serve(cp, kubeconfig, write, folder, profile)
     sampler = LoadSampler()
@@ -712,8 +714,11 @@ def bench_size(apps: int, args: argparse.Namespace) -> list[Run]:
                 f"{objects / seconds:,.0f} objects/s, load average {load_sampler.summary()}")
             kubeconfig = cp.make_user_kubeconfig(USER, ["system:masters"])
             trigger = loader.resources[("eventing.knative.dev/v1alpha1", "Trigger")]
-            for mode in args.modes:
-                run = Run(apps, objects, seconds, requests, mode)
+            plans = [(mode, False) for mode in args.modes]
+            if args.profile:
+                plans += [(mode, True) for mode in args.modes]
+            for mode, profiled in plans:
+                run = Run(apps, objects, seconds, requests, mode, profiled)
                 run_serve(cp, kubeconfig, run, args, loader.http, trigger, Path(tmp))
                 runs.append(run)
                 print_table([run], file=sys.stderr)
@@ -734,48 +739,33 @@ def bench_size(apps: int, args: argparse.Namespace) -> list[Run]:
 
 
 COLUMNS = (
-    ("apps", "{r.apps:,}"), ("objects", "{r.objects:,}"),
-    ("load s", "{r.load_seconds:.0f}"), ("obj/s", "{load_rate:,.0f}"),
-    ("mode", "{r.mode}"), ("sync s", "{r.sync_seconds:.1f}"),
-    ("written s", "{written}"),
-    ("p50 ms", "{lat[p50]:.0f}"), ("p90 ms", "{lat[p90]:.0f}"),
-    ("p99 ms", "{lat[p99]:.0f}"), ("max ms", "{lat[max]:.0f}"),
-    ("n", "{n}"), ("analysis ms", "{analysis:.0f}"),
-    ("RSS MiB", "{r.rss_peak_mib:.0f}"), ("CPU s", "{r.cpu_total:.1f}"),
-    ("sync CPU s", "{r.cpu_sync:.1f}"), ("quiet CPU %", "{quiet_cpu:.1f}"),
-    ("reads/min", "{reads:.0f}"), ("watches/min", "{watches:.0f}"),
-    ("writes/min", "{writes:.0f}"), ("load avg", "{r.load_average}"),
+    "apps", "objects", "load s", "obj/s", "mode", "sync s", "written s", "p50 ms", "p90 ms",
+    "p99 ms", "max ms", "n", "analysis ms", "RSS MiB", "CPU s", "sync CPU s", "quiet CPU %",
+    "reads/min", "watches/min", "writes/min", "load avg",
 )
 
 
 def row(r: Run) -> list[str]:
-    lat = {k: v * 1000 for k, v in r.latencies.figures().items()}
+    """The figures of one run, in the order of COLUMNS."""
+    lat = r.latencies.figures()
     per_minute = 60 / r.quiet_seconds if r.quiet_seconds else float("nan")
-    values = {
-        "r": _Fmt(r), "load_rate": r.objects / r.load_seconds, "lat": lat,
-        "written": "-" if r.mode != "write" else f"{r.written_seconds:.1f}",
-        "n": f"{len(r.latencies.seconds)}" + (f"+{r.latencies.timeouts}t"
-                                              if r.latencies.timeouts else ""),
-        "analysis": r.analysis_mean * 1000,
-        "quiet_cpu": 100 * r.cpu_quiet / r.quiet_seconds if r.quiet_seconds else float("nan"),
-        "reads": r.quiet["read"] * per_minute, "watches": r.quiet["watch"] * per_minute,
-        "writes": r.quiet["write"] * per_minute,
-    }
-    return [template.format(**values) for _, template in COLUMNS]
-
-
-class _Fmt:
-    def __init__(self, run: Run) -> None:
-        self._run = run
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "rss_peak_mib":
-            return self._run.rss_peak / 2**20
-        return getattr(self._run, name)
+    quiet_cpu = 100 * r.cpu_quiet / r.quiet_seconds if r.quiet_seconds else float("nan")
+    return [
+        f"{r.apps:,}", f"{r.objects:,}", f"{r.load_seconds:.0f}",
+        f"{r.objects / r.load_seconds:,.0f}", r.mode + ("+prof" if r.profiled else ""),
+        f"{r.sync_seconds:.1f}", f"{r.written_seconds:.1f}" if r.mode == "write" else "-",
+        *(f"{lat[k] * 1000:.0f}" for k in ("p50", "p90", "p99", "max")),
+        f"{len(r.latencies.seconds)}"
+        + (f"+{r.latencies.timeouts} timed out" if r.latencies.timeouts else ""),
+        f"{r.analysis_mean * 1000:.0f}", f"{r.rss_peak / 2**20:.0f}", f"{r.cpu_total:.1f}",
+        f"{r.cpu_sync:.1f}", f"{quiet_cpu:.1f}",
+        *(f"{r.quiet[k] * per_minute:.0f}" for k in ("read", "watch", "write")),
+        r.load_average,
+    ]
 
 
 def print_table(runs: list[Run], file: Any = sys.stdout) -> None:
-    rows = [[title for title, _ in COLUMNS], *(row(r) for r in runs)]
+    rows = [list(COLUMNS), *(row(r) for r in runs)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     for r in rows:
         print("  ".join(c.rjust(w) if i != len(r) - 1 else c
@@ -811,8 +801,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="serve runs per size (default: no-write write)")
     parser.add_argument("--seed", type=int, default=4)
-    parser.add_argument("--profile", type=Path, default=None,
-                        help="run serve under cProfile, writing DIR/serve-<apps>-<mode>.prof")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="one more run per mode under cProfile, into "
+                             "DIR/serve-<apps>-<mode>.prof")
     args = parser.parse_args()
     args.apps = args.apps or [1000]
     if args.profile:
