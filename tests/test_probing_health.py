@@ -19,23 +19,33 @@ from eventmesh_health.probing.health import (
     evaluate,
 )
 from eventmesh_health.probing.heartbeat import Hop, new_heartbeat
-from eventmesh_health.probing.tracker import HopStats, LatencySummary, Tracker
+from eventmesh_health.probing.tracker import HopStats, LatencySummary, RecentArrival, Tracker
 
 T0 = datetime(2020, 6, 15, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=10)
 APP, NS = "commerce-mock", "prod"
 S = timedelta(seconds=1)
-LIMITS = ProbeThresholds()  # 10 s interval, K = 3, p99 2 s, 5 %, min 3 samples
+LIMITS = ProbeThresholds()  # 10 s interval, K = 3, SLO 2 s, newest 2, 5 %, min 3 samples
 IN, CH, BR = Hop.INGRESS, Hop.CHANNEL, Hop.BROKER
 
 
+def arrivals(*latencies: float, duplicates: int = 0, settled: bool = True,
+             ) -> tuple[RecentArrival, ...]:
+    """The newest arrivals (oldest first), 10 s apart, the newest 2 s ago."""
+    n = len(latencies)
+    return tuple(RecentArrival("run", i, NOW - 2 * S - (n - 1 - i) * 10 * S, latency,
+                               duplicates, settled) for i, latency in enumerate(latencies))
+
+
 def figures(hop: Hop, spec: str) -> HopStats:
-    """One hop's figures in words: fine, silent, never, lossy, unreceived, slow, dup, few."""
+    """One hop's figures in words: fine, silent, never, lossy, unreceived, slow, dup, few,
+    and their single-sample forms slow1, dup1 (one bad sample, awaiting confirmation)."""
     base = dict(application=APP, namespace=NS, hop=hop, now=NOW, window=timedelta(minutes=5))
     recent = NOW - 2 * S
     fine = dict(received=100, last_arrival=recent, first_arrival=T0, window_received=30,
                 latency=LatencySummary(30, 0.05, 0.08, 0.1, 0.1, 0.05),
-                window_sent=30, window_unreceived=0)
+                window_sent=30, window_unreceived=0, window_isolated_unreceived=0,
+                window_judged=30, recent=arrivals(0.05, 0.05, 0.06, 0.05))
     if spec == "fine":
         return HopStats(**base, **fine)
     if spec == "silent":
@@ -45,19 +55,44 @@ def figures(hop: Hop, spec: str) -> HopStats:
     if spec == "never":
         return HopStats(**base)
     if spec == "lossy":
-        return HopStats(**base, **{**fine, "window_received": 27, "window_lost": 3})
-    if spec == "unreceived":
+        return HopStats(**base, **{**fine, "window_received": 27, "window_lost": 3,
+                                   "window_unreceived": 3, "window_isolated_unreceived": 3})
+    if spec == "unreceived":  # 2 isolated losses and the newest send missing
         return HopStats(**base, **{**fine, "window_unreceived": 3, "unreceived_streak": 1,
                                    "streak_last_sent": NOW - 8 * S,
+                                   "window_isolated_unreceived": 2, "window_judged": 29,
                                    "last_arrival": NOW - 12 * S})
+    if spec == "outage-over":  # 10 sends lost in a row, then arrivals again
+        return HopStats(**base, **{**fine, "window_unreceived": 10, "window_lost": 10,
+                                   "window_isolated_unreceived": 0, "window_judged": 20})
     if spec == "slow":
-        return HopStats(**base, **{**fine, "latency": LatencySummary(30, 1.5, 2.5, 3.0, 3.0, 1.6)})
+        return HopStats(**base, **{**fine, "latency": LatencySummary(30, 1.5, 2.5, 3.0, 3.0, 1.6),
+                                   "recent": arrivals(0.05, 0.05, 2.5, 3.0)})
+    if spec == "fine-before":  # fast, but the newest sent before the others' slow ones began
+        return HopStats(**base, **{**fine, "recent": tuple(
+            RecentArrival(r.run, r.sequence, r.arrived_at - 20 * S, r.latency, 0, True)
+            for r in arrivals(0.05, 0.05, 0.06, 0.05))})
+    if spec == "slow1":
+        return HopStats(**base, **{**fine, "recent": arrivals(0.05, 0.05, 0.06, 3.0)})
+    if spec == "slow-before":  # slow in the window, the newest fast again
+        return HopStats(**base, **{**fine, "latency": LatencySummary(30, 1.5, 2.5, 3.0, 3.0, 1.6),
+                                   "recent": arrivals(3.0, 3.0, 3.0, 0.05)})
     if spec == "dup":
-        return HopStats(**base, **{**fine, "window_duplicates": 30})
+        return HopStats(**base, **{**fine, "window_duplicates": 30,
+                                   "recent": arrivals(0.05, 0.05, duplicates=1)})
+    if spec == "dup1":  # the newest duplicated, the one before not
+        return HopStats(**base, **{**fine, "window_duplicates": 1, "recent": (
+            *arrivals(0.05, 0.05), RecentArrival("run", 9, NOW - S, 0.05, 1, True))})
+    if spec == "dup-unsettled":  # duplicated so far, the newest not settled yet
+        return HopStats(**base, **{**fine, "window_duplicates": 2, "recent": (
+            *arrivals(0.05, 0.05, duplicates=1),
+            RecentArrival("run", 9, NOW - S, 0.05, 0, False))})
     if spec == "few":  # a terrible ratio on too few samples
         return HopStats(**base, **{**fine, "window_received": 1, "window_lost": 1,
                                    "window_sent": 2, "window_unreceived": 1,
-                                   "latency": LatencySummary(1, 9.0, 9.0, 9.0, 9.0, 9.0)})
+                                   "window_isolated_unreceived": 1, "window_judged": 2,
+                                   "latency": LatencySummary(1, 9.0, 9.0, 9.0, 9.0, 9.0),
+                                   "recent": arrivals(9.0)})
     raise AssertionError(spec)
 
 
@@ -111,6 +146,22 @@ CASES = [
     ("dup", "dup", "fine", Health.DEGRADED, [("HeartbeatDuplicates", BROKERSUB)],
      [Culprit(CH, Problem.DUPLICATES)]),
     ("few", "few", "few", Health.HEALTHY, [], []),
+    # one bad sample is only a suspicion (it awaits its confirmation probe): not judged,
+    # and a suspect hop does not vouch for the segments below it
+    ("slow1", "slow1", "slow1", Health.HEALTHY, [], []),
+    ("slow", "slow1", "fine", Health.HEALTHY, [], []),  # until the channel's confirmation
+    ("slow", "slow", "fine", Health.DEGRADED, [("HeartbeatLatencyHigh", BROKERSUB)],
+     [Culprit(CH, Problem.LATENCY)]),
+    ("dup1", "fine", "fine", Health.HEALTHY, [], []),
+    ("dup-unsettled", "fine", "fine", Health.DEGRADED, [("HeartbeatDuplicates", HTTP_SOURCE)],
+     [Culprit(IN, Problem.DUPLICATES)]),
+    # a good sample from before the fault began vouches for nothing: wait for a newer one
+    ("slow", "fine-before", "fine", Health.HEALTHY, [], []),
+    ("slow", "fine", "fine", Health.DEGRADED, [("HeartbeatLatencyHigh", HTTP_SOURCE)],
+     [Culprit(IN, Problem.LATENCY)]),
+    # the current state counts, not the window's: recovered
+    ("slow-before", "slow-before", "fine", Health.HEALTHY, [], []),
+    ("outage-over", "fine", "fine", Health.HEALTHY, [], []),
     # the broker not probed: the channel's segment is blamed, with a caveat
     ("silent", "silent", None, Health.UNHEALTHY, [("NoHeartbeat", BROKERSUB)],
      [Culprit(CH, Problem.SILENT)]),
@@ -213,70 +264,122 @@ RUN = "checker-0-abc"
 
 
 class Mesh:
-    """Sends one probe per hop per interval; a broken segment drops every probe that
-    crosses it; `delay` is added by each of `slow` segments."""
+    """Sends one probe per hop per round; a broken segment drops every probe that crosses
+    it; `delay` is added by each of `slow` segments; `duplicate` segments deliver twice.
+    Like the runner, a round with a suspect probe (missing after the grace period, slow,
+    duplicated) is followed by a confirmation round."""
 
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: Tracker, limits: ProbeThresholds) -> None:
         self.tracker = tracker
+        self.limits = limits
         self.seq = 0
         self.broken: Hop | None = None
         self.slow: set[Hop] = set()
+        self.duplicate: set[Hop] = set()
         self.delay = timedelta(milliseconds=200)
         self.base = timedelta(milliseconds=20)
 
-    def tick(self, at: datetime) -> None:
+    def send(self, at: datetime) -> bool:
+        """One round at `at`; whether any probe of it is suspect."""
         self.seq += 1
+        suspect = False
         for hop in Hop:
             ns = NS if hop is Hop.BROKER else None
             hb = new_heartbeat(APP, hop, self.seq, run=RUN, at=at, namespace=ns)
             self.tracker.record_sent(APP, hop, self.seq, run=RUN, at=at, namespace=ns)
             crossed = [h for h in Hop if h.position >= hop.position]
             if self.broken in crossed:
+                suspect = True
                 continue
             latency = self.base + self.delay * len(self.slow.intersection(crossed))
             self.tracker.record_arrival(hb, NS, at=at + latency)
+            if self.duplicate.intersection(crossed):
+                self.tracker.record_duplicate(hb, NS, at=at + latency)
+                suspect = True
+            suspect = suspect or latency > self.limits.latency_slo
+        return suspect
+
+    def round(self, at: datetime) -> datetime:
+        """A regular round and, if needed, its confirmation after the grace period; when
+        the last round's samples are settled (a grace period after their arrival: the
+        runner evaluates then)."""
+        settled = at + self.base + self.tracker.grace
+        if self.send(at):
+            self.send(at + self.tracker.grace)
+            settled += self.tracker.grace
+        return settled
 
 
 def run_mesh(mesh: Mesh, start: datetime, intervals: int) -> datetime:
     at = start
     for _ in range(intervals):
-        mesh.tick(at)
+        mesh.round(at)
         at += INTERVAL
     return at
 
 
-LIVE = ProbeThresholds(interval=INTERVAL, latency_p99=timedelta(milliseconds=100),
-                       silent_sends=1, min_samples=1)
+LIVE = ProbeThresholds(interval=INTERVAL, latency_slo=timedelta(milliseconds=100),
+                       min_samples=1)
+GRACE = 4 * S  # 0.4 interval: detection within one interval plus twice this
 
 
 def judge(tracker: Tracker, now: datetime):
     return evaluate(tracker, APP, NS, since=T0, now=now, thresholds=LIVE)
 
 
-@pytest.mark.parametrize(("broken", "blamed"), [
-    (Hop.INGRESS, "HTTPSource"), (Hop.CHANNEL, "Subscription"), (Hop.BROKER, "Broker"),
-])
-def test_a_broken_segment_is_named_within_two_intervals_and_clears(broken, blamed):
-    tracker = Tracker(window=timedelta(seconds=20), grace=5 * S)
-    mesh = Mesh(tracker)
-    now = run_mesh(mesh, T0, 30)  # healthy steady state: no false alarm at any point
-    for step in range(30):
+def live_tracker() -> Tracker:
+    return Tracker(window=timedelta(seconds=60), grace=GRACE,
+                   outage_sends=LIVE.silent_sends)
+
+
+FAULTS = [
+    ("broken", Hop.INGRESS, "NoHeartbeat", "HTTPSource"),
+    ("broken", Hop.CHANNEL, "NoHeartbeat", "Subscription"),
+    ("broken", Hop.BROKER, "NoHeartbeat", "Broker"),
+    ("slow", Hop.INGRESS, "HeartbeatLatencyHigh", "HTTPSource"),
+    ("slow", Hop.CHANNEL, "HeartbeatLatencyHigh", "Subscription"),
+    ("slow", Hop.BROKER, "HeartbeatLatencyHigh", "Broker"),
+    ("duplicate", Hop.INGRESS, "HeartbeatDuplicates", "HTTPSource"),
+    ("duplicate", Hop.CHANNEL, "HeartbeatDuplicates", "Subscription"),
+    ("duplicate", Hop.BROKER, "HeartbeatDuplicates", "Broker"),
+]
+
+
+@pytest.mark.parametrize(("fault", "hop", "reason", "blamed"), FAULTS)
+def test_a_fault_is_named_within_two_intervals_and_clears_within_two(fault, hop, reason,
+                                                                     blamed):
+    tracker = live_tracker()
+    mesh = Mesh(tracker, LIVE)
+    now = run_mesh(mesh, T0, 10)  # healthy steady state: no false alarm at any point
+    for step in range(10):
         assert judge(tracker, T0 + step * INTERVAL + 9 * S).health is Health.HEALTHY
-    mesh.broken = broken
-    now = run_mesh(mesh, now, 2)  # the fault began at `now - 2 intervals`
-    result = judge(tracker, now)
-    assert result.health is Health.UNHEALTHY
-    assert result.culprits[0] == Culprit(broken, Problem.SILENT)
-    assert result.findings[0].object.kind == blamed
-    assert result.findings[0].reason == "NoHeartbeat"
-    mesh.broken = None
-    now = run_mesh(mesh, now, 2)
-    assert judge(tracker, now).health is Health.HEALTHY, judge(tracker, now).findings
+    # The fault begins just after a round: the worst case, a whole interval until the next.
+    began = now - INTERVAL + S
+    if fault == "broken":
+        mesh.broken = hop
+    else:
+        getattr(mesh, fault).add(hop)
+    due = mesh.round(now)
+    result = judge(tracker, due)
+    assert due - began <= 2 * INTERVAL
+    assert [(f.reason, f.object.kind, f.root_cause) for f in result.findings] == [
+        (reason, blamed, True)]
+    assert result.culprits[0].hop is hop
+    # Removed just after the next round: cleared with the next round's samples.
+    now = run_mesh(mesh, now + INTERVAL, 1)
+    mesh.broken, mesh.slow, mesh.duplicate = None, set(), set()
+    removed = now - INTERVAL + S
+    mesh.round(now)
+    # a heartbeat counts as not duplicated once the grace period passed after its arrival
+    settled = now + mesh.base + GRACE
+    cleared = judge(tracker, settled)
+    assert cleared.health is Health.HEALTHY, cleared.findings
+    assert settled - removed <= 2 * INTERVAL
 
 
 def test_injected_delay_is_reported_and_localised():
-    tracker = Tracker(window=timedelta(seconds=20), grace=5 * S)
-    mesh = Mesh(tracker)
+    tracker = live_tracker()
+    mesh = Mesh(tracker, LIVE)
     mesh.slow = {Hop.CHANNEL}  # the Channel -> Broker subscription adds 200 ms
     now = run_mesh(mesh, T0, 5)
     result = judge(tracker, now)

@@ -264,3 +264,64 @@ def test_probe_metrics():
     t.forget(APP)
     assert not any(name.startswith("eventmesh_heartbeat_latency") and labels
                    for name, labels in metric_values(registry))
+
+
+def test_isolated_losses_and_outages_are_told_apart():
+    """Sends 1..12, 10 s apart: 3 lost alone, 6-8 lost in a row (an outage), 12 the ongoing
+    run (newest, missing): judged loss counts only the isolated one."""
+    clock = Clock()
+    t = tracker(clock=clock, grace=5 * S, outage_sends=2)
+    t.expect(APP, NS, T0)
+    lost = {3, 6, 7, 8, 12}
+    for n in range(1, 13):
+        t.record_sent(APP, Hop.INGRESS, n, run=RUN, at=T0 + n * 10 * S)
+        if n not in lost:
+            t.record_arrival(hb(n, T0 + n * 10 * S), NS, at=T0 + n * 10 * S + S)
+    clock.now = T0 + 126 * S  # 12 is due
+    s = t.stats(APP, NS, Hop.INGRESS)
+    assert (s.window_sent, s.window_unreceived, s.unreceived_streak) == (12, 5, 1)
+    assert (s.window_isolated_unreceived, s.window_judged) == (1, 12 - 1 - 3)
+    assert s.judged_loss_ratio == pytest.approx(1 / 8)
+    assert s.judged_samples == 8
+    # with outages of at least 4 sends, every closed run here is isolated
+    single = tracker(clock=clock, grace=5 * S, outage_sends=4)
+    single.expect(APP, NS, T0)
+    for n in range(1, 13):
+        single.record_sent(APP, Hop.INGRESS, n, run=RUN, at=T0 + n * 10 * S)
+        if n not in lost:
+            single.record_arrival(hb(n, T0 + n * 10 * S), NS, at=T0 + n * 10 * S + S)
+    s = single.stats(APP, NS, Hop.INGRESS)
+    assert (s.window_isolated_unreceived, s.window_judged) == (4, 11)
+    # without the sender's records: sequence gaps
+    gaps = tracker(grace=5 * S)
+    deliver(gaps, [1, 2, 4, 5])
+    s = gaps.stats(APP, NS, Hop.INGRESS, T0 + 60 * S)
+    assert s.window_judged is None and s.judged_loss_ratio == pytest.approx(1 / 5)
+
+
+def test_recent_arrivals_carry_latency_and_duplicates():
+    clock = Clock()
+    t = tracker(clock=clock, grace=5 * S)
+    for n in range(1, 12):
+        sent = T0 + n * 10 * S
+        t.record_arrival(hb(n, sent), NS, at=sent + n * 100 * timedelta(milliseconds=1))
+    t.record_arrival(hb(10, T0 + 100 * S), NS, at=T0 + 102 * S)  # a duplicate by sequence
+    t.record_duplicate(hb(11, T0 + 110 * S), NS, at=T0 + 111.2 * S)  # by event id
+    t.record_duplicate(hb(11, T0 + 110 * S), NS, at=T0 + 111.3 * S)
+    clock.now = T0 + 113 * S
+    recent = t.stats(APP, NS, Hop.INGRESS).recent
+    assert [r.sequence for r in recent] == list(range(4, 12))  # the newest RECENT = 8
+    assert [r.duplicates for r in recent[-3:]] == [0, 1, 2]
+    assert recent[-1].latency == pytest.approx(1.1)
+    assert recent[-1].arrived_at == T0 + 111.1 * S
+    # settled: duplicated, or older than the grace period
+    assert [r.settled for r in recent[-4:]] == [True, True, True, True]
+    t.record_arrival(hb(12, T0 + 120 * S), NS, at=T0 + 120.5 * S)
+    clock.now = T0 + 121 * S
+    assert t.stats(APP, NS, Hop.INGRESS).recent[-1].settled is False
+    clock.now = T0 + 126 * S
+    assert t.stats(APP, NS, Hop.INGRESS).recent[-1].settled is True
+    assert t.arrived(APP, NS, Hop.INGRESS, RUN, 12)
+    assert not t.arrived(APP, NS, Hop.INGRESS, RUN, 13)
+    assert not t.arrived(APP, "stage", Hop.INGRESS, RUN, 12)
+    assert t.expecting(APP, NS) and not t.expecting(APP, "stage")

@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "'*.stage.svc.cluster.local=http://127.0.0.1:9000'; repeatable")
     parser.add_argument("--retries", type=int, default=2,
                         help="delivery retries where spec.delivery has none")
+    parser.add_argument("--retry-backoff", type=float, default=0.05,
+                        help="seconds between delivery retries where spec.delivery has none")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -57,7 +59,7 @@ async def main(args: argparse.Namespace) -> None:
             raise SystemExit(f"--context {args.context}: not in the kubeconfig")
     emulator = Emulator(config, host=args.host, port_base=args.port_base,
                         system_namespace=args.system_namespace, host_map=host_map,
-                        retries=args.retries)
+                        retries=args.retries, retry_backoff=args.retry_backoff)
     await emulator.start()
     print(json.dumps(emulator.url_map()), flush=True)
     done = asyncio.Event()

@@ -6,20 +6,27 @@ hop is broken. Pure: the figures (`tracker.HopStats` per hop) and the time come 
 - `Unknown` when the caller says probing is not meaningful (`not_meaningful`, e.g. the
   control-plane chain is not ready): one `DataPlaneNotProbed` finding, a symptom of
   `caused_by` (the control-plane root cause) when given;
-- `Unhealthy` (`NoHeartbeat`) when a hop's probes stopped arriving: none for
-  `silent_intervals` (K) intervals, or the newest `silent_sends` sends that should have
-  arrived by now all did not (this needs the sender's records, and is what detects a
-  broken path within about `silent_sends` intervals plus the tracker's grace period);
-- `Degraded` when over the tracker's window, with at least `min_samples` heartbeats to
-  judge: latency p99 over the SLO (`HeartbeatLatencyHigh`), loss over
-  `max_loss_ratio` (`HeartbeatsLost`), duplicates over `max_duplicate_ratio`
-  (`HeartbeatDuplicates`), or probes injected at one hop fail while those injected
-  further upstream arrive (`HeartbeatInjectionFailed`: the data path works, the
-  checker's own way into it, e.g. its URL template for the Channel, does not);
+- `Unhealthy` (`NoHeartbeat`) when a hop's probes stopped arriving: the newest
+  `silent_sends` sends that should have arrived by now (older than the tracker's grace
+  period) all did not, or none arrived for `silent_intervals` (K) intervals;
+- `Degraded` when the newest `confirm_samples` heartbeats of a hop were all over the
+  latency SLO (`HeartbeatLatencyHigh`) or were all delivered more than once
+  (`HeartbeatDuplicates`, counting a heartbeat once its duplicates are settled); when
+  isolated losses (not part of an outage, which is silence) are over `max_loss_ratio` of
+  the window's sends, with at least `min_samples` of them (`HeartbeatsLost`); or when
+  probes injected at one hop fail while those injected further upstream arrive
+  (`HeartbeatInjectionFailed`: the data path works, the checker's own way into it, e.g.
+  its URL template for the Channel, does not);
 - `Progressing` (`HeartbeatPending`) until the first heartbeat, for K intervals after
   probing started (`since`);
-- `Healthy` otherwise. A Degraded verdict clears once the bad samples have left the
-  window, so recovery from it takes up to the window's length.
+- `Healthy` otherwise.
+
+**Timing.** Silence, latency and duplicates are judged on the newest samples, and the
+runner sends a *confirmation* probe into a hop as soon as one of its regular probes is
+suspect (not arrived after the grace period, slow, duplicated), so a fault is confirmed
+within one interval plus twice the grace period (plus the delivery time), and a verdict
+clears with the first good heartbeat after the fault is gone. Loss is a rate over the
+window: a Degraded loss verdict clears once the isolated losses left the window.
 
 **Hop localisation.** Hops, upstream first: `ingress` (event-service → HTTP adapter →
 application Channel), `channel` (Channel → `brokersub-` Subscription → Broker), `broker`
@@ -27,7 +34,10 @@ application Channel), `channel` (Channel → `brokersub-` Subscription → Broke
 hop's path segment and every one downstream, so each hop whose probes arrive fine
 vouches for its own segment and all below. For each problem, the hops that show it are
 taken downstream first; a hop already explained by a segment chosen for a hop below it
-is a symptom; otherwise its own segment is blamed if no arriving hop vouches for it (when
+is a symptom; otherwise its own segment is blamed if no arriving hop vouches for it (a
+hop vouches only when its own newest sample is good: a suspect one, awaiting its
+confirmation, says nothing, and no segment above it is blamed until it is confirmed or
+cleared, which takes one delivery; when
 the next hop down is not probed the message says the fault may lie further down), and
 when every segment it crosses is vouched for, the fault is its injection. Hence: broker
 probes arrive but channel ones do not → the `brokersub-` Subscription of that namespace;
@@ -48,7 +58,7 @@ from enum import StrEnum
 
 from eventmesh_health.model import Finding, Health, ObjectRef, severity_for
 from eventmesh_health.probing.heartbeat import Hop
-from eventmesh_health.probing.tracker import HopStats, Tracker
+from eventmesh_health.probing.tracker import HopStats, RecentArrival, Tracker
 from eventmesh_health.topology.kyma1 import (
     BROKER,
     CHANNEL,
@@ -83,30 +93,37 @@ class ProbeThresholds:
     """When the data plane is judged Degraded or Unhealthy. Defaults:
 
     - `interval` 10 s: the sender's heartbeat interval (must match it);
-    - `silent_intervals` 3: Unhealthy after three intervals without any heartbeat of a hop;
-    - `silent_sends` 2: ... or as soon as the two newest sends that should have arrived
-      (older than the tracker's grace period) are both missing;
-    - `latency_p99` 2 s: the end-to-end latency SLO (a Kafka-backed mesh delivers in tens
-      of milliseconds; seconds mean retries);
-    - `max_loss_ratio` 0.05 and `max_duplicate_ratio` 0.05 over the tracker's window: with
-      the default 5-minute window and 10 s interval, one heartbeat of 30 lost is
-      tolerated, two are not;
-    - `min_samples` 3: ratios and percentiles of fewer heartbeats are not judged.
+    - `silent_sends` 2: Unhealthy as soon as the two newest sends that should have
+      arrived (older than the tracker's grace period) are both missing (the second is
+      normally the runner's confirmation probe, sent when the first is overdue);
+    - `silent_intervals` 3: ... or after three intervals without any heartbeat of a hop;
+    - `latency_slo` 2 s: the end-to-end latency objective (a Kafka-backed mesh delivers
+      in tens of milliseconds; seconds mean retries); `confirm_samples` 2: Degraded when
+      the newest two heartbeats of a hop were both slower (or both duplicated);
+    - `max_loss_ratio` 0.05 over the tracker's window: with the default 5-minute window
+      and 10 s interval, one isolated loss in 30 sends is tolerated, two are not;
+      `max_duplicate_ratio` 0.05 is reported in the figures;
+    - `min_samples` 3: loss ratios of fewer sends are not judged.
     """
 
     interval: timedelta = timedelta(seconds=10)
     silent_intervals: int = 3
     silent_sends: int = 2
-    latency_p99: timedelta = timedelta(seconds=2)
+    latency_slo: timedelta = timedelta(seconds=2)
+    confirm_samples: int = 2
     max_loss_ratio: float = 0.05
     max_duplicate_ratio: float = 0.05
     min_samples: int = 3
 
     def __post_init__(self) -> None:
-        if self.interval <= timedelta(0) or self.silent_intervals < 1 or self.silent_sends < 1:
-            raise ValueError("interval, silent_intervals and silent_sends must be positive")
+        if (self.interval <= timedelta(0) or self.silent_intervals < 1
+                or self.silent_sends < 1 or self.confirm_samples < 1):
+            raise ValueError("interval, silent_intervals, silent_sends and confirm_samples "
+                             "must be positive")
         if not (0 <= self.max_loss_ratio < 1 and self.max_duplicate_ratio >= 0):
             raise ValueError("ratios out of range")
+        if self.latency_slo <= timedelta(0):
+            raise ValueError("latency_slo must be positive")
 
     @property
     def silence(self) -> timedelta:
@@ -311,29 +328,48 @@ def _judge_hop(s: HopStats, now: datetime, since: datetime, limits: ProbeThresho
         return HopVerdict(s.hop, HopState.SILENT, frozenset({Problem.SILENT}), s)
     if s.last_arrival is None:
         return HopVerdict(s.hop, HopState.PENDING, frozenset(), s)
-    if _judged(Problem.LOSS, s, limits):
-        ratio = s.loss_ratio
-        if ratio is not None and ratio > limits.max_loss_ratio:
-            problems.add(Problem.LOSS)
-    if _judged(Problem.LATENCY, s, limits):
-        p99 = s.latency.p99
-        if p99 is not None and p99 > limits.latency_p99.total_seconds():
-            problems.add(Problem.LATENCY)
-    if _judged(Problem.DUPLICATES, s, limits):
-        ratio = s.duplicate_ratio
-        if ratio is not None and ratio > limits.max_duplicate_ratio:
-            problems.add(Problem.DUPLICATES)
+    for problem in (Problem.LOSS, Problem.LATENCY, Problem.DUPLICATES):
+        if _judged(problem, s, limits) and _bad(problem, s, limits):
+            problems.add(problem)
     return HopVerdict(s.hop, HopState.OK, frozenset(problems), s)
 
 
-def _judged(problem: Problem, s: HopStats, limits: ProbeThresholds) -> bool:
-    """Whether there are enough samples in the window to judge `problem` on this hop."""
+def _newest(problem: Problem, s: HopStats, limits: ProbeThresholds) -> list[RecentArrival]:
+    """The newest samples that judge `problem` (latency: arrivals; duplicates: arrivals
+    whose duplicates are settled)."""
+    samples = [r for r in s.recent if problem is Problem.LATENCY or r.settled]
+    return samples[-limits.confirm_samples:]
+
+
+def _bad(problem: Problem, s: HopStats, limits: ProbeThresholds) -> bool:
+    """Whether the hop shows `problem` (given that it can be judged)."""
     if problem is Problem.LOSS:
-        return s.expected >= limits.min_samples
+        ratio = s.judged_loss_ratio
+        return ratio is not None and ratio > limits.max_loss_ratio
     if problem is Problem.LATENCY:
-        return s.latency.count >= limits.min_samples
+        slo = limits.latency_slo.total_seconds()
+        return all(r.latency > slo for r in _newest(problem, s, limits))
     if problem is Problem.DUPLICATES:
-        return s.window_received + s.window_duplicates >= limits.min_samples
+        return all(r.duplicates > 0 for r in _newest(problem, s, limits))
+    return False
+
+
+def _suspect(problem: Problem, s: HopStats, limits: ProbeThresholds) -> bool:
+    """The hop's newest sample shows `problem`, unconfirmed: it must not vouch for it."""
+    if problem in (Problem.SILENT, Problem.LOSS):
+        return s.unreceived_streak > 0
+    newest = _newest(problem, s, limits)[-1:]
+    if problem is Problem.LATENCY:
+        return any(r.latency > limits.latency_slo.total_seconds() for r in newest)
+    return any(r.duplicates > 0 for r in newest)
+
+
+def _judged(problem: Problem, s: HopStats, limits: ProbeThresholds) -> bool:
+    """Whether there are enough samples to judge `problem` on this hop."""
+    if problem is Problem.LOSS:
+        return s.judged_samples >= limits.min_samples
+    if problem in (Problem.LATENCY, Problem.DUPLICATES):
+        return len(_newest(problem, s, limits)) >= limits.confirm_samples
     return True
 
 
@@ -343,7 +379,8 @@ def _localise(
     """(hop to blame, whether it is the hop's injection, whether the segment is ambiguous)
     for each root cause of `problem`, downstream first."""
     failing: list[Hop] = []
-    vouched: set[Hop] = set()  # segments known to work for this problem
+    waiting: set[Hop] = set()  # suspect: awaiting a confirmation
+    vouchers: dict[Hop, list[datetime] | None] = {}  # hop -> when its good samples were sent
     for hop in Hop:
         verdict = verdicts[hop]
         if problem in verdict.problems:
@@ -351,21 +388,70 @@ def _localise(
             continue
         if verdict.state is not HopState.OK or verdict.stats is None:
             continue  # pending, silent (for other problems) or not probed: says nothing
+        if _suspect(problem, verdict.stats, limits):
+            waiting.add(hop)
+            continue
         if problem is Problem.SILENT or _judged(problem, verdict.stats, limits):
-            vouched.update(h for h in Hop if h.position >= hop.position)
+            vouchers[hop] = _good_sent(problem, verdict.stats, limits)
     chosen: list[Hop] = []
     out: list[tuple[Hop, bool, bool]] = []
     for hop in reversed(failing):
         if any(c.position >= hop.position for c in chosen):
             continue  # a symptom of a segment further down
+        stats = verdicts[hop].stats
+        assert stats is not None
+        bad = _bad_sent(problem, stats, limits)
+        # Only a good sample sent while this hop's bad ones were (the confirmation round
+        # sends every hop again) vouches: one from before the fault began, or of the same
+        # round as the first bad one, or sent after the fault ended while this hop's newer
+        # sample is still on its way, says nothing (its hop waits for a newer sample).
+        fresh = {h for h, good in vouchers.items() if good is None or bad is None or any(
+            bad[0] + _SAME_ROUND < at <= bad[1] + _SAME_ROUND for at in good)}
+        stale = set(vouchers) - fresh
+        vouched = {h for v in fresh for h in Hop if h.position >= v.position}
         if hop in vouched:
             out.append((hop, True, False))  # every segment it crosses works: its injection
             continue
         below = [h for h in Hop if h.position > hop.position and h not in vouched]
+        if any(h in waiting or h in stale for h in below):
+            continue  # a hop further down may be the one: wait for its next sample
         ambiguous = bool(below) and verdicts[below[0]].state is not HopState.SILENT
         chosen.append(hop)
         out.append((hop, False, ambiguous))
     return out
+
+
+# Probes of one round are created within milliseconds of each other; a confirmation round
+# follows at least a delivery later.
+_SAME_ROUND = timedelta(milliseconds=100)
+
+
+def _sent(sample: RecentArrival) -> datetime:
+    return sample.arrived_at - timedelta(seconds=sample.latency)
+
+
+def _bad_sent(
+    problem: Problem, s: HopStats, limits: ProbeThresholds
+) -> tuple[datetime, datetime] | None:
+    """When the oldest and the newest of the bad samples a failing hop is judged on were
+    sent; None for problems not judged on samples."""
+    if problem not in (Problem.LATENCY, Problem.DUPLICATES):
+        return None
+    newest = _newest(problem, s, limits)
+    return (_sent(newest[0]), _sent(newest[-1])) if newest else None
+
+
+def _good_sent(
+    problem: Problem, s: HopStats, limits: ProbeThresholds
+) -> list[datetime] | None:
+    """When the hop's good samples (for `problem`) among the newest were sent; None for
+    problems not judged on samples."""
+    if problem is Problem.LATENCY:
+        slo = limits.latency_slo.total_seconds()
+        return [_sent(r) for r in s.recent if r.latency <= slo]
+    if problem is Problem.DUPLICATES:
+        return [_sent(r) for r in s.recent if r.settled and not r.duplicates]
+    return None
 
 
 def _problem_finding(
@@ -402,8 +488,9 @@ def _problem_finding(
     }[problem]
     limit = {
         Problem.LOSS: f"more than {limits.max_loss_ratio:.0%}",
-        Problem.LATENCY: f"p99 over {_secs(limits.latency_p99)}",
-        Problem.DUPLICATES: f"more than {limits.max_duplicate_ratio:.0%}",
+        Problem.LATENCY: f"the newest {limits.confirm_samples} over "
+                         f"{_secs(limits.latency_slo)}",
+        Problem.DUPLICATES: f"the newest {limits.confirm_samples} delivered more than once",
     }[problem]
     return _finding(
         Health.DEGRADED, refs.segment[hop], _PROBLEM_REASON[problem],
@@ -430,15 +517,18 @@ def _figures(problem: Problem, s: HopStats, now: datetime) -> str:
             text += f"; {s.dead_letters} dead-lettered"
         return text + "."
     if problem is Problem.LOSS:
-        ratio = s.loss_ratio or 0.0
+        ratio = s.judged_loss_ratio or 0.0
+        if s.window_judged is not None:
+            return (f"{ratio:.1%} lost over the last {window}: {s.window_isolated_unreceived}"
+                    f" of {s.window_judged} sends unreceived outside outages "
+                    f"({s.window_lost} sequence gaps, {s.window_received} received).")
         return (f"{ratio:.1%} lost over the last {window} ({s.window_lost} sequence gaps, "
-                f"{s.window_unreceived if s.window_unreceived is not None else '?'} of "
-                f"{s.window_sent if s.window_sent is not None else '?'} sent unreceived, "
                 f"{s.window_received} received).")
     if problem is Problem.LATENCY:
         lat = s.latency
-        return (f"Latency over the last {window}: p50 {_f(lat.p50)}, p99 {_f(lat.p99)}, "
-                f"max {_f(lat.max)} ({lat.count} heartbeats).")
+        newest = ", ".join(_f(r.latency) for r in s.recent[-3:])
+        return (f"Newest: {newest}; over the last {window}: p50 {_f(lat.p50)}, "
+                f"p99 {_f(lat.p99)}, max {_f(lat.max)} ({lat.count} heartbeats).")
     ratio = s.duplicate_ratio or 0.0
     return (f"{s.window_duplicates} duplicates for {s.window_received} heartbeats over the "
             f"last {window} ({ratio:.0%}).")

@@ -195,8 +195,13 @@ class Receiver:
         *,
         config: ReceiverConfig | None = None,
         clock: Callable[[], datetime] | None = None,
+        on_arrival: Callable[[Heartbeat, str, Arrival, datetime], None] | None = None,
     ) -> None:
         self.tracker = tracker
+        # told of every recorded heartbeat (duplicates too): (heartbeat, namespace, how it
+        # arrived, when); the runner sends confirmation probes from it. Its errors are
+        # logged, never answered.
+        self.on_arrival = on_arrival
         self.verifier = verifier
         self.config = config or ReceiverConfig()
         self.clock = clock or tracker.clock
@@ -284,13 +289,23 @@ class Receiver:
         hb, _, now = self._verified(namespace, application, headers, body, check_time=True)
         if self.replay.seen(("heartbeat", namespace, application, hb.hop, hb.id), now):
             self.tracker.record_duplicate(hb, namespace, at=now)
+            self._tell(hb, namespace, Arrival.DUPLICATE, now)
             return 202, HeartbeatAccepted(status="Duplicate", arrival="Duplicate",
                                           hop=hb.hop.value, sequence=hb.sequence)
         arrival = self.tracker.record_arrival(hb, namespace, at=now)
+        self._tell(hb, namespace, arrival, now)
         status: Literal["Accepted", "Duplicate"] = (
             "Duplicate" if arrival is Arrival.DUPLICATE else "Accepted")
         return 202, HeartbeatAccepted(status=status, arrival=arrival.value,
                                       hop=hb.hop.value, sequence=hb.sequence)
+
+    def _tell(self, hb: Heartbeat, namespace: str, arrival: Arrival, at: datetime) -> None:
+        if self.on_arrival is None:
+            return
+        try:
+            self.on_arrival(hb, namespace, arrival, at)
+        except Exception:
+            log.exception("heartbeat receiver: the arrival hook failed")
 
     def _dead_letter(
         self, namespace: str, application: str, headers: Iterable[tuple[str, str]],

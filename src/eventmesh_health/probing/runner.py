@@ -5,12 +5,23 @@ Trigger management) and is driven by the orchestrator (`serve.service.Service`):
 
 - `targets(report, index)`: the (application, namespace) pairs to probe: namespace state
   >= 3 (Events enabled) and the namespace's Broker `default` Ready;
-- `run(inputs, on_update)`: on the leader, every `interval` (with jitter): reload the
+- `run(on_update)`: on the leader, every `interval` (with jitter): reload the
   keys (at most every `key_reload`), make the heartbeat Triggers match the pairs (listing
   them when the pairs changed, after a failure, and every 10th round; writes only on
   change), forget figures of pairs no longer probed, send one round per application.
   Every `evaluate_every` it calls `on_update()` so that verdicts that change with time
   alone (silence) reach the report;
+- confirmation rounds: when a regular probe of an application is *suspect* (not arrived
+  in some namespace after the grace period, slower than the latency SLO, or duplicated),
+  the application gets one more round at once (every hop, every namespace), and
+  `on_update()` is called when that round is due. The health needs two bad samples in a
+  row (`ProbeThresholds.silent_sends`, `confirm_samples`), so a fault is confirmed within
+  about one interval plus twice the grace period instead of two intervals plus the grace
+  period, while a single lost or slow heartbeat is not reported; and since every hop is
+  probed again at the same moment, the hops that still work vouch with samples as new as
+  the failing hop's (see `health`). At most one confirmation round per application and
+  regular round. Arrivals of confirmations, and any arrival for a pair that is not
+  Healthy, also call `on_update()` (coalesced), so verdicts appear and clear promptly;
 - `merge(report, index)`: the report with the data-plane verdicts merged in: each probed
   pair's findings are added to its namespace's findings, and the namespace's, the
   application's and the mesh's health become the worst of control and data plane. A pair
@@ -29,14 +40,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from eventmesh_health.model import Finding, Health, MeshReport, NamespaceReport, ObjectRef
 from eventmesh_health.probing.health import DataPlaneVerdict, HopObjects, ProbeThresholds, evaluate
-from eventmesh_health.probing.heartbeat import DEFAULT_TYPE, new_run_id
+from eventmesh_health.probing.heartbeat import DEFAULT_TYPE, Heartbeat, Hop, new_run_id
 from eventmesh_health.probing.receiver import Receiver
 from eventmesh_health.probing.sender import (
     DEFAULT_BROKER_URL_TEMPLATE,
@@ -48,7 +59,7 @@ from eventmesh_health.probing.sender import (
     jittered,
 )
 from eventmesh_health.probing.signing import Keyring, Verifier
-from eventmesh_health.probing.tracker import ProbeMetrics, Tracker
+from eventmesh_health.probing.tracker import Arrival, ProbeMetrics, Tracker
 from eventmesh_health.probing.triggers import TriggerConfig, TriggerManager
 from eventmesh_health.topology.kyma1 import BROKER, CHANNEL, INTEGRATION_NS, SUBSCRIPTION
 
@@ -84,7 +95,10 @@ class ProbeSettings:
     key_reload: timedelta = timedelta(minutes=1)
     heartbeat_type: str = DEFAULT_TYPE
     window: timedelta | None = None  # default: max(5 min, 10 intervals)
-    grace: timedelta | None = None  # default: min(30 s, 3/4 interval)
+    # default: max(2 x the latency SLO, 1 s), at most 0.4 interval: a heartbeat not there
+    # by then is overdue (its confirmation is sent); the detection time is about one
+    # interval plus twice this
+    grace: timedelta | None = None
     evaluate_every: timedelta | None = None  # default: interval / 4
     timeout: float = 5.0
     thresholds: ProbeThresholds | None = None  # default: ProbeThresholds(interval=interval)
@@ -93,7 +107,10 @@ class ProbeSettings:
         return self.window or max(timedelta(minutes=5), self.interval * 10)
 
     def tracker_grace(self) -> timedelta:
-        return self.grace or min(timedelta(seconds=30), self.interval * 0.75)
+        if self.grace is not None:
+            return self.grace
+        return min(self.interval * 0.4,
+                   max(self.limits().latency_slo * 2, timedelta(seconds=1)))
 
     def limits(self) -> ProbeThresholds:
         return self.thresholds or ProbeThresholds(interval=self.interval)
@@ -104,6 +121,15 @@ class ProbeSettings:
         if "/heartbeat/" in self.receiver_url_template:
             return self.receiver_url_template.replace("/heartbeat/", "/deadletter/", 1)
         return None
+
+
+_ProbeKey = tuple[str, Hop, str | None]
+_SETTLE = 0.02  # seconds after a deadline before looking (timers are not exact)
+_COALESCE = 0.02  # seconds: updates asked for within this are one
+
+
+def _key(hb: Heartbeat) -> _ProbeKey:
+    return (hb.application, hb.hop, hb.namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +241,11 @@ class ProbeRunner:
     def __post_init__(self) -> None:
         s = self.settings
         kwargs: dict[str, Any] = {} if self.clock is None else {"clock": self.clock}
-        self.tracker = Tracker(window=s.tracker_window(), grace=s.tracker_grace(), **kwargs)
+        self.tracker = Tracker(window=s.tracker_window(), grace=s.tracker_grace(),
+                               outage_sends=s.limits().silent_sends, **kwargs)
         self.keys = KeySource(self._read_secret, reload=s.key_reload)
-        self.receiver = Receiver(self.tracker, Verifier(self._keyring))
+        self.receiver = Receiver(self.tracker, Verifier(self._keyring),
+                                 on_arrival=self._on_arrival)
         self.metrics = ProbeMetrics(self.tracker, self.receiver.rejected_counts)
         self.sender = Sender(
             self.tracker, lambda: self.keys.keyring, new_run_id(self.identity),
@@ -235,6 +263,17 @@ class ProbeRunner:
         ))
         self._targets: dict[str, Target] = {}
         self._reconciled: frozenset[tuple[str, str]] | None = None
+        # per (application, hop, namespace of a broker probe): the newest regular probe's
+        # sequence, and the newest confirmation's; the applications whose newest regular
+        # round was confirmed
+        self._regular: dict[_ProbeKey, int] = {}
+        self._confirmation: dict[_ProbeKey, int] = {}
+        self._confirmed: set[str] = set()
+        self._not_healthy: set[tuple[str, str]] = set()
+        self._on_update: Callable[[], None] | None = None
+        self._update_pending = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.confirmations = 0
 
     def _keyring(self) -> Keyring:
         return self.keys.get()  # LookupError before the first load: the receiver says 400
@@ -264,21 +303,27 @@ class ProbeRunner:
 
     async def run(self, on_update: Callable[[], None]) -> None:
         """Until cancelled: the sending rounds (leader only) and the evaluation ticks."""
+        self._on_update = on_update
         ticker = asyncio.create_task(self._tick(on_update), name="probe-evaluation")
         try:
+            loop = asyncio.get_running_loop()
             while True:
+                # rounds start every interval, however long the sends of one take
+                next_round = loop.time() + jittered(self.settings.interval.total_seconds(),
+                                                    self.settings.jitter)
                 try:
                     await self.round()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("probing round failed")
-                await asyncio.sleep(jittered(self.settings.interval.total_seconds(),
-                                             self.settings.jitter))
+                await asyncio.sleep(max(0.0, next_round - loop.time()))
         finally:
-            ticker.cancel()
+            self._on_update = None
+            for task in (ticker, *self._tasks):
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+                await asyncio.gather(ticker, *self._tasks, return_exceptions=True)
 
     async def _tick(self, on_update: Callable[[], None]) -> None:
         every = (self.settings.evaluate_every or self.settings.interval / 4).total_seconds()
@@ -309,10 +354,108 @@ class ProbeRunner:
         self.tracker.retain(pairs)
         if self.keys.keyring is None:
             return
-        sends: list[Awaitable[None]] = [
+        targets = list(self._targets.values())
+        sends: list[Awaitable[list[Heartbeat]]] = [
             self.sender.send_application(t.application, list(t.namespaces), t.channel_url)
-            for t in self._targets.values()]
-        await asyncio.gather(*sends)
+            for t in targets]
+        sent = [hb for hbs in await asyncio.gather(*sends) for hb in hbs]
+        live = {t.application for t in targets}
+        for key in [k for k in self._regular if k[0] not in live]:
+            self._regular.pop(key, None)
+            self._confirmation.pop(key, None)
+        for hb in sent:
+            self._regular[_key(hb)] = hb.sequence
+        self._confirmed.clear()
+        if sent:
+            self._spawn(self._follow_up(sent))
+
+    # --- confirmations --------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _namespaces(self, hb: Heartbeat) -> list[str]:
+        """The namespaces `hb` should reach (and that are counted already)."""
+        if hb.namespace is not None:
+            names: tuple[str, ...] = (hb.namespace,)
+        else:
+            target = self._targets.get(hb.application)
+            names = target.namespaces if target is not None else ()
+        return [ns for ns in names if self.tracker.expecting(hb.application, ns)]
+
+    async def _follow_up(self, sent: list[Heartbeat]) -> None:
+        """When the round's probes are due: confirm the ones that did not arrive
+        everywhere."""
+        await self._until_due(min(hb.time for hb in sent))
+        overdue: dict[str, Heartbeat] = {}
+        for hb in sent:
+            if hb.application not in overdue and any(
+                    not self.tracker.arrived(hb.application, ns, hb.hop, hb.run, hb.sequence)
+                    for ns in self._namespaces(hb)):
+                overdue[hb.application] = hb
+        if overdue:
+            await asyncio.gather(*(self._confirm(hb) for hb in overdue.values()))
+
+    async def _confirm(self, suspect: Heartbeat) -> None:
+        """One more round for the application of `suspect` (a probe of its newest regular
+        round, once per round), then an update when it is due."""
+        app = suspect.application
+        target = self._targets.get(app)
+        if (self._regular.get(_key(suspect)) != suspect.sequence or app in self._confirmed
+                or target is None or not self.is_leader()):
+            return
+        self._confirmed.add(app)
+        sent = await self.sender.send_application(app, list(target.namespaces),
+                                                  target.channel_url)
+        if not sent:
+            return
+        self.confirmations += 1
+        for hb in sent:
+            self._confirmation[_key(hb)] = hb.sequence
+        await self._until_due(min(hb.time for hb in sent))
+        self._update_soon()
+
+    async def _until_due(self, sent_at: datetime) -> None:
+        """Sleeps until a heartbeat sent at `sent_at` should have arrived (the sends of a
+        round can take a while to be answered: the deadline counts from the send)."""
+        due = sent_at + self.tracker.grace - self.tracker.clock()
+        await asyncio.sleep(max(0.0, due.total_seconds()) + _SETTLE)
+
+    def _on_arrival(self, hb: Heartbeat, namespace: str, arrival: Arrival,
+                    at: datetime) -> None:
+        """The receiver's hook: confirm a slow or duplicated regular probe; re-evaluate
+        soon when a confirmation arrives or the pair is not Healthy."""
+        if self._on_update is None or not self.is_leader():
+            return
+        key = _key(hb)
+        slow = at - hb.time > self.settings.limits().latency_slo
+        if ((arrival is Arrival.DUPLICATE or slow) and self._regular.get(key) == hb.sequence
+                and hb.application not in self._confirmed):
+            self._spawn(self._confirm(hb))
+        pair = (hb.application, namespace)
+        if self._confirmation.get(key) == hb.sequence or pair in self._not_healthy:
+            self._update_soon()
+            # and when it counts as not duplicated: a grace period after its arrival
+            asyncio.get_running_loop().call_later(
+                self.tracker.grace.total_seconds() + _SETTLE, self._update_soon)
+
+    def _update_soon(self) -> None:
+        """`on_update()` shortly, once for everything that asks within `_COALESCE`."""
+        if self._update_pending or self._on_update is None:
+            return
+        self._update_pending = True
+
+        def fire() -> None:
+            self._update_pending = False
+            if self._on_update is not None:
+                try:
+                    self._on_update()
+                except Exception:
+                    log.exception("probing evaluation failed")
+
+        asyncio.get_running_loop().call_later(_COALESCE, fire)
 
     # --- verdicts -------------------------------------------------------------------------
 
@@ -340,6 +483,8 @@ class ProbeRunner:
                     objects=objects, not_meaningful=not_meaningful,
                     caused_by=_root_cause(ns) if not_meaningful else None,
                     dead_letter=letter.describe() if letter else None)
+        self._not_healthy = {pair for pair, v in out.items()
+                             if v.health not in (Health.HEALTHY, Health.UNKNOWN)}
         return out
 
     def merge(self, report: MeshReport, index: _Index | None) -> MeshReport:

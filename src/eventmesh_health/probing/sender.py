@@ -155,30 +155,43 @@ class Sender:
 
     async def send_application(
         self, application: str, namespaces: list[str], channel_url: str | None = None,
-    ) -> None:
+    ) -> list[Heartbeat]:
         """One round for an application: ingress, channel (when its address is known) and
-        one broker probe per namespace, concurrently. Never raises (but cancellation)."""
+        one broker probe per namespace, concurrently; the heartbeats sent. Never raises
+        (but cancellation)."""
+        hops: list[tuple[Hop, str | None]] = [(Hop.INGRESS, None), (Hop.CHANNEL, None)]
+        hops += [(Hop.BROKER, namespace) for namespace in namespaces]
+        sent = await asyncio.gather(*(self.send_probe(application, hop, namespace, channel_url)
+                                      for hop, namespace in hops))
+        return [hb for hb in sent if hb is not None]
+
+    async def send_probe(
+        self, application: str, hop: Hop, namespace: str | None = None,
+        channel_url: str | None = None,
+    ) -> Heartbeat | None:
+        """One probe into `hop` (`namespace`: for broker probes); the heartbeat sent, or
+        None when there are no keys or no address for the hop. Never raises (but
+        cancellation); a failed post is counted in `failures`."""
         keyring = self.keys()
-        if keyring is None:
-            return
+        url = self.url(application, hop, namespace, channel_url)
+        if keyring is None or url is None:
+            return None
+        binary = hop is not Hop.INGRESS or self.config.adapter_url_template is not None
+        return await self._send(keyring, application, hop, url, binary=binary,
+                                namespace=namespace if hop is Hop.BROKER else None)
+
+    def url(self, application: str, hop: Hop, namespace: str | None = None,
+            channel_url: str | None = None) -> str | None:
         cfg = self.config
-        sends: list[Awaitable[None]] = []
-        if cfg.adapter_url_template is not None:
-            sends.append(self._send(keyring, application, Hop.INGRESS,
-                                    fill(cfg.adapter_url_template, application), binary=True))
-        else:
-            sends.append(self._send(keyring, application, Hop.INGRESS,
-                                    fill(cfg.event_service_url_template, application),
-                                    binary=False))
-        url = (fill(cfg.channel_url_template, application)
-               if cfg.channel_url_template is not None else channel_url)
-        if url:
-            sends.append(self._send(keyring, application, Hop.CHANNEL, url, binary=True))
-        for namespace in namespaces:
-            sends.append(self._send(keyring, application, Hop.BROKER,
-                                    fill(cfg.broker_url_template, application, namespace),
-                                    binary=True, namespace=namespace))
-        await asyncio.gather(*sends)
+        if hop is Hop.INGRESS:
+            if cfg.adapter_url_template is not None:
+                return fill(cfg.adapter_url_template, application)
+            return fill(cfg.event_service_url_template, application)
+        if hop is Hop.CHANNEL:
+            if cfg.channel_url_template is not None:
+                return fill(cfg.channel_url_template, application)
+            return channel_url
+        return fill(cfg.broker_url_template, application, namespace or "")
 
     def _heartbeat(
         self, keyring: Keyring, application: str, hop: Hop, namespace: str | None,
@@ -191,8 +204,9 @@ class Sender:
     async def _send(
         self, keyring: Keyring, application: str, hop: Hop, url: str, *, binary: bool,
         namespace: str | None = None,
-    ) -> None:
+    ) -> Heartbeat | None:
         key = (application, hop)
+        hb: Heartbeat | None = None
         try:
             hb = self._heartbeat(keyring, application, hop, namespace)
             headers, body = to_binary(hb) if binary else to_legacy(hb)
@@ -209,6 +223,7 @@ class Sender:
             self.failures[key] = self.failures.get(key, 0) + 1
             log.debug("%s probe of %s to %s failed: %s", hop.value, application, url,
                       _describe(exc))
+        return hb
 
 
 def _describe(exc: BaseException) -> str:

@@ -40,6 +40,18 @@ see (nothing arrives after it), and `unreceived_streak` says how many of the new
 row are missing. The tracker assumes it sees every delivery of the runs it records: the
 heartbeat Triggers must deliver to the replica that sends (the leader).
 
+**The newest arrivals** (`HopStats.recent`, the last `RECENT` distinct heartbeats of a
+series, each with its latency and how many duplicates followed it) let the health judge
+the *current* state ("the newest two were slow") rather than the window's, so a verdict
+appears and clears within an interval or two. A heartbeat's duplicate count is *settled*
+once a duplicate came or the grace period passed.
+
+**Outages and isolated loss.** A run of at least `outage_sends` consecutive unreceived
+sends is an outage (judged as silence while it lasts); the other unreceived sends, in runs
+that ended with an arrival, are *isolated* losses: `judged_loss_ratio` counts only those,
+so an outage that ended does not keep a loss verdict alive for a whole window. The
+ongoing run of unreceived sends is neither yet.
+
 Memory is bounded: per series at most `max_events` window events, `max_gap` missing and
 lost sequences per run, `max_runs` runs; per injection point `max_events` sends.
 `forget` / `retain` drop pairs that are no longer probed (their metric series vanish).
@@ -54,7 +66,7 @@ import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -71,10 +83,12 @@ from eventmesh_health.probing.heartbeat import Heartbeat, Hop, RejectReason
 
 __all__ = [
     "LATENCY_BUCKETS",
+    "RECENT",
     "Arrival",
     "HopStats",
     "LatencySummary",
     "ProbeMetrics",
+    "RecentArrival",
     "Tracker",
 ]
 
@@ -83,6 +97,10 @@ __all__ = [
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )
+
+
+# How many of the newest distinct arrivals a series remembers (`HopStats.recent`).
+RECENT = 8
 
 
 def _utcnow() -> datetime:
@@ -124,6 +142,18 @@ def _rank(ordered: list[float], q: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class RecentArrival:
+    """One of the newest distinct arrivals of a series."""
+
+    run: str
+    sequence: int
+    arrived_at: datetime
+    latency: float  # seconds
+    duplicates: int  # further deliveries of it so far
+    settled: bool  # a duplicate came, or the grace period passed since it arrived
+
+
+@dataclass(frozen=True, slots=True)
 class HopStats:
     """The figures of one (application, namespace, hop) at `now`."""
 
@@ -154,6 +184,30 @@ class HopStats:
     window_unreceived: int | None = None
     unreceived_streak: int = 0  # the newest sends that should have arrived and did not
     streak_last_sent: datetime | None = None  # when the newest of those was sent
+    # unreceived sends outside outages (runs of >= outage_sends) and the ongoing run;
+    # `window_judged`: the sends these are out of (the window's, minus both)
+    window_isolated_unreceived: int | None = None
+    window_judged: int | None = None
+    recent: tuple[RecentArrival, ...] = ()  # newest last
+
+    @property
+    def judged_loss_ratio(self) -> float | None:
+        """Loss the health judges: isolated unreceived sends (outages are silence) when
+        the sender's records are there, else sequence gaps; None if no data."""
+        if self.window_judged is not None:
+            if not self.window_judged:
+                return None
+            return (self.window_isolated_unreceived or 0) / self.window_judged
+        if self.window_received + self.window_lost:
+            return self.window_lost / (self.window_received + self.window_lost)
+        return None
+
+    @property
+    def judged_samples(self) -> int:
+        """How many heartbeats `judged_loss_ratio` is based on."""
+        if self.window_judged is not None:
+            return self.window_judged
+        return self.window_received + self.window_lost
 
     @property
     def loss_ratio(self) -> float | None:
@@ -188,6 +242,22 @@ class HopStats:
         return max(self.window_received + self.window_lost, self.window_sent or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class _SenderSide:
+    sent: int | None = None
+    unreceived: int | None = None
+    streak: int = 0
+    streak_last: datetime | None = None
+    isolated: int | None = None
+    judged: int | None = None
+
+    def stats(self, base: HopStats) -> HopStats:
+        return replace(
+            base, window_sent=self.sent, window_unreceived=self.unreceived,
+            unreceived_streak=self.streak, streak_last_sent=self.streak_last,
+            window_isolated_unreceived=self.isolated, window_judged=self.judged)
+
+
 # Window event kinds.
 _RECEIVED, _LOST, _DUPLICATE, _OUT_OF_ORDER = range(4)
 
@@ -216,7 +286,8 @@ class _Series:
 
     __slots__ = (
         "buckets", "dead_letters", "duplicates", "events", "first_arrival", "last_arrival",
-        "late", "latency_count", "latency_sum", "lost", "out_of_order", "received", "runs",
+        "late", "latency_count", "latency_sum", "lost", "out_of_order", "received", "recent",
+        "runs",
     )
 
     def __init__(self, max_events: int, n_buckets: int) -> None:
@@ -230,6 +301,21 @@ class _Series:
         self.buckets = [0] * n_buckets
         self.latency_count = 0
         self.latency_sum = 0.0
+        self.recent: deque[_Recent] = deque(maxlen=RECENT)  # newest distinct arrivals
+
+    def duplicated(self, run: str, sequence: int) -> None:
+        for entry in reversed(self.recent):
+            if entry.run == run and entry.sequence == sequence:
+                entry.duplicates += 1
+                return
+
+
+class _Recent:
+    __slots__ = ("at", "duplicates", "latency", "run", "sequence")
+
+    def __init__(self, run: str, sequence: int, at: datetime, latency: float) -> None:
+        self.run, self.sequence, self.at, self.latency = run, sequence, at, latency
+        self.duplicates = 0
 
 
 @dataclass(slots=True)
@@ -251,9 +337,13 @@ class Tracker:
         max_gap: int = 1000,
         max_events: int = 10_000,
         buckets: tuple[float, ...] = LATENCY_BUCKETS,
+        outage_sends: int = 2,
     ) -> None:
         if grace >= window:
             raise ValueError("the grace period must be shorter than the window")
+        if outage_sends < 1:
+            raise ValueError("outage_sends must be positive")
+        self.outage_sends = outage_sends
         self.window = window
         self.grace = grace
         self.clock = clock
@@ -307,8 +397,10 @@ class Tracker:
             if kind is Arrival.DUPLICATE:
                 series.duplicates += 1
                 series.events.append((at, _DUPLICATE, 1.0))
+                series.duplicated(hb.run, seq)
                 return kind
             latency = max(0.0, (at - hb.time).total_seconds())
+            series.recent.append(_Recent(hb.run, seq, at, latency))
             if kind is not Arrival.LATE:
                 series.received += 1
                 series.events.append((at, _RECEIVED, latency))
@@ -362,6 +454,22 @@ class Tracker:
             series = self._get(hb.application, namespace, hb.hop)
             series.duplicates += 1
             series.events.append((at, _DUPLICATE, 1.0))
+            series.duplicated(hb.run, hb.sequence)
+
+    def expecting(self, application: str, namespace: str) -> bool:
+        """Whether sends to the pair are counted yet (`expect`ed, or a first arrival)."""
+        with self._lock:
+            pair = (application, namespace)
+            return pair in self._expected or pair in self._first
+
+    def arrived(
+        self, application: str, namespace: str, hop: Hop, run: str, sequence: int
+    ) -> bool:
+        """Whether `sequence` of `run` arrived at `namespace` (late ones included)."""
+        with self._lock:
+            series = self._series.get((application, namespace, hop))
+            found = series.runs.get(run) if series is not None else None
+            return found is not None and found.arrived(sequence)
 
     def record_dead_letter(
         self, application: str, namespace: str, hop: Hop, *, at: datetime | None = None
@@ -428,12 +536,9 @@ class Tracker:
         now = now or self.clock()
         with self._lock:
             series = self._series.get((application, namespace, hop))
-            sent, unreceived, streak, streak_last = self._sender_side(
-                series, application, namespace, hop, now)
+            side = self._sender_side(series, application, namespace, hop, now)
             if series is None:
-                return HopStats(application, namespace, hop, now, self.window,
-                                window_sent=sent, window_unreceived=unreceived,
-                                unreceived_streak=streak, streak_last_sent=streak_last)
+                return side.stats(HopStats(application, namespace, hop, now, self.window))
             self._mature(series, now)
             horizon = now - self.window
             while series.events and series.events[0][0] < horizon:
@@ -453,7 +558,7 @@ class Tracker:
                     counts[_LOST] += int(value)
                 else:
                     counts[kind] += 1
-            return HopStats(
+            return side.stats(HopStats(
                 application, namespace, hop, now, self.window,
                 received=series.received, lost=series.lost, duplicates=series.duplicates,
                 out_of_order=series.out_of_order, late=series.late,
@@ -463,9 +568,11 @@ class Tracker:
                 window_received=counts[_RECEIVED], window_lost=counts[_LOST],
                 window_duplicates=counts[_DUPLICATE], window_out_of_order=counts[_OUT_OF_ORDER],
                 latency=LatencySummary.of(samples),
-                window_sent=sent, window_unreceived=unreceived, unreceived_streak=streak,
-                streak_last_sent=streak_last,
-            )
+                recent=tuple(
+                    RecentArrival(r.run, r.sequence, r.at, r.latency, r.duplicates,
+                                  settled=bool(r.duplicates) or r.at + self.grace <= now)
+                    for r in series.recent if r.at <= now),
+            ))
 
     def pair_stats(
         self, application: str, namespace: str, now: datetime | None = None
@@ -476,33 +583,48 @@ class Tracker:
     def _sender_side(
         self, series: _Series | None, application: str, namespace: str, hop: Hop,
         now: datetime,
-    ) -> tuple[int | None, int | None, int, datetime | None]:
+    ) -> _SenderSide:
         sent = self._sent.get((application, hop, namespace if hop is Hop.BROKER else None))
         pair = (application, namespace)
         since = self._expected.get(pair, self._first.get(pair))
         if sent is None or since is None:
-            return None, None, 0, None
+            return _SenderSide()
         start = max(since, now - self.window)
         due = now - self.grace
-        expected = unreceived = streak = 0
-        streak_open = True
+        # delivered or not, of the sends that should have arrived, newest first
+        outcomes: list[bool] = []
+        streak = 0
         streak_last: datetime | None = None
         for at, run_id, seq in reversed(sent.records):
             if at > due:
                 continue
             if at < start:
                 break
-            expected += 1
             run = series.runs.get(run_id) if series is not None else None
             arrived = run is not None and run.arrived(seq)
-            if not arrived:
-                unreceived += 1
-                if streak_open:
-                    streak += 1
-                    streak_last = streak_last or at
+            if not arrived and streak == len(outcomes):  # still in the newest run
+                streak += 1
+                streak_last = streak_last or at
+            outcomes.append(arrived)
+        isolated = outage = 0
+        gap = 0
+        for ok in outcomes[streak:]:  # the closed runs of unreceived sends
+            if not ok:
+                gap += 1
+                continue
+            if gap >= self.outage_sends:
+                outage += gap
             else:
-                streak_open = False
-        return expected, unreceived, streak, streak_last
+                isolated += gap
+            gap = 0
+        if gap >= self.outage_sends:  # the oldest run (its start may be before the window)
+            outage += gap
+        else:
+            isolated += gap
+        return _SenderSide(
+            sent=len(outcomes), unreceived=outcomes.count(False), streak=streak,
+            streak_last=streak_last, isolated=isolated,
+            judged=len(outcomes) - streak - outage)
 
     # --- internals --------------------------------------------------------------------
 
