@@ -159,3 +159,13 @@ def test_skipped_kinds_are_counted(tmp_path: Path) -> None:
     report = json.loads(run("check", "--snapshot", tmp_path, "-o", "json").stdout)
     assert report["source"]["skippedKinds"] == {"ConfigMap": 3}
     assert report["healthy"] is True
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--probe-max-loss", "2", "--probe-max-loss"),
+    ("--probe-latency-slo", "0s", "must be positive"),
+    ("--probe-grace", "soon", "is not a duration"),
+])
+def test_bad_probing_settings_are_usage_errors(flag: str, value: str, message: str) -> None:
+    result = run("serve", "--probe", flag, value)
+    assert result.returncode == 2 and message in result.stderr, result.stderr

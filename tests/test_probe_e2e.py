@@ -432,7 +432,9 @@ async def _run_phase(probed: Probed, kind: str, phase: list[tuple[str, dict[str,
     return [(hop_of[pair], *pair, detected[pair], recovered[pair]) for pair in expected]
 
 
-async def test_delay_of_200ms_is_reported_as_latency(probed: Probed) -> None:
+async def test_latency_and_loss_figures_match_what_the_emulator_injected(
+    probed: Probed,
+) -> None:
     assert probed.service.prober is not None
     tracker = probed.service.prober.tracker
     await probed.emu.inject("broker-ingress", "delay", delay_ms=200, namespace="prod")
@@ -452,8 +454,36 @@ async def test_delay_of_200ms_is_reported_as_latency(probed: Probed) -> None:
     # test machine's jitter).
     assert min(samples) >= 0.2, samples
     assert abs(median - ((stage.p50 or 0.0) + 0.2)) <= 0.5, (samples, stage)
-    assert probed.findings("prod") == []  # 200 ms is within the 2 s SLO
+    assert probed.findings("prod") == []  # 200 ms is within the SLO
     await probed.emu.clear_faults()
+
+    # Every 4th request into prod's broker ingress for the application dropped: what the
+    # checker counts unreceived (all hops: every probe for prod crosses it) is exactly what
+    # the emulator dropped, once every send is due.
+    for hop in Hop:
+        assert tracker.stats(APP, "prod", hop).window_unreceived == 0
+    fault = await probed.emu.inject("broker-ingress", "drop", ratio=0.25, app=APP,
+                                    namespace="prod")
+
+    async def dropped() -> int:
+        rows = await probed.emu.counter_table()
+        return sum(r["dropped"] for r in rows if r["hop"] == "broker-ingress"
+                   and r.get("app") == APP and r.get("namespace") == "prod")
+
+    deadline = time.monotonic() + 10 * INTERVAL
+    while await dropped() < 4:
+        assert time.monotonic() < deadline, "the emulator did not drop 4 heartbeats"
+        await asyncio.sleep(POLL)
+    await probed.emu.remove_fault(fault)
+    sent_before = sum(tracker.stats(APP, "prod", hop).window_sent or 0 for hop in Hop)
+    await asyncio.sleep(GRACE + 0.5)  # until what was sent before the removal is due
+    figures = [tracker.stats(APP, "prod", hop) for hop in Hop]
+    unreceived = sum(s.window_unreceived or 0 for s in figures)
+    sent = sum(s.window_sent or 0 for s in figures)
+    print(f"prod: emulator dropped {await dropped()}, checker counts {unreceived} "
+          f"unreceived (of {sent} sent in the window)")
+    assert unreceived == await dropped()
+    assert sent >= sent_before
 
 
 def _diagnosis(probed: Probed) -> str:

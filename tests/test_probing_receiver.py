@@ -171,6 +171,26 @@ def test_a_redelivered_heartbeat_is_a_duplicate_and_changes_nothing_else(served)
     assert post(served, app, headers, body, ns="stage").json()["status"] == "Accepted"
 
 
+def test_a_heartbeat_posted_again_after_the_redelivery_window_is_a_rejected_replay(served):
+    app = new_app()
+    served.clock.now = T0 + timedelta(seconds=1)
+    hb = signed(app)
+    headers, body = to_binary(hb)
+    assert post(served, app, headers, body).json()["status"] == "Accepted"
+    before = served.tracker.stats(app, NS, Hop.INGRESS)
+    rejected = served.receiver.rejected_counts()["Replayed"]
+    window = served.receiver.config.redelivery_window
+    served.clock.now = T0 + timedelta(seconds=1) + window + timedelta(seconds=1)
+    response = post(served, app, headers, body)
+    assert response.status_code == 403
+    assert response.json()["error"] == "Replayed"
+    assert "a replay" in response.json()["detail"]
+    assert served.receiver.rejected_counts()["Replayed"] == rejected + 1
+    after = served.tracker.stats(app, NS, Hop.INGRESS)
+    assert (after.received, after.duplicates, after.last_arrival) == (
+        before.received, before.duplicates, before.last_arrival)
+
+
 def _forged(app: str) -> Heartbeat:
     return Keyring(Key(KEY.id, b"f" * 32)).sign(new_heartbeat(app, Hop.INGRESS, 1, run=RUN,
                                                               at=T0))

@@ -37,15 +37,25 @@ from eventmesh_health.sources.files import SnapshotError, load_snapshot
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_INPUT, EXIT_CLUSTER = 0, 1, 2, 3
 
-_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 
 
 def _duration(_ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
     match = _DURATION.match(value.strip())
     if match is None:
-        raise click.BadParameter(f"{value!r} is not a duration like 90s, 5m or 2h", param=param)
-    amount, unit = int(match.group(1)), match.group(2)
-    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours"}[unit]: amount})
+        raise click.BadParameter(
+            f"{value!r} is not a duration like 500ms, 90s, 1.5m or 2h", param=param)
+    amount, unit = float(match.group(1)), match.group(2)
+    units = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}
+    duration = timedelta(**{units[unit]: amount})
+    if duration <= timedelta(0):
+        raise click.BadParameter(f"{value!r}: the duration must be positive", param=param)
+    return duration
+
+
+def _optional_duration(ctx: click.Context, param: click.Parameter,
+                       value: str | None) -> timedelta | None:
+    return None if value is None else _duration(ctx, param, value)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -304,6 +314,19 @@ def _env(name: str) -> str:
               show_default=True, envvar=_env("PROBE_SECRET"),
               help="NAMESPACE/NAME of the Secret holding the HMAC keys (re-read every "
               "minute: rotation without restart).")
+@click.option("--probe-latency-slo", default="2s", show_default=True, callback=_duration,
+              envvar=_env("PROBE_LATENCY_SLO"),
+              help="Degraded when the newest two heartbeats of a hop are both slower.")
+@click.option("--probe-max-loss", default=0.05, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True), envvar=_env("PROBE_MAX_LOSS"),
+              help="Degraded when more of the sends in the window are lost (outside outages).")
+@click.option("--probe-grace", default=None, callback=_optional_duration,
+              envvar=_env("PROBE_GRACE"),
+              help="How long a heartbeat may take before it is overdue and confirmed "
+              "(default: 2 x the latency SLO, at least 1s, at most 0.4 x the interval).")
+@click.option("--probe-window", default=None, callback=_optional_duration,
+              envvar=_env("PROBE_WINDOW"),
+              help="Window of the loss and latency figures (default: max(5m, 10 intervals)).")
 @click.option("--receiver-url-template", default=None, envvar=_env("RECEIVER_URL_TEMPLATE"),
               help="Subscriber URI of the heartbeat Triggers, with {namespace} and "
               "{application} (default: http://eventmesh-health.kyma-system.svc.cluster.local"
@@ -328,6 +351,8 @@ def serve(
     stuck_deletion_after: timedelta, progress_deadline: timedelta,
     probe: bool = False, probe_interval: timedelta = timedelta(seconds=30),
     probe_secret: str = "kyma-system/eventmesh-health-heartbeat-keys",
+    probe_latency_slo: timedelta = timedelta(seconds=2), probe_max_loss: float = 0.05,
+    probe_grace: timedelta | None = None, probe_window: timedelta | None = None,
     receiver_url_template: str | None = None, event_service_url_template: str | None = None,
     adapter_url_template: str | None = None, broker_url_template: str | None = None,
     channel_url_template: str | None = None,
@@ -363,14 +388,24 @@ def serve(
         secret_ns, sep, secret_name = probe_secret.partition("/")
         if not sep or not secret_ns or not secret_name:
             _fail(f"--probe-secret must be NAMESPACE/NAME, not {probe_secret!r}", EXIT_INPUT)
+        from eventmesh_health.probing.health import ProbeThresholds
         from eventmesh_health.probing.sender import (
             DEFAULT_BROKER_URL_TEMPLATE,
             DEFAULT_EVENT_SERVICE_URL_TEMPLATE,
             DEFAULT_RECEIVER_URL_TEMPLATE,
         )
 
+        try:
+            thresholds = ProbeThresholds(interval=probe_interval, latency_slo=probe_latency_slo,
+                                         max_loss_ratio=probe_max_loss)
+        except ValueError as err:
+            _fail(f"probing thresholds: {err}", EXIT_INPUT)
+        if probe_grace is not None and probe_grace >= probe_interval:
+            _fail("--probe-grace must be shorter than --probe-interval", EXIT_INPUT)
         probe_settings = ProbeSettings(
-            interval=probe_interval, secret_namespace=secret_ns, secret_name=secret_name,
+            interval=probe_interval, thresholds=thresholds, grace=probe_grace,
+            window=probe_window,
+            secret_namespace=secret_ns, secret_name=secret_name,
             receiver_url_template=receiver_url_template or DEFAULT_RECEIVER_URL_TEMPLATE,
             event_service_url_template=(event_service_url_template
                                         or DEFAULT_EVENT_SERVICE_URL_TEMPLATE),

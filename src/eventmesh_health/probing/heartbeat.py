@@ -145,6 +145,7 @@ class RejectReason(StrEnum):
     BAD_SIGNATURE = "BadSignature"  # 401: forged or altered
     STALE = "Stale"  # 403: older than the max age
     FROM_FUTURE = "FromFuture"  # 403: later than now plus the allowed skew
+    REPLAYED = "Replayed"  # 403: an event id seen before, after the redelivery window
 
 
 class HeartbeatError(Exception):

@@ -17,12 +17,15 @@ anything is read, and a body without one is read in chunks only up to the limit.
 Answers (JSON; errors as `{"error": code, "detail": text}`, like the rest of the API):
 
 - 202 `Accepted`: a new heartbeat; `arrival` says InOrder, OutOfOrder or Late;
-- 202 `Duplicate`: a heartbeat whose event id already arrived at this namespace and hop;
+- 202 `Duplicate`: a heartbeat whose event id already arrived at this namespace and hop
+  within the redelivery window (`redelivery_window`, 60 s: the mesh's retries);
 - 400 `Malformed`: not a CloudEvent 1.0 (neither a `ce-specversion` header nor structured
   JSON, bad JSON, missing `id`/`source`/`type`, a bad `time`, repeated headers, ...);
 - 401 `Unsigned`, `UnknownKey`, `BadSignature`: no signature; a key id not accepted;
   forged or altered;
 - 403 `Stale`, `FromFuture`: its time is older than the max age, or ahead beyond the skew;
+- 403 `Replayed`: an event id that already arrived here longer ago than the redelivery
+  window (and within the max age): a captured heartbeat posted again;
 - 413 `TooLarge`: body over `max_body`;
 - 415 `UnsupportedMediaType`: structured mode other than JSON (batches, XML, ...);
 - 422 `InvalidName`: a path parameter that is not a Kubernetes name;
@@ -39,15 +42,18 @@ Knative retries (it retries 404, 409, 429 and 5xx), so a rejected heartbeat is
 dead-lettered at most once. Nothing raises through to a 5xx: an unexpected error is
 logged, counted in `internal_errors` and answered 400.
 
-**Duplicates are answered 202, not rejected.** Knative's data-plane contract says a
+**Redeliveries are answered 202, replays 403.** Knative's data-plane contract says a
 recipient MUST accept duplicate deliveries and that `409` is retried: refusing a
 redelivered event would make the mesh retry it, then dead-letter it, turning one
-duplicate into noise on two endpoints. A repeated event id (remembered per namespace,
-application and hop for max age + skew by the `ReplayCache`, consulted only after the
-signature and time checks) is therefore what replay detection means here: it is counted
-as a duplicate and changes nothing else (no arrival, no latency sample, no sequence, no
-last-arrival time), so a replayed heartbeat can make a pair look worse, never healthier.
-One older than the max age is `Stale`. Limitation: a fan-out heartbeat captured on its
+duplicate into noise on two endpoints. An event id is remembered per namespace,
+application and hop for max age + skew (the `ReplayCache`, consulted only after the
+signature and time checks). Seen again within `redelivery_window` of its first arrival,
+it is what the mesh's at-least-once delivery and retries produce: counted as a duplicate
+(the `HeartbeatDuplicates` verdict), nothing else changes (no arrival, no latency sample,
+no sequence, no last-arrival time). Seen again later, it can only be a captured heartbeat
+posted again: `Replayed`, rejected and counted like the other rejections, changing no
+tracker state at all. Either way a repeated heartbeat can make a pair look worse, never
+healthier. One older than the max age is `Stale`. Limitation: a fan-out heartbeat captured on its
 way to one namespace can be posted to another namespace's path once, within the max age
 (the signature cannot bind ingress and channel probes to a namespace: one event serves
 all of them); broker probes are bound to theirs (`emhns`).
@@ -68,7 +74,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -119,6 +125,7 @@ STATUS: dict[RejectReason, int] = {
     RejectReason.BAD_SIGNATURE: 401,
     RejectReason.STALE: 403,
     RejectReason.FROM_FUTURE: 403,
+    RejectReason.REPLAYED: 403,
     RejectReason.TOO_LARGE: 413,
     RejectReason.UNSUPPORTED_MEDIA_TYPE: 415,
     RejectReason.INVALID_NAME: 422,
@@ -133,6 +140,9 @@ class ReceiverConfig:
     max_body: int = DEFAULT_MAX_BODY
     dead_letter_log: int = 1000  # dead letters kept for inspection
     replay_entries: int = 200_000  # ids remembered (apps x namespaces x hops x max age / interval)
+    # a repeated event id within this of its first arrival is a redelivery (202, duplicate),
+    # after it a replay (403); Knative retries with backoff for seconds, rarely a minute
+    redelivery_window: timedelta = timedelta(seconds=60)
 
 
 class ProbeError(BaseModel):
@@ -287,7 +297,15 @@ class Receiver:
         body: bytes,
     ) -> tuple[int, BaseModel]:
         hb, _, now = self._verified(namespace, application, headers, body, check_time=True)
-        if self.replay.seen(("heartbeat", namespace, application, hb.hop, hb.id), now):
+        first = self.replay.first_seen(("heartbeat", namespace, application, hb.hop, hb.id),
+                                       now)
+        if first is not None:
+            if now - first > self.config.redelivery_window:
+                raise HeartbeatError(
+                    RejectReason.REPLAYED,
+                    f"event id {_echo(hb.id)} arrived here {(now - first).total_seconds():.0f}s "
+                    f"ago; the mesh redelivers within "
+                    f"{self.config.redelivery_window.total_seconds():g}s: a replay")
             self.tracker.record_duplicate(hb, namespace, at=now)
             self._tell(hb, namespace, Arrival.DUPLICATE, now)
             return 202, HeartbeatAccepted(status="Duplicate", arrival="Duplicate",

@@ -257,6 +257,10 @@ class ReplayCache:
 
     def seen(self, key: Hashable, now: datetime) -> bool:
         """Whether `key` was added within the ttl; adds it if not."""
+        return self.first_seen(key, now) is not None
+
+    def first_seen(self, key: Hashable, now: datetime) -> datetime | None:
+        """When `key` was added, if within the ttl; else adds it and returns None."""
         entries = self._entries
         while entries:
             oldest, oldest_expiry = next(iter(entries.items()))
@@ -265,10 +269,10 @@ class ReplayCache:
             del entries[oldest]
         previous = entries.get(key)
         if previous is not None and previous > now:
-            return True
+            return previous - self.ttl
         entries[key] = now + self.ttl
         entries.move_to_end(key)
         while len(entries) > self.max_entries:
             entries.popitem(last=False)
             self.evicted += 1
-        return False
+        return None

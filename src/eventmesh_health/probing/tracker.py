@@ -697,7 +697,7 @@ class ProbeMetrics(Collector):
     `reason` is a `RejectReason` (all of them present from 0). Latency and availability
     are end to end: of the probes injected at the ingress; availability over the window.
     Labels are bounded: application and namespace names of probed pairs, three hops, the
-    eleven reasons. Register it with `registry.register(metrics)` or `register(registry)`.
+    twelve reasons. Register it with `registry.register(metrics)` or `register(registry)`.
     """
 
     def __init__(
