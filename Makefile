@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test envtest lint typecheck unit bench clean
+.PHONY: demo test envtest lint typecheck unit bench bench-probe clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -40,6 +40,10 @@ test: $(BIN)/eventmesh-health envtest lint typecheck unit
 
 bench: $(BIN)/eventmesh-health
 	$(BIN)/python benchmarks/bench_analysis.py
+
+# Heartbeat receiver (one core) and sender throughput on loopback; needs 2 CPUs, ~2 min.
+bench-probe: $(BIN)/eventmesh-health
+	$(BIN)/python benchmarks/bench_probe.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
