@@ -3,6 +3,7 @@ keys from a Secret, reloaded, the last good keyring kept."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Mapping
@@ -174,3 +175,33 @@ def test_merge_takes_the_worst_and_keeps_the_control_plane_root_cause() -> None:
     stage = merged.applications[0].namespaces[0]
     assert stage.health is Health.PROGRESSING  # Unknown adds a finding, not its health
     assert [f.reason for f in stage.findings] == ["DataPlaneNotProbed"]
+
+
+async def test_posts_in_flight_are_capped_and_each_told_before_it_is_posted() -> None:
+    """A big round does not flood the connection pool: at most `max_in_flight` posts at
+    once; a probe is made (timed, recorded, told) only when it gets its slot."""
+    in_flight, peak, told = 0, 0, []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        event_id = request.headers.get("ce-id") or json.loads(request.content)["event-id"]
+        assert event_id in {hb.id for hb in told}  # told before it was posted
+        await asyncio.sleep(0.005)
+        in_flight -= 1
+        return httpx.Response(202)
+
+    tracker = Tracker()
+    config = SendConfig(event_service_url_template="http://es/{app}/v1/events",
+                        channel_url_template="http://ch/{app}",
+                        broker_url_template="http://broker/{namespace}", max_in_flight=5)
+    sender = Sender(tracker, lambda: KEYRING, "run-1", config=config,
+                    client=httpx.AsyncClient(transport=httpx.MockTransport(handle)))
+    rounds = await asyncio.gather(*(
+        sender.send_application(f"app-{i}", ["stage", "prod"], on_send=told.append)
+        for i in range(20)))
+    assert peak == 5
+    assert sum(len(r) for r in rounds) == len(told) == 80
+    assert sum(tracker.sent_totals().values()) == 80
+    assert sender.failures == {}

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -355,17 +355,17 @@ class ProbeRunner:
         if self.keys.keyring is None:
             return
         targets = list(self._targets.values())
-        sends: list[Awaitable[list[Heartbeat]]] = [
-            self.sender.send_application(t.application, list(t.namespaces), t.channel_url)
-            for t in targets]
-        sent = [hb for hbs in await asyncio.gather(*sends) for hb in hbs]
         live = {t.application for t in targets}
         for key in [k for k in self._regular if k[0] not in live]:
             self._regular.pop(key, None)
             self._confirmation.pop(key, None)
-        for hb in sent:
-            self._regular[_key(hb)] = hb.sequence
-        self._confirmed.clear()
+        self._confirmed.clear()  # a new regular round: each application may be confirmed
+        await asyncio.gather(*(self._send_regular(t) for t in targets))
+
+    async def _send_regular(self, target: Target) -> None:
+        sent = await self.sender.send_application(
+            target.application, list(target.namespaces), target.channel_url,
+            on_send=self._regular_sent)
         if sent:
             self._spawn(self._follow_up(sent))
 
@@ -375,6 +375,12 @@ class ProbeRunner:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _regular_sent(self, hb: Heartbeat) -> None:
+        self._regular[_key(hb)] = hb.sequence
+
+    def _confirmation_sent(self, hb: Heartbeat) -> None:
+        self._confirmation[_key(hb)] = hb.sequence
 
     def _namespaces(self, hb: Heartbeat) -> list[str]:
         """The namespaces `hb` should reach (and that are counted already)."""
@@ -386,17 +392,14 @@ class ProbeRunner:
         return [ns for ns in names if self.tracker.expecting(hb.application, ns)]
 
     async def _follow_up(self, sent: list[Heartbeat]) -> None:
-        """When the round's probes are due: confirm the ones that did not arrive
-        everywhere."""
-        await self._until_due(min(hb.time for hb in sent))
-        overdue: dict[str, Heartbeat] = {}
+        """When an application's regular probes are due: a confirmation round if one did
+        not arrive everywhere."""
+        await self._until_due(max(hb.time for hb in sent))
         for hb in sent:
-            if hb.application not in overdue and any(
-                    not self.tracker.arrived(hb.application, ns, hb.hop, hb.run, hb.sequence)
-                    for ns in self._namespaces(hb)):
-                overdue[hb.application] = hb
-        if overdue:
-            await asyncio.gather(*(self._confirm(hb) for hb in overdue.values()))
+            if any(not self.tracker.arrived(hb.application, ns, hb.hop, hb.run, hb.sequence)
+                   for ns in self._namespaces(hb)):
+                await self._confirm(hb)
+                return
 
     async def _confirm(self, suspect: Heartbeat) -> None:
         """One more round for the application of `suspect` (a probe of its newest regular
@@ -408,12 +411,11 @@ class ProbeRunner:
             return
         self._confirmed.add(app)
         sent = await self.sender.send_application(app, list(target.namespaces),
-                                                  target.channel_url)
+                                                  target.channel_url,
+                                                  on_send=self._confirmation_sent)
         if not sent:
             return
         self.confirmations += 1
-        for hb in sent:
-            self._confirmation[_key(hb)] = hb.sequence
         await self._until_due(min(hb.time for hb in sent))
         self._update_soon()
 

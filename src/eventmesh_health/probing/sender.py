@@ -11,9 +11,10 @@ Per application and round (`Sender.send_application`):
 
 Every send is recorded in the tracker (`Tracker.record_sent`) *before* it is posted, with
 the heartbeat's own time: a send that fails never arrives, which is exactly what the
-tracker must count against the hop. Failures (no answer, timeout, non-2xx) are counted in
-`failures` per (application, hop) and logged at debug level; nothing raises out of
-`send_application` but cancellation.
+tracker must count against the hop. At most `max_in_flight` posts are in flight; a probe
+waiting for a slot is made (and timed, and recorded) only when it gets one. Failures (no
+answer, timeout, non-2xx) are counted in `failures` per (application, hop) and logged at
+debug level; nothing raises out of `send_application` but cancellation.
 
 Keys come from a Kubernetes Secret (`KeySource`): read through the API, parsed with
 `signing.keyring_from_secret_data`, re-read every `reload` so a rotation takes effect
@@ -75,6 +76,11 @@ class SendConfig:
     broker_url_template: str = DEFAULT_BROKER_URL_TEMPLATE
     heartbeat_type: str = DEFAULT_TYPE
     timeout: float = 5.0  # seconds, per request (connect, read, write, pool)
+    # posts in flight at once; the rest wait before their heartbeat is even made, so a
+    # queued probe neither counts as sent nor carries an old time. Below the client's 64
+    # connections: httpx's pool bookkeeping grows quadratically with waiting requests
+    # (a 1,000-application round all at once stalled the event loop for a minute).
+    max_in_flight: int = 32
 
 
 def fill(template: str, application: str, namespace: str = "") -> str:
@@ -148,6 +154,7 @@ class Sender:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
         self.sent: dict[tuple[str, Hop], int] = {}
         self.failures: dict[tuple[str, Hop], int] = {}
+        self._slots: asyncio.Semaphore | None = None  # made on first use, in the loop
 
     async def close(self) -> None:
         if self._own_client:
@@ -155,19 +162,22 @@ class Sender:
 
     async def send_application(
         self, application: str, namespaces: list[str], channel_url: str | None = None,
+        *, on_send: Callable[[Heartbeat], None] | None = None,
     ) -> list[Heartbeat]:
         """One round for an application: ingress, channel (when its address is known) and
-        one broker probe per namespace, concurrently; the heartbeats sent. Never raises
-        (but cancellation)."""
+        one broker probe per namespace, concurrently; the heartbeats sent. `on_send` is
+        told of each as it is recorded, before it is posted (its deliveries can arrive
+        before the post is answered). Never raises (but cancellation)."""
         hops: list[tuple[Hop, str | None]] = [(Hop.INGRESS, None), (Hop.CHANNEL, None)]
         hops += [(Hop.BROKER, namespace) for namespace in namespaces]
-        sent = await asyncio.gather(*(self.send_probe(application, hop, namespace, channel_url)
-                                      for hop, namespace in hops))
+        sent = await asyncio.gather(*(
+            self.send_probe(application, hop, namespace, channel_url, on_send=on_send)
+            for hop, namespace in hops))
         return [hb for hb in sent if hb is not None]
 
     async def send_probe(
         self, application: str, hop: Hop, namespace: str | None = None,
-        channel_url: str | None = None,
+        channel_url: str | None = None, *, on_send: Callable[[Heartbeat], None] | None = None,
     ) -> Heartbeat | None:
         """One probe into `hop` (`namespace`: for broker probes); the heartbeat sent, or
         None when there are no keys or no address for the hop. Never raises (but
@@ -178,7 +188,8 @@ class Sender:
             return None
         binary = hop is not Hop.INGRESS or self.config.adapter_url_template is not None
         return await self._send(keyring, application, hop, url, binary=binary,
-                                namespace=namespace if hop is Hop.BROKER else None)
+                                namespace=namespace if hop is Hop.BROKER else None,
+                                on_send=on_send)
 
     def url(self, application: str, hop: Hop, namespace: str | None = None,
             channel_url: str | None = None) -> str | None:
@@ -203,7 +214,17 @@ class Sender:
 
     async def _send(
         self, keyring: Keyring, application: str, hop: Hop, url: str, *, binary: bool,
-        namespace: str | None = None,
+        namespace: str | None = None, on_send: Callable[[Heartbeat], None] | None = None,
+    ) -> Heartbeat | None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(max(1, self.config.max_in_flight))
+        async with self._slots:
+            return await self._post(keyring, application, hop, url, binary=binary,
+                                    namespace=namespace, on_send=on_send)
+
+    async def _post(
+        self, keyring: Keyring, application: str, hop: Hop, url: str, *, binary: bool,
+        namespace: str | None, on_send: Callable[[Heartbeat], None] | None,
     ) -> Heartbeat | None:
         key = (application, hop)
         hb: Heartbeat | None = None
@@ -213,6 +234,8 @@ class Sender:
             self.tracker.record_sent(application, hop, hb.sequence, run=self.run, at=hb.time,
                                      namespace=namespace)
             self.sent[key] = self.sent.get(key, 0) + 1
+            if on_send is not None:
+                on_send(hb)
             answer = await self.client.post(url, headers=headers, content=body)
             if not 200 <= answer.status_code < 300:
                 raise httpx.HTTPStatusError(f"HTTP {answer.status_code}",
