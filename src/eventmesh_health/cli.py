@@ -329,8 +329,15 @@ def _env(name: str) -> str:
               help="Window of the loss and latency figures (default: max(5m, 10 intervals)).")
 @click.option("--receiver-url-template", default=None, envvar=_env("RECEIVER_URL_TEMPLATE"),
               help="Subscriber URI of the heartbeat Triggers, with {namespace} and "
-              "{application} (default: http://eventmesh-health.kyma-system.svc.cluster.local"
-              ":8080/heartbeat/{namespace}/{application}).")
+              "{application}, and {replica} for this replica's --advertise-address, which "
+              "makes the Triggers deliver to the leader (needed with several replicas: "
+              "http://{replica}/heartbeat/{namespace}/{application}; default: "
+              "http://eventmesh-health.kyma-system.svc.cluster.local:8080/heartbeat/"
+              "{namespace}/{application}, for one replica).")
+@click.option("--advertise-address", default=None, envvar=_env("ADVERTISE_ADDRESS"),
+              help="HOST:PORT at which the mesh reaches this replica's heartbeat receiver: "
+              "{replica} in --receiver-url-template (default: $POD_IP:<port>, else "
+              "<host>:<port>).")
 @click.option("--event-service-url-template", default=None,
               envvar=_env("EVENT_SERVICE_URL_TEMPLATE"),
               help="Legacy event-service endpoint, with {app} (default: http://{app}-event-"
@@ -355,7 +362,7 @@ def serve(
     probe_grace: timedelta | None = None, probe_window: timedelta | None = None,
     receiver_url_template: str | None = None, event_service_url_template: str | None = None,
     adapter_url_template: str | None = None, broker_url_template: str | None = None,
-    channel_url_template: str | None = None,
+    channel_url_template: str | None = None, advertise_address: str | None = None,
 ) -> None:
     """Always-on checker: watches the cluster, keeps every Application's health current, and
     serves it (REST API, /metrics, EventMeshHealth objects, annotations, Events).
@@ -365,6 +372,7 @@ def serve(
     import asyncio
     import contextlib
     import logging
+    import os
     import socket
 
     import httpx2
@@ -375,11 +383,6 @@ def serve(
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    connection = _connection(kubeconfig, context, request_timeout)
-    try:
-        config = load_config(connection)
-    except ClusterError as err:
-        _fail(str(err), EXIT_INPUT)
     seconds = lease_duration.total_seconds()
     probe_settings = None
     if probe:
@@ -394,6 +397,8 @@ def serve(
             DEFAULT_EVENT_SERVICE_URL_TEMPLATE,
             DEFAULT_RECEIVER_URL_TEMPLATE,
         )
+        from eventmesh_health.probing.triggers import REPLICA_PLACEHOLDER
+        from eventmesh_health.serve.service import default_advertise_address, unspecified
 
         try:
             thresholds = ProbeThresholds(interval=probe_interval, latency_slo=probe_latency_slo,
@@ -402,16 +407,33 @@ def serve(
             _fail(f"probing thresholds: {err}", EXIT_INPUT)
         if probe_grace is not None and probe_grace >= probe_interval:
             _fail("--probe-grace must be shorter than --probe-interval", EXIT_INPUT)
+        receiver = receiver_url_template or DEFAULT_RECEIVER_URL_TEMPLATE
+        advertise = (advertise_address or "").strip() or default_advertise_address(
+            host, port, os.environ.get("POD_IP"))
+        try:
+            receiver.format(app="a", application="a", namespace="n", replica=advertise)
+        except (KeyError, IndexError, ValueError) as err:
+            _fail(f"--receiver-url-template {receiver!r}: {type(err).__name__}: {err} "
+                  "(placeholders: {namespace}, {application}, {replica})", EXIT_INPUT)
+        if REPLICA_PLACEHOLDER in receiver and unspecified(advertise):
+            _fail(f"--receiver-url-template uses {REPLICA_PLACEHOLDER}, which would be "
+                  f"{advertise}, an address nobody can reach: set --advertise-address "
+                  "(or $POD_IP)", EXIT_INPUT)
         probe_settings = ProbeSettings(
             interval=probe_interval, thresholds=thresholds, grace=probe_grace,
             window=probe_window,
             secret_namespace=secret_ns, secret_name=secret_name,
-            receiver_url_template=receiver_url_template or DEFAULT_RECEIVER_URL_TEMPLATE,
+            receiver_url_template=receiver, advertise_address=advertise,
             event_service_url_template=(event_service_url_template
                                         or DEFAULT_EVENT_SERVICE_URL_TEMPLATE),
             broker_url_template=broker_url_template or DEFAULT_BROKER_URL_TEMPLATE,
             adapter_url_template=adapter_url_template or None,
             channel_url_template=channel_url_template or None)
+    connection = _connection(kubeconfig, context, request_timeout)
+    try:
+        config = load_config(connection)
+    except ClusterError as err:
+        _fail(str(err), EXIT_INPUT)
     settings = Settings(
         probe=probe_settings,
         host=host, port=port, leader_election=leader_election, lease_namespace=lease_namespace,

@@ -30,9 +30,14 @@ Trigger management) and is driven by the orchestrator (`serve.service.Service`):
   health stays the control plane's. Only the leader (which sends) judges: the tracker
   must see every delivery of the runs it records.
 
-Limitations: the heartbeat Triggers deliver to the checker's Service, so with several
-replicas the Service must select the leader only (or run one replica); Triggers are not
-deleted when probing is switched off (delete them by their label).
+Several replicas: the heartbeat Triggers must deliver to the leader, so the receiver URL
+template may name this replica's own address, `{replica}` (`ProbeSettings.advertise_address`,
+host:port; serve's `--advertise-address`, by default `$POD_IP:<port>`): the leader's
+Trigger reconciliation writes its own address, and after a leader change the new leader
+patches every heartbeat Trigger to itself. A replica forgets its heartbeat figures when
+its leadership starts or ends (`leadership_changed`): figures of an earlier term would
+read as silence. With probing off, serve deletes leftover heartbeat Triggers itself
+(`triggers.LeftoverTriggers`).
 """
 
 from __future__ import annotations
@@ -90,6 +95,9 @@ class ProbeSettings:
     adapter_url_template: str | None = None
     channel_url_template: str | None = None
     broker_url_template: str = DEFAULT_BROKER_URL_TEMPLATE
+    # This replica's host:port as the mesh reaches it: `{replica}` in the receiver (and
+    # dead-letter) template. None: serve fills in its listen address.
+    advertise_address: str | None = None
     secret_namespace: str = "kyma-system"
     secret_name: str = "eventmesh-health-heartbeat-keys"
     key_reload: timedelta = timedelta(minutes=1)
@@ -259,7 +267,7 @@ class ProbeRunner:
         self.triggers = TriggerManager(self.client, TriggerConfig(
             receiver_url_template=s.receiver_url_template,
             dead_letter_url_template=s.dead_letter_template(),
-            heartbeat_type=s.heartbeat_type,
+            heartbeat_type=s.heartbeat_type, replica=s.advertise_address,
         ))
         self._targets: dict[str, Target] = {}
         self._reconciled: frozenset[tuple[str, str]] | None = None
@@ -287,6 +295,16 @@ class ProbeRunner:
 
     async def close(self) -> None:
         await self.sender.close()
+
+    def leadership_changed(self, leading: bool) -> None:
+        """A term starts or ends: forget the figures (an earlier term's last arrivals would
+        read as silence) and reconcile the Triggers at the next round (a new leader points
+        them at itself)."""
+        self.since.clear()
+        self._reconciled = None
+        self.tracker.retain(())
+        log.info("probing: %s", "leading: heartbeat Triggers will point here" if leading
+                 else "not leading: not sending, not judging")
 
     # --- inputs ---------------------------------------------------------------------------
 

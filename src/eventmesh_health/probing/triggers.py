@@ -12,7 +12,13 @@ makes the cluster match a set of pairs (the leader calls it each probing round):
 - writes only on change: a Trigger whose spec (and labels) already match is left alone.
 
 The subscriber is the checker's receiver (`receiver_url_template`, encoding namespace and
-application). `spec.delivery.deadLetterSink` is set only when `dead_letter_url_template`
+application). With several replicas only the leader sends and judges, so its heartbeats
+must come back to it, not to whichever replica a Service picks: the template's
+`{replica}` placeholder is this replica's own reachable `host:port` (`TriggerConfig.replica`,
+serve's `--advertise-address`, by default `$POD_IP:<port>`), so the leader's reconciliation
+writes its own address into every subscriber URI, and after a leader change the new
+leader patches every heartbeat Trigger to itself (same names: a patch, not a new Trigger).
+`spec.delivery.deadLetterSink` is set only when `dead_letter_url_template`
 is given and the Trigger API version supports it: `eventing.knative.dev/v1alpha1` as
 served by Knative v0.12 (Kyma 1.x) has no `spec.delivery` on Triggers (it came with
 v0.14's v1beta1), so for v1alpha1 it is left out and failed deliveries are only seen as
@@ -33,6 +39,7 @@ from eventmesh_health.probing.heartbeat import DEFAULT_TYPE, EVENT_TYPE_VERSION
 
 __all__ = [
     "HEARTBEAT_LABEL",
+    "REPLICA_PLACEHOLDER",
     "TRIGGER_API_VERSION",
     "TriggerConfig",
     "TriggerManager",
@@ -43,6 +50,8 @@ __all__ = [
 log = logging.getLogger("eventmesh_health.probing")
 
 HEARTBEAT_LABEL = "eventmesh-health.kyma-project.io/heartbeat"
+DELETE_COMMAND = f"kubectl delete triggers -A -l {HEARTBEAT_LABEL}=true"
+REPLICA_PLACEHOLDER = "{replica}"
 APPLICATION_LABEL = "eventmesh-health.kyma-project.io/application"
 TRIGGER_API_VERSION = "eventing.knative.dev/v1alpha1"
 # API versions whose Trigger has spec.delivery (deadLetterSink): not v1alpha1 of v0.12.
@@ -60,6 +69,14 @@ class TriggerConfig:
     heartbeat_type: str = DEFAULT_TYPE
     api_version: str = TRIGGER_API_VERSION
     broker: str = "default"
+    # This replica's reachable host:port, for `{replica}` in the templates.
+    replica: str | None = None
+
+    def __post_init__(self) -> None:
+        templates = (self.receiver_url_template, self.dead_letter_url_template or "")
+        if not self.replica and any(REPLICA_PLACEHOLDER in t for t in templates):
+            raise ValueError(f"the receiver URL template has {REPLICA_PLACEHOLDER}: this "
+                             "replica's address (host:port) is needed")
 
 
 def trigger_name(application: str) -> str:
@@ -81,7 +98,8 @@ def _label_value(application: str) -> str:
 
 def desired_trigger(config: TriggerConfig, application: str, namespace: str) -> dict[str, Any]:
     """The heartbeat Trigger of one (application, namespace)."""
-    fmt = {"app": application, "application": application, "namespace": namespace}
+    fmt = {"app": application, "application": application, "namespace": namespace,
+           "replica": config.replica or ""}
     spec: dict[str, Any] = {
         "broker": config.broker,
         "filter": {"attributes": {

@@ -15,11 +15,12 @@ once they are back the cache re-syncs and the true health returns by itself.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,6 +53,31 @@ from eventmesh_health.serve.writer import (
 )
 
 log = logging.getLogger("eventmesh_health.serve")
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 address in brackets."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+def default_advertise_address(host: str, port: int, pod_ip: str | None = None) -> str:
+    """This replica's address for the heartbeat Triggers (`{replica}`): `$POD_IP:<port>`
+    in a Pod (the downward API's status.podIP), else the listen address."""
+    return host_port(pod_ip.strip() if pod_ip and pod_ip.strip() else host, port)
+
+
+def unspecified(address: str) -> bool:
+    """Whether `address` (host:port) is a wildcard such as 0.0.0.0, which nobody can reach."""
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -114,8 +140,11 @@ class Service:
         )
         self.prober: ProbeRunner | None = None
         if settings.probe is not None:
-            self.prober = ProbeRunner(client, settings.probe, settings.identity,
-                                      self.is_leader)
+            probe = settings.probe
+            if probe.advertise_address is None:
+                probe = replace(probe, advertise_address=host_port(settings.host,
+                                                                   settings.port))
+            self.prober = ProbeRunner(client, probe, settings.identity, self.is_leader)
             self.metrics.add_collector(self.prober.metrics)
         self.app = create_app(
             self.state, self.metrics,
@@ -133,7 +162,11 @@ class Service:
         return self.elector.is_leader
 
     def _leadership_changed(self) -> None:
-        self.state.is_leader = self.is_leader()
+        leading = self.is_leader()
+        if self.prober is not None and leading != self.state.is_leader:
+            self.prober.leadership_changed(leading)
+        self._look_for_leftovers = True
+        self.state.is_leader = leading
         self.metrics.set_leader(self.state.is_leader)
         self._changed.set()  # a new leader publishes at once
 
@@ -149,10 +182,10 @@ class Service:
             asyncio.create_task(self._publisher(), name="publisher"),
             asyncio.create_task(self._clock(), name="clock"),
         ]
-        if self.elector is not None:
-            tasks.append(asyncio.create_task(self._elect(), name="leader-election"))
         if self.prober is not None:
             tasks.append(asyncio.create_task(self._probe(), name="probing"))
+        if self.elector is not None:
+            tasks.append(asyncio.create_task(self._elect(), name="leader-election"))
         else:
             self._leadership_changed()
         try:
