@@ -23,13 +23,18 @@ is given and the Trigger API version supports it: `eventing.knative.dev/v1alpha1
 served by Knative v0.12 (Kyma 1.x) has no `spec.delivery` on Triggers (it came with
 v0.14's v1beta1), so for v1alpha1 it is left out and failed deliveries are only seen as
 loss.
+
+When probing is off, `LeftoverTriggers` removes heartbeat Triggers left from an earlier
+run (serve's leader calls it with the Triggers of its watch cache): without probe RBAC
+the API server forbids the delete, which is logged once with the kubectl command that
+removes them, and never retried for the same Trigger.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +43,15 @@ from lightkube.generic_resource import create_namespaced_resource
 from eventmesh_health.probing.heartbeat import DEFAULT_TYPE, EVENT_TYPE_VERSION
 
 __all__ = [
+    "DELETE_COMMAND",
     "HEARTBEAT_LABEL",
     "REPLICA_PLACEHOLDER",
     "TRIGGER_API_VERSION",
+    "LeftoverTriggers",
     "TriggerConfig",
     "TriggerManager",
     "desired_trigger",
+    "heartbeat_triggers",
     "trigger_name",
 ]
 
@@ -215,3 +223,87 @@ def _merge_patch() -> Any:
     from lightkube.types import PatchType
 
     return PatchType.MERGE
+
+
+def heartbeat_triggers(objects: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The labelled heartbeat Triggers among `objects` (e.g. the Triggers of serve's watch
+    cache) that are not being deleted already."""
+    out = []
+    for obj in objects:
+        meta = obj.get("metadata") or {}
+        if ((meta.get("labels") or {}).get(HEARTBEAT_LABEL) == "true"
+                and not meta.get("deletionTimestamp")):
+            out.append(obj)
+    return out
+
+
+@dataclass
+class LeftoverTriggers:
+    """Deletes heartbeat Triggers while probing is off (serve's leader calls `remove`).
+
+    A delete the API server forbids (403: the probe RBAC is not bound) is not retried for
+    that Trigger (by uid), and the first such refusal logs one warning that names the
+    kubectl command to remove them by hand; so does `remove(..., hold=why)`, which deletes
+    nothing (serve `--no-write`, or without leader election: such a serve may run beside
+    the deployment whose probing owns them). Nothing raises but cancellation.
+    """
+
+    client: Any  # lightkube.AsyncClient
+    deleted: int = 0
+    errors: int = 0
+    warned: bool = False
+    _skipped: set[str] = field(default_factory=set)  # uids not to try again
+
+    async def remove(self, triggers: Iterable[Mapping[str, Any]], *,
+                     hold: str | None = None) -> bool:
+        """Delete every heartbeat Trigger among `triggers` (none if `hold` says why not).
+        False when a delete failed in a way worth retrying (neither 403 nor 404)."""
+        left = [t for t in heartbeat_triggers(triggers) if _uid(t) not in self._skipped]
+        if not left:
+            return True
+        if hold is not None:
+            self._skipped.update(_uid(t) for t in left)
+            self._warn(left, hold)
+            return True
+        ok = True
+        refused: list[Mapping[str, Any]] = []
+        for obj in left:
+            meta = obj.get("metadata") or {}
+            namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+            try:
+                await self.client.delete(Trigger, name, namespace=namespace)
+            except Exception as exc:
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                if status == 404:
+                    continue
+                if status == 403:
+                    self._skipped.add(_uid(obj))
+                    refused.append(obj)
+                    continue
+                ok = False
+                self.errors += 1
+                log.warning("heartbeat Trigger %s/%s (probing is off) could not be deleted: %s",
+                            namespace, name, exc)
+                continue
+            self.deleted += 1
+            log.info("heartbeat Trigger %s/%s deleted: probing is off", namespace, name)
+        if refused:
+            self.errors += len(refused)
+            self._warn(refused, "serve may not delete them (403 Forbidden: the probe RBAC, "
+                       "deploy/rbac/clusterrole-serve-probe.yaml, is not bound)")
+        return ok
+
+    def _warn(self, triggers: list[Mapping[str, Any]], why: str) -> None:
+        if self.warned:
+            return
+        self.warned = True
+        names = ", ".join(f"{(t.get('metadata') or {}).get('namespace')}/"
+                          f"{(t.get('metadata') or {}).get('name')}" for t in triggers[:3])
+        more = f" and {len(triggers) - 3} more" if len(triggers) > 3 else ""
+        log.warning("probing is off, but heartbeat Triggers of an earlier run are left "
+                    "(%s%s) and %s: remove them with `%s`", names, more, why, DELETE_COMMAND)
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")

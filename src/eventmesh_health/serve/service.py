@@ -10,6 +10,11 @@ The analysis is the same pure one `check` runs; only the applications a change c
 touch are re-evaluated. When the watches have been disconnected for longer than
 `outage_after`, every health becomes Unknown with the reason, never a stale Healthy;
 once they are back the cache re-syncs and the true health returns by itself.
+
+With `--probe` the leader also probes the data plane (`probing.runner`); without it, the
+leader deletes heartbeat Triggers left from an earlier run
+(`probing.triggers.LeftoverTriggers`, on the Triggers of the watch cache, looked at
+whenever a Trigger changes or leadership does).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from eventmesh_health.model import (
     SystemReport,
 )
 from eventmesh_health.probing.runner import ProbeRunner, ProbeSettings
+from eventmesh_health.probing.triggers import LeftoverTriggers
 from eventmesh_health.serve.api import create_app, embedded_server
 from eventmesh_health.serve.informer import Change, ClusterCache
 from eventmesh_health.serve.leader import LeaderElector
@@ -51,6 +57,7 @@ from eventmesh_health.serve.writer import (
     HEALTH_STATUS_RESOURCE,
     HealthWriter,
 )
+from eventmesh_health.topology.kyma1 import TRIGGER
 
 log = logging.getLogger("eventmesh_health.serve")
 
@@ -139,6 +146,7 @@ class Service:
             reporting_instance=settings.identity,
         )
         self.prober: ProbeRunner | None = None
+        self.leftovers: LeftoverTriggers | None = None
         if settings.probe is not None:
             probe = settings.probe
             if probe.advertise_address is None:
@@ -146,6 +154,9 @@ class Service:
                                                                    settings.port))
             self.prober = ProbeRunner(client, probe, settings.identity, self.is_leader)
             self.metrics.add_collector(self.prober.metrics)
+        else:
+            self.leftovers = LeftoverTriggers(client)
+        self._look_for_leftovers = True  # heartbeat Triggers changed, or leadership did
         self.app = create_app(
             self.state, self.metrics,
             routers=[self.prober.receiver.router] if self.prober is not None else [])
@@ -228,6 +239,8 @@ class Service:
         else:
             latest: dict[tuple[str, Any, Any], Change] = {}
             for change in changes:
+                if change.kind == TRIGGER.key:
+                    self._look_for_leftovers = True
                 meta = change.obj.get("metadata") or {}
                 latest[(change.kind, meta.get("namespace"), meta.get("name"))] = change
             self.analysis.apply(
@@ -315,8 +328,12 @@ class Service:
             await self._changed.wait()
             self._changed.clear()
             report = self.state.report
-            if (report is None or not self.settings.write or not self.is_leader()
+            if (report is None or not self.is_leader()
                     or self.state.degraded_reason is not None or self.analysis is None):
+                continue
+            if self.leftovers is not None and self._look_for_leftovers:
+                await self._remove_leftovers()
+            if not self.settings.write:
                 continue
             applications = {
                 str(obj["metadata"]["name"]): obj
@@ -327,6 +344,21 @@ class Service:
                 for _ in range(count - self._writes_seen.get((resource, verb), 0)):
                     self.metrics.inc_write(resource, verb)
                 self._writes_seen[(resource, verb)] = count
+
+    async def _remove_leftovers(self) -> None:
+        """Probing is off: heartbeat Triggers in the watch cache are left from an earlier
+        run; the leader deletes them, unless this serve only observes."""
+        assert self.leftovers is not None and self.analysis is not None
+        self._look_for_leftovers = False
+        hold = None
+        if not self.settings.write:
+            hold = "serve runs with --no-write, so it deletes nothing"
+        elif self.elector is None:
+            hold = ("serve runs without leader election, so it may not be the deployment "
+                    "that made them, and deletes none")
+        triggers = list(self.analysis.builder.index.of_kind(TRIGGER.key))
+        if not await self.leftovers.remove(triggers, hold=hold):
+            self._look_for_leftovers = True  # try again after the next change
 
 
 def outage_report(report: MeshReport, reason: str) -> MeshReport:
