@@ -66,9 +66,18 @@ from eventmesh_health.probing.sender import (
 from eventmesh_health.probing.signing import Keyring, Verifier
 from eventmesh_health.probing.tracker import Arrival, ProbeMetrics, Tracker
 from eventmesh_health.probing.triggers import TriggerConfig, TriggerManager
-from eventmesh_health.topology.kyma1 import BROKER, CHANNEL, INTEGRATION_NS, SUBSCRIPTION
+from eventmesh_health.topology.kyma1 import (
+    APPLICATION,
+    BROKER,
+    CHANNEL,
+    INTEGRATION_NS,
+    SUBSCRIPTION,
+)
 
-__all__ = ["ProbeRunner", "ProbeSettings", "Target", "merge_verdicts"]
+__all__ = ["PROBE_ANNOTATION", "ProbeRunner", "ProbeSettings", "Target", "merge_verdicts"]
+
+# On an Application: "false" takes its (application, namespace) pairs out of probing.
+PROBE_ANNOTATION = "eventmesh-health.kyma-project.io/probe"
 
 log = logging.getLogger("eventmesh_health.probing")
 
@@ -158,11 +167,18 @@ def _ready(obj: Mapping[str, Any] | None) -> bool:
     return False
 
 
+def _opted_out(application: Mapping[str, Any] | None) -> bool:
+    annotations = ((application or {}).get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(PROBE_ANNOTATION, "")).strip().lower() == "false"
+
+
 def targets(report: MeshReport, index: _Index) -> dict[str, Target]:
     """The applications to probe and their qualifying namespaces (state >= 3, Broker
-    `default` Ready)."""
+    `default` Ready), but none whose Application says `PROBE_ANNOTATION: "false"`."""
     out: dict[str, Target] = {}
     for app in report.applications:
+        if _opted_out(index.get(APPLICATION.key, None, app.name)):
+            continue
         namespaces = tuple(sorted(
             ns.name for ns in app.namespaces
             if ns.state >= 3 and _ready(index.get(BROKER.key, ns.name, "default"))))
