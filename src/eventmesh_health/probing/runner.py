@@ -38,6 +38,10 @@ patches every heartbeat Trigger to itself. A replica forgets its heartbeat figur
 its leadership starts or ends (`leadership_changed`): figures of an earlier term would
 read as silence. With probing off, serve deletes leftover heartbeat Triggers itself
 (`triggers.LeftoverTriggers`).
+
+Opting out: an Application annotated `eventmesh-health.kyma-project.io/probe: "false"`
+(`PROBE_ANNOTATION`) is left out of `targets`, so its heartbeat Triggers are deleted and
+its data-plane verdicts vanish.
 """
 
 from __future__ import annotations
