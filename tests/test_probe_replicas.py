@@ -1,5 +1,5 @@
 """Heartbeat probing beyond one replica, on the envtest API server with the emulated mesh
-(`tests/emulator`), as in `tests/test_probe_e2e.py` (its mesh fixture and constants):
+(`tests/emulator`), as in `tests/test_probe_e2e.py` (its mesh fixture, application and key):
 
 - two replicas with leader election: only the leader sends and judges, the heartbeat
   Triggers deliver to the leader (`{replica}` in the receiver URL template), and after the
