@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test envtest lint typecheck unit bench bench-probe clean
+.PHONY: demo test envtest lint typecheck unit bench bench-probe bench-detection clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -44,6 +44,10 @@ bench: $(BIN)/eventmesh-health
 # Heartbeat receiver (one core) and sender throughput on loopback; needs 2 CPUs, ~2 min.
 bench-probe: $(BIN)/eventmesh-health
 	$(BIN)/python benchmarks/bench_probe.py
+
+# Needs the envtest binaries (kube-apiserver + etcd): time to report/clear data-plane faults.
+bench-detection: $(BIN)/eventmesh-health envtest
+	$(BIN)/python benchmarks/bench_detection.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -68,9 +68,9 @@ def figures(hop: Hop, spec: str) -> HopStats:
     if spec == "slow":
         return HopStats(**base, **{**fine, "latency": LatencySummary(30, 1.5, 2.5, 3.0, 3.0, 1.6),
                                    "recent": arrivals(0.05, 0.05, 2.5, 3.0)})
-    if spec == "fine-before":  # fast, but the newest sent before the others' slow ones began
+    if spec == "fine-before":  # fast, but the newest of a round before the others' bad ones
         return HopStats(**base, **{**fine, "recent": tuple(
-            RecentArrival(r.run, r.sequence, r.arrived_at - 20 * S, r.latency, 0, True)
+            RecentArrival(r.run, r.sequence - 2, r.arrived_at - 20 * S, r.latency, 0, True)
             for r in arrivals(0.05, 0.05, 0.06, 0.05))})
     if spec == "slow1":
         return HopStats(**base, **{**fine, "recent": arrivals(0.05, 0.05, 0.06, 3.0)})

@@ -69,8 +69,10 @@ async def test_one_round_ingress_channel_and_one_broker_probe_per_namespace() ->
     assert tracker.sent_totals() == {("commerce-mock", Hop.INGRESS): 1,
                                      ("commerce-mock", Hop.CHANNEL): 1,
                                      ("commerce-mock", Hop.BROKER): 2}
-    await sender.send_application("commerce-mock", ["stage"])
-    assert sender.sequences.next("commerce-mock", Hop.INGRESS) == 3  # 1, 2 were sent
+    second = await sender.send_application("commerce-mock", ["stage"])
+    # one sequence per round, on every hop: sequences name rounds across hops
+    assert {(hb.hop, hb.namespace, hb.sequence) for hb in second} == {
+        (Hop.INGRESS, None, 2), (Hop.CHANNEL, None, 2), (Hop.BROKER, "stage", 2)}
 
 
 async def test_channel_address_from_the_channel_and_binary_to_the_adapter() -> None:

@@ -325,3 +325,14 @@ def test_recent_arrivals_carry_latency_and_duplicates():
     assert not t.arrived(APP, NS, Hop.INGRESS, RUN, 13)
     assert not t.arrived(APP, "stage", Hop.INGRESS, RUN, 12)
     assert t.expecting(APP, NS) and not t.expecting(APP, "stage")
+
+
+def test_recent_arrivals_are_in_send_order_not_arrival_order():
+    """A straggler of an earlier round arriving last is not the newest sample."""
+    t = tracker(grace=5 * S)
+    t.record_arrival(hb(1, T0), NS, at=T0 + 0.1 * S)
+    t.record_arrival(hb(3, T0 + 20 * S), NS, at=T0 + 20.1 * S)
+    t.record_arrival(hb(2, T0 + 10 * S), NS, at=T0 + 21 * S)  # 11 s late
+    recent = t.stats(APP, NS, Hop.INGRESS, T0 + 30 * S).recent
+    assert [r.sequence for r in recent] == [1, 2, 3]
+    assert recent[1].latency == pytest.approx(11)

@@ -47,7 +47,11 @@ def _duration(_ctx: click.Context, param: click.Parameter, value: str) -> timede
             f"{value!r} is not a duration like 500ms, 90s, 1.5m or 2h", param=param)
     amount, unit = float(match.group(1)), match.group(2)
     units = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}
-    duration = timedelta(**{units[unit]: amount})
+    return timedelta(**{units[unit]: amount})
+
+
+def _positive_duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    duration = _duration(ctx, param, value)
     if duration <= timedelta(0):
         raise click.BadParameter(f"{value!r}: the duration must be positive", param=param)
     return duration
@@ -55,7 +59,7 @@ def _duration(_ctx: click.Context, param: click.Parameter, value: str) -> timede
 
 def _optional_duration(ctx: click.Context, param: click.Parameter,
                        value: str | None) -> timedelta | None:
-    return None if value is None else _duration(ctx, param, value)
+    return None if value is None else _positive_duration(ctx, param, value)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -308,13 +312,15 @@ def _env(name: str) -> str:
               help="Heartbeat probing of the data plane (the leader manages heartbeat "
               "Triggers and sends heartbeats; verdicts are merged into the report). Off by "
               "default until it has run in a real cluster.")
-@click.option("--probe-interval", default="30s", show_default=True, callback=_duration,
+@click.option("--probe-interval", default="30s", show_default=True,
+              callback=_positive_duration,
               envvar=_env("PROBE_INTERVAL"), help="Heartbeat interval per application.")
 @click.option("--probe-secret", default="kyma-system/eventmesh-health-heartbeat-keys",
               show_default=True, envvar=_env("PROBE_SECRET"),
               help="NAMESPACE/NAME of the Secret holding the HMAC keys (re-read every "
               "minute: rotation without restart).")
-@click.option("--probe-latency-slo", default="2s", show_default=True, callback=_duration,
+@click.option("--probe-latency-slo", default="2s", show_default=True,
+              callback=_positive_duration,
               envvar=_env("PROBE_LATENCY_SLO"),
               help="Degraded when the newest two heartbeats of a hop are both slower.")
 @click.option("--probe-max-loss", default=0.05, show_default=True,

@@ -380,7 +380,7 @@ def _localise(
     for each root cause of `problem`, downstream first."""
     failing: list[Hop] = []
     waiting: set[Hop] = set()  # suspect: awaiting a confirmation
-    vouchers: dict[Hop, list[datetime] | None] = {}  # hop -> when its good samples were sent
+    vouchers: dict[Hop, list[_Round] | None] = {}  # hop -> the rounds of its good samples
     for hop in Hop:
         verdict = verdicts[hop]
         if problem in verdict.problems:
@@ -392,7 +392,7 @@ def _localise(
             waiting.add(hop)
             continue
         if problem is Problem.SILENT or _judged(problem, verdict.stats, limits):
-            vouchers[hop] = _good_sent(problem, verdict.stats, limits)
+            vouchers[hop] = _good_rounds(problem, verdict.stats, limits)
     chosen: list[Hop] = []
     out: list[tuple[Hop, bool, bool]] = []
     for hop in reversed(failing):
@@ -400,13 +400,14 @@ def _localise(
             continue  # a symptom of a segment further down
         stats = verdicts[hop].stats
         assert stats is not None
-        bad = _bad_sent(problem, stats, limits)
-        # Only a good sample sent while this hop's bad ones were (the confirmation round
-        # sends every hop again) vouches: one from before the fault began, or of the same
-        # round as the first bad one, or sent after the fault ended while this hop's newer
-        # sample is still on its way, says nothing (its hop waits for a newer sample).
+        bad = _bad_rounds(problem, stats, limits)
+        # Only a good sample of a round after this hop's first bad one, up to its newest
+        # bad one, vouches (the confirmation round probes every hop again): one from before
+        # the fault began, or of the round in which it began (it may have passed just
+        # before), or from after the fault ended while this hop's newer sample is still on
+        # its way, says nothing, and its hop waits for a newer sample.
         fresh = {h for h, good in vouchers.items() if good is None or bad is None or any(
-            bad[0] + _SAME_ROUND < at <= bad[1] + _SAME_ROUND for at in good)}
+            run == bad[0] and bad[1] < sequence <= bad[2] for run, sequence in good)}
         stale = set(vouchers) - fresh
         vouched = {h for v in fresh for h in Hop if h.position >= v.position}
         if hop in vouched:
@@ -421,36 +422,34 @@ def _localise(
     return out
 
 
-# Probes of one round are created within milliseconds of each other; a confirmation round
-# follows at least a delivery later.
-_SAME_ROUND = timedelta(milliseconds=100)
+# A probing round: (run, sequence). Every round - regular or confirmation - sends one probe
+# into every hop of an application (and every namespace), so the hops' sequences stay in
+# step and a sequence names a round.
+_Round = tuple[str, int]
 
 
-def _sent(sample: RecentArrival) -> datetime:
-    return sample.arrived_at - timedelta(seconds=sample.latency)
-
-
-def _bad_sent(
+def _bad_rounds(
     problem: Problem, s: HopStats, limits: ProbeThresholds
-) -> tuple[datetime, datetime] | None:
-    """When the oldest and the newest of the bad samples a failing hop is judged on were
-    sent; None for problems not judged on samples."""
+) -> tuple[str, int, int] | None:
+    """(run, first, last sequence) of the bad samples a failing hop is judged on; None for
+    problems not judged on samples."""
     if problem not in (Problem.LATENCY, Problem.DUPLICATES):
         return None
     newest = _newest(problem, s, limits)
-    return (_sent(newest[0]), _sent(newest[-1])) if newest else None
+    if not newest:
+        return None
+    return (newest[-1].run, min(r.sequence for r in newest if r.run == newest[-1].run),
+            newest[-1].sequence)
 
 
-def _good_sent(
-    problem: Problem, s: HopStats, limits: ProbeThresholds
-) -> list[datetime] | None:
-    """When the hop's good samples (for `problem`) among the newest were sent; None for
+def _good_rounds(problem: Problem, s: HopStats, limits: ProbeThresholds) -> list[_Round] | None:
+    """The rounds of the hop's good samples (for `problem`) among the newest; None for
     problems not judged on samples."""
     if problem is Problem.LATENCY:
         slo = limits.latency_slo.total_seconds()
-        return [_sent(r) for r in s.recent if r.latency <= slo]
+        return [(r.run, r.sequence) for r in s.recent if r.latency <= slo]
     if problem is Problem.DUPLICATES:
-        return [_sent(r) for r in s.recent if r.settled and not r.duplicates]
+        return [(r.run, r.sequence) for r in s.recent if r.settled and not r.duplicates]
     return None
 
 

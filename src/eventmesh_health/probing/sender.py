@@ -155,6 +155,7 @@ class Sender:
         self.sent: dict[tuple[str, Hop], int] = {}
         self.failures: dict[tuple[str, Hop], int] = {}
         self._slots: asyncio.Semaphore | None = None  # made on first use, in the loop
+        self._rounds: dict[str, int] = {}  # the newest round's sequence per application
 
     async def close(self) -> None:
         if self._own_client:
@@ -170,18 +171,27 @@ class Sender:
         before the post is answered). Never raises (but cancellation)."""
         hops: list[tuple[Hop, str | None]] = [(Hop.INGRESS, None), (Hop.CHANNEL, None)]
         hops += [(Hop.BROKER, namespace) for namespace in namespaces]
+        # One sequence for the whole round: every hop (and namespace) of the application
+        # carries it, so sequences name rounds across hops (the health compares hops round
+        # by round) and each injection point still counts 1, 2, 3, ...
+        sequence = self._rounds.get(application, 0) + 1
+        self._rounds[application] = sequence
         sent = await asyncio.gather(*(
-            self.send_probe(application, hop, namespace, channel_url, on_send=on_send)
+            self.send_probe(application, hop, namespace, channel_url, on_send=on_send,
+                            sequence=sequence)
             for hop, namespace in hops))
         return [hb for hb in sent if hb is not None]
 
     async def send_probe(
         self, application: str, hop: Hop, namespace: str | None = None,
         channel_url: str | None = None, *, on_send: Callable[[Heartbeat], None] | None = None,
+        sequence: int | None = None,
     ) -> Heartbeat | None:
         """One probe into `hop` (`namespace`: for broker probes); the heartbeat sent, or
         None when there are no keys or no address for the hop. Never raises (but
-        cancellation); a failed post is counted in `failures`."""
+        cancellation); a failed post is counted in `failures`. `sequence`: the round's
+        (default: the next of the injection point's own counter; do not mix the two for
+        one application)."""
         keyring = self.keys()
         url = self.url(application, hop, namespace, channel_url)
         if keyring is None or url is None:
@@ -189,7 +199,7 @@ class Sender:
         binary = hop is not Hop.INGRESS or self.config.adapter_url_template is not None
         return await self._send(keyring, application, hop, url, binary=binary,
                                 namespace=namespace if hop is Hop.BROKER else None,
-                                on_send=on_send)
+                                on_send=on_send, sequence=sequence)
 
     def url(self, application: str, hop: Hop, namespace: str | None = None,
             channel_url: str | None = None) -> str | None:
@@ -206,8 +216,10 @@ class Sender:
 
     def _heartbeat(
         self, keyring: Keyring, application: str, hop: Hop, namespace: str | None,
+        sequence: int | None = None,
     ) -> Heartbeat:
-        sequence = self.sequences.next(application, hop, namespace)
+        if sequence is None:
+            sequence = self.sequences.next(application, hop, namespace)
         hb = new_heartbeat(application, hop, sequence, run=self.run, at=self.tracker.clock(),
                            type=self.config.heartbeat_type, namespace=namespace)
         return keyring.sign(hb)
@@ -215,21 +227,23 @@ class Sender:
     async def _send(
         self, keyring: Keyring, application: str, hop: Hop, url: str, *, binary: bool,
         namespace: str | None = None, on_send: Callable[[Heartbeat], None] | None = None,
+        sequence: int | None = None,
     ) -> Heartbeat | None:
         if self._slots is None:
             self._slots = asyncio.Semaphore(max(1, self.config.max_in_flight))
         async with self._slots:
             return await self._post(keyring, application, hop, url, binary=binary,
-                                    namespace=namespace, on_send=on_send)
+                                    namespace=namespace, on_send=on_send, sequence=sequence)
 
     async def _post(
         self, keyring: Keyring, application: str, hop: Hop, url: str, *, binary: bool,
         namespace: str | None, on_send: Callable[[Heartbeat], None] | None,
+        sequence: int | None,
     ) -> Heartbeat | None:
         key = (application, hop)
         hb: Heartbeat | None = None
         try:
-            hb = self._heartbeat(keyring, application, hop, namespace)
+            hb = self._heartbeat(keyring, application, hop, namespace, sequence)
             headers, body = to_binary(hb) if binary else to_legacy(hb)
             self.tracker.record_sent(application, hop, hb.sequence, run=self.run, at=hb.time,
                                      namespace=namespace)

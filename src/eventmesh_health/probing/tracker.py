@@ -41,10 +41,10 @@ row are missing. The tracker assumes it sees every delivery of the runs it recor
 heartbeat Triggers must deliver to the replica that sends (the leader).
 
 **The newest arrivals** (`HopStats.recent`, the last `RECENT` distinct heartbeats of a
-series, each with its latency and how many duplicates followed it) let the health judge
-the *current* state ("the newest two were slow") rather than the window's, so a verdict
-appears and clears within an interval or two. A heartbeat's duplicate count is *settled*
-once a duplicate came or the grace period passed.
+series in send order, each with its latency and how many duplicates followed it) let the
+health judge the *current* state ("the newest two were slow") rather than the window's,
+so a verdict appears and clears within an interval or two. A heartbeat's duplicate count
+is *settled* once a duplicate came or the grace period passed.
 
 **Outages and isolated loss.** A run of at least `outage_sends` consecutive unreceived
 sends is an outage (judged as silence while it lasts); the other unreceived sends, in runs
@@ -568,10 +568,7 @@ class Tracker:
                 window_received=counts[_RECEIVED], window_lost=counts[_LOST],
                 window_duplicates=counts[_DUPLICATE], window_out_of_order=counts[_OUT_OF_ORDER],
                 latency=LatencySummary.of(samples),
-                recent=tuple(
-                    RecentArrival(r.run, r.sequence, r.at, r.latency, r.duplicates,
-                                  settled=bool(r.duplicates) or r.at + self.grace <= now)
-                    for r in series.recent if r.at <= now),
+                recent=self._recent(series, now),
             ))
 
     def pair_stats(
@@ -627,6 +624,16 @@ class Tracker:
             judged=len(outcomes) - streak - outage)
 
     # --- internals --------------------------------------------------------------------
+
+    def _recent(self, series: _Series, now: datetime) -> tuple[RecentArrival, ...]:
+        """The newest arrivals in send order (run, then sequence), not arrival order: a
+        straggler of an earlier round is not the newest sample."""
+        runs = {run: i for i, run in enumerate(series.runs)}
+        ordered = sorted((r for r in series.recent if r.at <= now),
+                         key=lambda r: (runs.get(r.run, -1), r.sequence))
+        return tuple(RecentArrival(r.run, r.sequence, r.at, r.latency, r.duplicates,
+                                   settled=bool(r.duplicates) or r.at + self.grace <= now)
+                     for r in ordered)
 
     def _get(self, application: str, namespace: str, hop: Hop) -> _Series:
         key = (application, namespace, hop)
