@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import math
 import os
 import random
@@ -37,8 +36,16 @@ from lightkube import AsyncClient, Client, KubeConfig
 from tests.emulator.process import EmulatorProcess
 from tests.envtest.controlplane import ControlPlane, free_port
 from tests.envtest.fixtures import install_crds, load_test_crds
-from tests.live_objects import ApiServer, apply_example
-from tests.test_probe_e2e import BROKERSUB, FAULTS, PAIRS, PHASES, SECRET, _play_knative
+from tests.live_objects import ApiServer
+from tests.test_probe_e2e import (
+    BROKERSUB,
+    FAULTS,
+    PAIRS,
+    PHASES,
+    SECRET,
+    _play_knative,
+    apply_probe_mesh,
+)
 
 from eventmesh_health.probing import Hop, ProbeThresholds
 from eventmesh_health.probing.runner import ProbeSettings, data_plane_findings
@@ -61,16 +68,7 @@ def prepare(cp: ControlPlane) -> None:
         install_crds(client, load_test_crds())
     api = ApiServer(cp)
     try:
-        apply_example(api, "healthy-mesh")
-        for kind in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"):
-            url = f"/apis/admissionregistration.k8s.io/v1/{kind}"
-            for item in api.request("GET", url).json()["items"]:
-                api.request("DELETE", f"{url}/{item['metadata']['name']}")
-        answer = api.request("POST", "/api/v1/namespaces/kyma-system/secrets", {
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": SECRET, "namespace": "kyma-system"},
-            "data": {"k1": base64.b64encode(os.urandom(32)).decode()}})
-        assert answer.status_code == 201, answer.text
+        apply_probe_mesh(api, os.urandom(32))
     finally:
         api.close()
 

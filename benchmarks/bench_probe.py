@@ -61,11 +61,9 @@ import os
 import pstats
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -93,6 +91,7 @@ from eventmesh_health.probing.sender import SendConfig, Sender
 from eventmesh_health.serve.api import create_app, embedded_server
 from eventmesh_health.serve.metrics import Metrics
 from eventmesh_health.serve.state import HealthState
+from machine import LoadSampler
 
 HOST = "127.0.0.1"
 KEY_ENV = "BENCH_PROBE_KEY"  # the HMAC key, base64: children get it from the environment
@@ -126,35 +125,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (/proc/<pid>/stat: utime, stime)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class LoadSampler:
-    """The 1-minute load average, sampled every few seconds in a thread."""
-
-    def __init__(self, every: float = 2.0) -> None:
-        self.every = every
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="loadavg")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(os.getloadavg()[0])
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> LoadSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> str:
-        if not self.samples:
-            return "n/a"
-        return (f"mean {statistics.fmean(self.samples):.1f}, min {min(self.samples):.1f}, "
-                f"max {max(self.samples):.1f}")
 
 
 # --- child processes ------------------------------------------------------------------------
@@ -888,7 +858,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[Row], str]:
     keyring = Keyring(Key("bench", key))
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as folder, \
-            LoadSampler() as load_average:
+            LoadSampler(every=2.0) as load_average:
         children = Children(Path(folder), key)
         try:
             log("receiver, in-process")

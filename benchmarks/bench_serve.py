@@ -63,6 +63,7 @@ from tests.envtest.controlplane import ControlPlane, _die_with_parent, free_port
 from tests.envtest.fixtures import install_crds, load_test_crds
 
 import synthetic
+from machine import LoadSampler
 
 REPO = Path(__file__).resolve().parents[1]
 HEALTH_CRD = REPO / "deploy" / "crds" / "eventmeshhealths.eventmesh-health.kyma-project.io.yaml"
@@ -84,35 +85,6 @@ def log(message: str) -> None:
 
 
 # --- the machine ----------------------------------------------------------------------------
-
-
-class LoadSampler:
-    """The 1-minute load average, sampled every few seconds in a thread."""
-
-    def __init__(self, every: float = 5.0) -> None:
-        self.every = every
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="loadavg")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(os.getloadavg()[0])
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> LoadSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> str:
-        if not self.samples:
-            return "n/a"
-        return (f"mean {statistics.fmean(self.samples):.1f}, min {min(self.samples):.1f}, "
-                f"max {max(self.samples):.1f}")
 
 
 # --- the API server -------------------------------------------------------------------------

@@ -70,6 +70,21 @@ BROKERSUB = {("commerce-mock", "stage"): "brokersub-gp4fq",
              ("marketing", "stage"): "brokersub-jvssr"}
 
 
+def apply_probe_mesh(api: ApiServer, key: bytes) -> None:
+    """The healthy example mesh without its webhook configurations (they would reject the
+    checker's Triggers), plus the heartbeat key Secret (`k1` = `key`)."""
+    apply_example(api, "healthy-mesh")
+    for kind in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"):
+        url = f"/apis/admissionregistration.k8s.io/v1/{kind}"
+        for item in api.request("GET", url).json()["items"]:
+            api.request("DELETE", f"{url}/{item['metadata']['name']}")
+    answer = api.request("POST", "/api/v1/namespaces/kyma-system/secrets", {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": SECRET, "namespace": "kyma-system"},
+        "data": {"k1": base64.b64encode(key).decode()}})
+    assert answer.status_code in (201, 409), answer.text
+
+
 @pytest.fixture(scope="module")
 def mesh(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     """The healthy example mesh without its webhook configurations (they would reject the
@@ -78,16 +93,7 @@ def mesh(control_plane: ControlPlane) -> Iterator[ControlPlane]:
         control_plane.start_apiserver()
     api = ApiServer(control_plane)
     try:
-        apply_example(api, "healthy-mesh")
-        for kind in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"):
-            url = f"/apis/admissionregistration.k8s.io/v1/{kind}"
-            for item in api.request("GET", url).json()["items"]:
-                api.request("DELETE", f"{url}/{item['metadata']['name']}")
-        answer = api.request("POST", "/api/v1/namespaces/kyma-system/secrets", {
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": SECRET, "namespace": "kyma-system"},
-            "data": {"k1": base64.b64encode(KEY).decode()}})
-        assert answer.status_code in (201, 409), answer.text
+        apply_probe_mesh(api, KEY)
         yield control_plane
     finally:
         if not control_plane.apiserver_running:
