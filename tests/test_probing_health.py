@@ -72,6 +72,10 @@ def figures(hop: Hop, spec: str) -> HopStats:
         return HopStats(**base, **{**fine, "recent": tuple(
             RecentArrival(r.run, r.sequence - 2, r.arrived_at - 20 * S, r.latency, 0, True)
             for r in arrivals(0.05, 0.05, 0.06, 0.05))})
+    if spec == "fine-after":  # duplicated, then fine - but arrived after the others' newest
+        return HopStats(**base, **{**fine, "window_duplicates": 1, "recent": (
+            RecentArrival("run", 0, NOW - 12 * S, 0.05, 1, True),
+            RecentArrival("run", 1, NOW - S, 0.9, 0, True))})
     if spec == "slow1":
         return HopStats(**base, **{**fine, "recent": arrivals(0.05, 0.05, 0.06, 3.0)})
     if spec == "slow-before":  # slow in the window, the newest fast again
@@ -159,6 +163,13 @@ CASES = [
     ("slow", "fine-before", "fine", Health.HEALTHY, [], []),
     ("slow", "fine", "fine", Health.DEGRADED, [("HeartbeatLatencyHigh", HTTP_SOURCE)],
      [Culprit(IN, Problem.LATENCY)]),
+    # ... nor does one that passed after the fault ended (it ended during the newest round:
+    # the broker's probe of that round passed before, the ingress probe after)
+    ("fine-after", "dup", "dup", Health.DEGRADED, [("HeartbeatDuplicates", BROKER)],
+     [Culprit(BR, Problem.DUPLICATES)]),
+    # good samples that passed while the fault showed: the checker's own way in
+    ("fine", "slow", "fine", Health.DEGRADED, [("HeartbeatInjectionFailed", CHANNEL)],
+     [Culprit(CH, Problem.LATENCY, injection=True)]),
     # the current state counts, not the window's: recovered
     ("slow-before", "slow-before", "fine", Health.HEALTHY, [], []),
     ("outage-over", "fine", "fine", Health.HEALTHY, [], []),

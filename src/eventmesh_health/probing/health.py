@@ -37,7 +37,9 @@ taken downstream first; a hop already explained by a segment chosen for a hop be
 is a symptom; otherwise its own segment is blamed if no arriving hop vouches for it (a
 hop vouches only when its own newest sample is good: a suspect one, awaiting its
 confirmation, says nothing, and no segment above it is blamed until it is confirmed or
-cleared, which takes one delivery; when
+cleared, which takes one delivery; for latency and duplicates, only a good sample that
+arrived between the failing hop's first and last bad one vouches, since one from before
+the fault began or after it ended proves nothing; when
 the next hop down is not probed the message says the fault may lie further down), and
 when every segment it crosses is vouched for, the fault is its injection. Hence: broker
 probes arrive but channel ones do not → the `brokersub-` Subscription of that namespace;
@@ -380,7 +382,7 @@ def _localise(
     for each root cause of `problem`, downstream first."""
     failing: list[Hop] = []
     waiting: set[Hop] = set()  # suspect: awaiting a confirmation
-    vouchers: dict[Hop, list[_Round] | None] = {}  # hop -> the rounds of its good samples
+    vouchers: dict[Hop, list[RecentArrival] | None] = {}  # hop -> its good samples
     for hop in Hop:
         verdict = verdicts[hop]
         if problem in verdict.problems:
@@ -392,7 +394,7 @@ def _localise(
             waiting.add(hop)
             continue
         if problem is Problem.SILENT or _judged(problem, verdict.stats, limits):
-            vouchers[hop] = _good_rounds(problem, verdict.stats, limits)
+            vouchers[hop] = _good_samples(problem, verdict.stats, limits)
     chosen: list[Hop] = []
     out: list[tuple[Hop, bool, bool]] = []
     for hop in reversed(failing):
@@ -400,14 +402,9 @@ def _localise(
             continue  # a symptom of a segment further down
         stats = verdicts[hop].stats
         assert stats is not None
-        bad = _bad_rounds(problem, stats, limits)
-        # Only a good sample of a round after this hop's first bad one, up to its newest
-        # bad one, vouches (the confirmation round probes every hop again): one from before
-        # the fault began, or of the round in which it began (it may have passed just
-        # before), or from after the fault ended while this hop's newer sample is still on
-        # its way, says nothing, and its hop waits for a newer sample.
-        fresh = {h for h, good in vouchers.items() if good is None or bad is None or any(
-            run == bad[0] and bad[1] < sequence <= bad[2] for run, sequence in good)}
+        bad = _newest(problem, stats, limits) if problem in _SAMPLED else []
+        fresh = {h for h, good in vouchers.items()
+                 if good is None or not bad or _passed_during(good, bad)}
         stale = set(vouchers) - fresh
         vouched = {h for v in fresh for h in Hop if h.position >= v.position}
         if hop in vouched:
@@ -422,34 +419,39 @@ def _localise(
     return out
 
 
-# A probing round: (run, sequence). Every round - regular or confirmation - sends one probe
-# into every hop of an application (and every namespace), so the hops' sequences stay in
-# step and a sequence names a round.
-_Round = tuple[str, int]
+# Problems judged on samples: a hop vouches for them only with a good sample that passed
+# while the fault showed (`_passed_during`).
+_SAMPLED = (Problem.LATENCY, Problem.DUPLICATES)
 
 
-def _bad_rounds(
+def _passed_during(good: list[RecentArrival], bad: list[RecentArrival]) -> bool:
+    """Whether one of a hop's good samples arrived between the failing hop's first and
+    last bad arrival, so that it crossed the shared path while the fault was there.
+
+    Rounds alone cannot tell: in the round in which a fault begins, a probe may cross the
+    faulty point just before it (a good sample of that round), and in the round in which
+    it ends, just after it (a good sample of the failing hop's last bad round). Arrival
+    order follows crossing order because the probes share the path from there on. With a
+    single bad sample (`confirm_samples` 1) there is no interval: a good sample of the
+    same round vouches."""
+    if len(bad) < 2:
+        rounds = {(b.run, b.sequence) for b in bad}
+        return any((g.run, g.sequence) in rounds for g in good)
+    first = min(b.arrived_at for b in bad)
+    last = max(b.arrived_at for b in bad)
+    return any(first <= g.arrived_at <= last for g in good)
+
+
+def _good_samples(
     problem: Problem, s: HopStats, limits: ProbeThresholds
-) -> tuple[str, int, int] | None:
-    """(run, first, last sequence) of the bad samples a failing hop is judged on; None for
-    problems not judged on samples."""
-    if problem not in (Problem.LATENCY, Problem.DUPLICATES):
-        return None
-    newest = _newest(problem, s, limits)
-    if not newest:
-        return None
-    return (newest[-1].run, min(r.sequence for r in newest if r.run == newest[-1].run),
-            newest[-1].sequence)
-
-
-def _good_rounds(problem: Problem, s: HopStats, limits: ProbeThresholds) -> list[_Round] | None:
-    """The rounds of the hop's good samples (for `problem`) among the newest; None for
-    problems not judged on samples."""
+) -> list[RecentArrival] | None:
+    """The hop's good samples (for `problem`) among the newest; None for problems not
+    judged on samples."""
     if problem is Problem.LATENCY:
         slo = limits.latency_slo.total_seconds()
-        return [(r.run, r.sequence) for r in s.recent if r.latency <= slo]
+        return [r for r in s.recent if r.latency <= slo]
     if problem is Problem.DUPLICATES:
-        return [(r.run, r.sequence) for r in s.recent if r.settled and not r.duplicates]
+        return [r for r in s.recent if r.settled and not r.duplicates]
     return None
 
 
