@@ -427,6 +427,43 @@ async def test_only_the_leader_probes_and_a_new_leader_takes_the_triggers_over(
                 await r.stop()
 
 
+@envtest
+async def test_a_leader_probes_at_once_not_an_interval_later(mesh: ControlPlane) -> None:
+    """With a 10-minute interval, the first leader sends as soon as its first analysis
+    names what to probe (its first round ran before that, with nothing to probe), and the
+    replica that takes over sends as soon as it leads: neither waits for the next
+    interval."""
+    lease = f"probe-wake-{uuid.uuid4().hex[:6]}"
+    long = timedelta(minutes=10)
+    async with emulated(mesh) as (emu, _):
+        settings = probe_settings(emu, interval=long, thresholds=ProbeThresholds(
+            interval=long, max_loss_ratio=0.15, min_samples=5))
+        started = time.monotonic()
+        replicas = [start_replica(mesh, name, leader_election=True,
+                                  lease_namespace="kyma-system", lease_name=lease,
+                                  probe=settings, **LEASE)
+                    for name in ("replica-a", "replica-b")]
+        try:
+            leader = await wait_until("one leader", lambda: (
+                [r for r in replicas if r.leading] or [None])[0], 20)
+            follower = next(r for r in replicas if r is not leader)
+            await wait_until("the leader's first heartbeats",
+                             lambda: leader.prober.sender.sent, 30)
+            first_after = time.monotonic() - started
+            assert follower.prober.sender.sent == {}
+            stopped = time.monotonic()
+            await leader.stop()
+            await wait_until("the other replica leading", lambda: follower.leading, 10)
+            await wait_until("the new leader's first heartbeats",
+                             lambda: follower.prober.sender.sent, 10)
+            takeover_after = time.monotonic() - stopped
+            print(f"10-minute interval: first heartbeats {first_after:.2f}s after the start, "
+                  f"the new leader's {takeover_after:.2f}s after the leader stopped")
+        finally:
+            for r in replicas:
+                await r.stop()
+
+
 # --- key rotation -------------------------------------------------------------------------------
 
 

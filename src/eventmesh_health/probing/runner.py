@@ -301,6 +301,9 @@ class ProbeRunner:
         self._on_update: Callable[[], None] | None = None
         self._update_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # set when this replica starts leading: its first round starts at once instead of
+        # up to an interval later
+        self._wake = asyncio.Event()
         self.confirmations = 0
 
     def _keyring(self) -> Keyring:
@@ -318,11 +321,17 @@ class ProbeRunner:
 
     def leadership_changed(self, leading: bool) -> None:
         """A term starts or ends: forget the figures (an earlier term's last arrivals would
-        read as silence) and reconcile the Triggers at the next round (a new leader points
-        them at itself)."""
+        read as silence) and the rounds, reconcile the Triggers at the next round (a new
+        leader points them at itself), and a new leader starts that round at once."""
         self.since.clear()
         self._reconciled = None
         self.tracker.retain(())
+        self._regular.clear()
+        self._confirmation.clear()
+        self._confirmed.clear()
+        self._not_healthy.clear()
+        if leading:
+            self._wake.set()
         log.info("probing: %s", "leading: heartbeat Triggers will point here" if leading
                  else "not leading: not sending, not judging")
 
@@ -331,7 +340,12 @@ class ProbeRunner:
     def update(self, report: MeshReport | None, index: _Index | None) -> None:
         """The current control-plane view (called by the orchestrator after each analysis)."""
         if report is not None and index is not None:
+            had_targets = bool(self._targets)
             self._targets = targets(report, index)
+            if self._targets and not had_targets:
+                # the first round ran before the first analysis: probe now, not an
+                # interval later
+                self._wake.set()
 
     def pairs(self) -> frozenset[tuple[str, str]]:
         return frozenset((t.application, ns) for t in self._targets.values()
@@ -349,13 +363,16 @@ class ProbeRunner:
                 # rounds start every interval, however long the sends of one take
                 next_round = loop.time() + jittered(self.settings.interval.total_seconds(),
                                                     self.settings.jitter)
+                self._wake.clear()
                 try:
                     await self.round()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("probing round failed")
-                await asyncio.sleep(max(0.0, next_round - loop.time()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(),
+                                           max(0.0, next_round - loop.time()))
         finally:
             self._on_update = None
             for task in (ticker, *self._tasks):
