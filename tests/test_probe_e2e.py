@@ -507,6 +507,18 @@ def _diagnosis(probed: Probed) -> str:
                 f"sent {st.window_sent} unreceived {st.window_unreceived} streak "
                 f"{st.unreceived_streak} dups {st.window_duplicates} recent "
                 f"{[(r.sequence, round(r.latency, 3), r.duplicates) for r in st.recent[-3:]]}")
+    # what the newest evaluation judged on: (sequence, latency, duplicates, settled, age)
+    for (app, ns), verdict in sorted(prober.latest.items()):
+        for hop, judged in verdict.hops.items():
+            if judged.stats is None:
+                continue
+            s = judged.stats
+            recent = [(r.sequence, round(r.latency, 2), r.duplicates, r.settled,
+                       round((s.now - r.arrived_at).total_seconds(), 2)) for r in s.recent[-4:]]
+            lines.append(
+                f"judged at {s.now:%H:%M:%S.%f} {app}/{ns}/{hop.value}: {judged.state.value} "
+                f"{sorted(p.value for p in judged.problems)} streak {s.unreceived_streak} "
+                f"{list(s.streak_rounds[:3])} recent {recent}")
     return "\n".join(lines)
 
 

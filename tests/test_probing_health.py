@@ -52,6 +52,13 @@ def figures(hop: Hop, spec: str) -> HopStats:
         return HopStats(**base, **{**fine, "last_arrival": NOW - 31 * S, "window_received": 27,
                                    "window_unreceived": 3, "unreceived_streak": 3,
                                    "streak_last_sent": NOW - 8 * S})
+    if spec == "silent-rounds":  # rounds 2 and 3 (of 0-3) did not arrive
+        return HopStats(**base, **{**fine, "last_arrival": NOW - 22 * S, "recent": arrivals(
+            0.05, 0.05), "unreceived_streak": 2, "streak_last_sent": NOW - 2 * S,
+            "streak_rounds": (("run", 3), ("run", 2))})
+    if spec == "dropped-then-fine":  # round 2 lost, round 3 arrived (the fault just ended)
+        return HopStats(**base, **{**fine, "recent": tuple(
+            r for r in arrivals(0.05, 0.05, 0.06, 0.05) if r.sequence != 2)})
     if spec == "never":
         return HopStats(**base)
     if spec == "lossy":
@@ -170,6 +177,12 @@ CASES = [
     # good samples that passed while the fault showed: the checker's own way in
     ("fine", "slow", "fine", Health.DEGRADED, [("HeartbeatInjectionFailed", CHANNEL)],
      [Culprit(CH, Problem.LATENCY, injection=True)]),
+    # the same for silence: the ingress and channel probes passed in both silent rounds
+    # of the broker's, or in only the newest (the fault ended while it was under way)
+    ("fine", "fine", "silent-rounds", Health.DEGRADED, [("HeartbeatInjectionFailed", BROKER)],
+     [Culprit(BR, Problem.SILENT, injection=True)]),
+    ("dropped-then-fine", "dropped-then-fine", "silent-rounds", Health.UNHEALTHY,
+     [("NoHeartbeat", BROKER)], [Culprit(BR, Problem.SILENT)]),
     # the current state counts, not the window's: recovered
     ("slow-before", "slow-before", "fine", Health.HEALTHY, [], []),
     ("outage-over", "fine", "fine", Health.HEALTHY, [], []),

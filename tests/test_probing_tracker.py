@@ -147,6 +147,7 @@ def test_sent_but_never_arrived():
     s = t.stats(APP, NS, Hop.INGRESS)
     assert (s.window_sent, s.window_unreceived, s.unreceived_streak) == (5, 2, 2)
     assert s.streak_last_sent == T0 + 50 * S
+    assert s.streak_rounds == ((RUN, 5), (RUN, 4))  # newest first
     assert s.lost == 0 and s.loss_ratio == pytest.approx(0.4)
     assert s.availability == pytest.approx(0.6)
     clock.now = T0 + 66 * S

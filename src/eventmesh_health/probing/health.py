@@ -37,9 +37,9 @@ taken downstream first; a hop already explained by a segment chosen for a hop be
 is a symptom; otherwise its own segment is blamed if no arriving hop vouches for it (a
 hop vouches only when its own newest sample is good: a suspect one, awaiting its
 confirmation, says nothing, and no segment above it is blamed until it is confirmed or
-cleared, which takes one delivery; for latency and duplicates, only a good sample that
-arrived between the failing hop's first and last bad one vouches, since one from before
-the fault began or after it ended proves nothing; when
+cleared, which takes one delivery; and it vouches only if its probes passed in every
+round the failing hop is judged bad on, since a fault may begin or end between the
+moments two probes of one round cross the faulty point; when
 the next hop down is not probed the message says the fault may lie further down), and
 when every segment it crosses is vouched for, the fault is its injection. Hence: broker
 probes arrive but channel ones do not → the `brokersub-` Subscription of that namespace;
@@ -382,7 +382,7 @@ def _localise(
     for each root cause of `problem`, downstream first."""
     failing: list[Hop] = []
     waiting: set[Hop] = set()  # suspect: awaiting a confirmation
-    vouchers: dict[Hop, list[RecentArrival] | None] = {}  # hop -> its good samples
+    vouchers: dict[Hop, set[_Round] | None] = {}  # hop -> the rounds of its good samples
     for hop in Hop:
         verdict = verdicts[hop]
         if problem in verdict.problems:
@@ -394,7 +394,7 @@ def _localise(
             waiting.add(hop)
             continue
         if problem is Problem.SILENT or _judged(problem, verdict.stats, limits):
-            vouchers[hop] = _good_samples(problem, verdict.stats, limits)
+            vouchers[hop] = _good_rounds(problem, verdict.stats, limits)
     chosen: list[Hop] = []
     out: list[tuple[Hop, bool, bool]] = []
     for hop in reversed(failing):
@@ -402,9 +402,9 @@ def _localise(
             continue  # a symptom of a segment further down
         stats = verdicts[hop].stats
         assert stats is not None
-        bad = _newest(problem, stats, limits) if problem in _SAMPLED else []
+        bad = _bad_rounds(problem, stats, limits)
         fresh = {h for h, good in vouchers.items()
-                 if good is None or not bad or _passed_during(good, bad)}
+                 if good is None or bad is None or bad <= good}
         stale = set(vouchers) - fresh
         vouched = {h for v in fresh for h in Hop if h.position >= v.position}
         if hop in vouched:
@@ -419,39 +419,36 @@ def _localise(
     return out
 
 
-# Problems judged on samples: a hop vouches for them only with a good sample that passed
-# while the fault showed (`_passed_during`).
-_SAMPLED = (Problem.LATENCY, Problem.DUPLICATES)
+# A probing round: (run, sequence). Every round - regular or confirmation - sends one probe
+# into every hop of an application (and every namespace), so a sequence names a round.
+#
+# A hop vouches for a failing one only if its probes passed in *every* round the failing
+# hop is judged bad on (at least two): a fault can begin or end in the middle of a round,
+# between the moments two probes of that round cross the faulty point, so one round in
+# which one probe passed and the other did not proves nothing; two in a row do.
+_Round = tuple[str, int]
 
 
-def _passed_during(good: list[RecentArrival], bad: list[RecentArrival]) -> bool:
-    """Whether one of a hop's good samples arrived between the failing hop's first and
-    last bad arrival, so that it crossed the shared path while the fault was there.
-
-    Rounds alone cannot tell: in the round in which a fault begins, a probe may cross the
-    faulty point just before it (a good sample of that round), and in the round in which
-    it ends, just after it (a good sample of the failing hop's last bad round). Arrival
-    order follows crossing order because the probes share the path from there on. With a
-    single bad sample (`confirm_samples` 1) there is no interval: a good sample of the
-    same round vouches."""
-    if len(bad) < 2:
-        rounds = {(b.run, b.sequence) for b in bad}
-        return any((g.run, g.sequence) in rounds for g in good)
-    first = min(b.arrived_at for b in bad)
-    last = max(b.arrived_at for b in bad)
-    return any(first <= g.arrived_at <= last for g in good)
+def _bad_rounds(problem: Problem, s: HopStats, limits: ProbeThresholds) -> set[_Round] | None:
+    """The rounds a failing hop is judged bad on; None when not known (loss is a rate;
+    silence without the sender's records)."""
+    if problem is Problem.SILENT:
+        return set(s.streak_rounds[:limits.silent_sends]) or None
+    if problem in (Problem.LATENCY, Problem.DUPLICATES):
+        return {(r.run, r.sequence) for r in _newest(problem, s, limits)} or None
+    return None
 
 
-def _good_samples(
-    problem: Problem, s: HopStats, limits: ProbeThresholds
-) -> list[RecentArrival] | None:
-    """The hop's good samples (for `problem`) among the newest; None for problems not
-    judged on samples."""
+def _good_rounds(problem: Problem, s: HopStats, limits: ProbeThresholds) -> set[_Round] | None:
+    """The rounds of the hop's good samples (for `problem`) among the newest; None for
+    loss (a rate, not judged on samples)."""
+    if problem is Problem.SILENT:
+        return {(r.run, r.sequence) for r in s.recent}
     if problem is Problem.LATENCY:
         slo = limits.latency_slo.total_seconds()
-        return [r for r in s.recent if r.latency <= slo]
+        return {(r.run, r.sequence) for r in s.recent if r.latency <= slo}
     if problem is Problem.DUPLICATES:
-        return [r for r in s.recent if r.settled and not r.duplicates]
+        return {(r.run, r.sequence) for r in s.recent if r.settled and not r.duplicates}
     return None
 
 

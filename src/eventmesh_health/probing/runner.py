@@ -301,6 +301,8 @@ class ProbeRunner:
         self._on_update: Callable[[], None] | None = None
         self._update_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # the newest evaluation's verdicts, with the figures they were judged on
+        self.latest: dict[tuple[str, str], DataPlaneVerdict] = {}
         # set when this replica starts leading: its first round starts at once instead of
         # up to an interval later
         self._wake = asyncio.Event()
@@ -542,6 +544,7 @@ class ProbeRunner:
                     dead_letter=letter.describe() if letter else None)
         self._not_healthy = {pair for pair, v in out.items()
                              if v.health not in (Health.HEALTHY, Health.UNKNOWN)}
+        self.latest = out
         return out
 
     def merge(self, report: MeshReport, index: _Index | None) -> MeshReport:

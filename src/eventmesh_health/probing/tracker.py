@@ -184,6 +184,8 @@ class HopStats:
     window_unreceived: int | None = None
     unreceived_streak: int = 0  # the newest sends that should have arrived and did not
     streak_last_sent: datetime | None = None  # when the newest of those was sent
+    # the rounds (run, sequence) of the newest `RECENT` of those, newest first
+    streak_rounds: tuple[tuple[str, int], ...] = ()
     # unreceived sends outside outages (runs of >= outage_sends) and the ongoing run;
     # `window_judged`: the sends these are out of (the window's, minus both)
     window_isolated_unreceived: int | None = None
@@ -248,6 +250,7 @@ class _SenderSide:
     unreceived: int | None = None
     streak: int = 0
     streak_last: datetime | None = None
+    streak_rounds: tuple[tuple[str, int], ...] = ()
     isolated: int | None = None
     judged: int | None = None
 
@@ -255,6 +258,7 @@ class _SenderSide:
         return replace(
             base, window_sent=self.sent, window_unreceived=self.unreceived,
             unreceived_streak=self.streak, streak_last_sent=self.streak_last,
+            streak_rounds=self.streak_rounds,
             window_isolated_unreceived=self.isolated, window_judged=self.judged)
 
 
@@ -592,6 +596,7 @@ class Tracker:
         outcomes: list[bool] = []
         streak = 0
         streak_last: datetime | None = None
+        streak_rounds: list[tuple[str, int]] = []
         for at, run_id, seq in reversed(sent.records):
             if at > due:
                 continue
@@ -602,6 +607,8 @@ class Tracker:
             if not arrived and streak == len(outcomes):  # still in the newest run
                 streak += 1
                 streak_last = streak_last or at
+                if len(streak_rounds) < RECENT:
+                    streak_rounds.append((run_id, seq))
             outcomes.append(arrived)
         isolated = outage = 0
         gap = 0
@@ -620,7 +627,7 @@ class Tracker:
             isolated += gap
         return _SenderSide(
             sent=len(outcomes), unreceived=outcomes.count(False), streak=streak,
-            streak_last=streak_last, isolated=isolated,
+            streak_last=streak_last, streak_rounds=tuple(streak_rounds), isolated=isolated,
             judged=len(outcomes) - streak - outage)
 
     # --- internals --------------------------------------------------------------------
