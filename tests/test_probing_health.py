@@ -83,6 +83,15 @@ def figures(hop: Hop, spec: str) -> HopStats:
         return HopStats(**base, **{**fine, "window_duplicates": 1, "recent": (
             RecentArrival("run", 0, NOW - 12 * S, 0.05, 1, True),
             RecentArrival("run", 1, NOW - S, 0.9, 0, True))})
+    if spec == "dup-new":  # duplicated in the two newest rounds, the newest just now
+        return HopStats(**base, **{**fine, "window_duplicates": 2, "recent": (
+            RecentArrival("run", 1, NOW - 12 * S, 0.05, 1, True),
+            RecentArrival("run", 2, NOW - S, 0.05, 1, True))})
+    if spec == "fine-unsettled":  # fine, the newest (round 2) not settled yet
+        return HopStats(**base, **{**fine, "recent": (
+            RecentArrival("run", 0, NOW - 22 * S, 0.05, 0, True),
+            RecentArrival("run", 1, NOW - 12 * S, 0.05, 0, True),
+            RecentArrival("run", 2, NOW - S, 0.05, 0, False))})
     if spec == "slow1":
         return HopStats(**base, **{**fine, "recent": arrivals(0.05, 0.05, 0.06, 3.0)})
     if spec == "slow-before":  # slow in the window, the newest fast again
@@ -183,6 +192,11 @@ CASES = [
      [Culprit(BR, Problem.SILENT, injection=True)]),
     ("dropped-then-fine", "dropped-then-fine", "silent-rounds", Health.UNHEALTHY,
      [("NoHeartbeat", BROKER)], [Culprit(BR, Problem.SILENT)]),
+    # the channel waits for the broker's newest sample to settle; the ingress, which
+    # crosses the channel's segment too, waits with it instead of being blamed itself
+    ("dup", "dup-new", "fine-unsettled", Health.HEALTHY, [], []),
+    ("dup", "dup-new", "fine", Health.DEGRADED, [("HeartbeatDuplicates", BROKERSUB)],
+     [Culprit(CH, Problem.DUPLICATES)]),
     # the current state counts, not the window's: recovered
     ("slow-before", "slow-before", "fine", Health.HEALTHY, [], []),
     ("outage-over", "fine", "fine", Health.HEALTHY, [], []),

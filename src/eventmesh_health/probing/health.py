@@ -39,7 +39,8 @@ hop vouches only when its own newest sample is good: a suspect one, awaiting its
 confirmation, says nothing, and no segment above it is blamed until it is confirmed or
 cleared, which takes one delivery; and it vouches only if its probes passed in every
 round the failing hop is judged bad on, since a fault may begin or end between the
-moments two probes of one round cross the faulty point; when
+moments two probes of one round cross the faulty point; a failing hop that waits for a
+hop below it keeps the failing hops above it waiting too, as they may be its symptoms; when
 the next hop down is not probed the message says the fault may lie further down), and
 when every segment it crosses is vouched for, the fault is its injection. Hence: broker
 probes arrive but channel ones do not → the `brokersub-` Subscription of that namespace;
@@ -396,10 +397,13 @@ def _localise(
         if problem is Problem.SILENT or _judged(problem, verdict.stats, limits):
             vouchers[hop] = _good_rounds(problem, verdict.stats, limits)
     chosen: list[Hop] = []
+    deferred: list[Hop] = []  # failing, but waiting for a hop further down
     out: list[tuple[Hop, bool, bool]] = []
     for hop in reversed(failing):
         if any(c.position >= hop.position for c in chosen):
             continue  # a symptom of a segment further down
+        if deferred:
+            continue  # may be a symptom of the deferred hop's segment: wait with it
         stats = verdicts[hop].stats
         assert stats is not None
         bad = _bad_rounds(problem, stats, limits)
@@ -412,7 +416,8 @@ def _localise(
             continue
         below = [h for h in Hop if h.position > hop.position and h not in vouched]
         if any(h in waiting or h in stale for h in below):
-            continue  # a hop further down may be the one: wait for its next sample
+            deferred.append(hop)  # a hop further down may be the one: wait for its sample
+            continue
         ambiguous = bool(below) and verdicts[below[0]].state is not HopState.SILENT
         chosen.append(hop)
         out.append((hop, False, ambiguous))
