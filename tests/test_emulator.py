@@ -383,7 +383,7 @@ async def test_stop(hop: str, emu: Emulator, http: httpx.AsyncClient) -> None:
         await emu.idle()
         failure = emu.trace()
         assert emu.counters(UPSTREAM[hop]).failed >= 1, failure
-        assert any("ConnectError" in t.get("detail", "") for t in failure), failure
+        assert any("ClientConnectorError" in t.get("detail", "") for t in failure), failure
     await emu.idle()
     assert emu.delivered == []
     await recovered(http, emu)
