@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 
 from eventmesh_health.probing import (
@@ -22,88 +21,141 @@ from eventmesh_health.probing import (
     parse_http,
 )
 from eventmesh_health.probing.sender import KeySource, SendConfig, Sender, jittered
+from tests.emulator.http import Abort, HttpServer, Request, Response
+from tests.envtest.controlplane import free_port
 
 KEY = base64.b64encode(b"k" * 32).decode()
 KEYRING = keyring_from_secret_data({"k1": KEY})
 
 
-def client(requests: list[httpx.Request], status: int = 202,
-           fail: str | None = None) -> httpx.AsyncClient:
-    def handle(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        if fail and fail in str(request.url):
-            raise httpx.ConnectError("refused", request=request)
-        return httpx.Response(status)
-    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+class Sink:
+    """A real HTTP server on loopback that records every request; answers `status`, and
+    closes the connection without an answer for paths containing `fail`."""
 
+    def __init__(self, status: int = 202, fail: str | None = None,
+                 handle: Any = None) -> None:
+        self.requests: list[Request] = []
+        self.status, self.fail, self._handle = status, fail, handle
+        self.server = HttpServer(self._serve)
 
-CONFIG = SendConfig(
-    event_service_url_template="http://es/{app}/v1/events",
-    channel_url_template="http://ch/{app}",
-    broker_url_template="http://broker/{namespace}",
-)
+    async def _serve(self, request: Request) -> Response:
+        self.requests.append(request)
+        if self._handle is not None:
+            return await self._handle(request)
+        if self.fail and self.fail in request.path:
+            raise Abort
+        return Response(self.status)
+
+    async def __aenter__(self) -> Sink:
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def config(self, **overrides: Any) -> SendConfig:
+        options: dict[str, Any] = {
+            "event_service_url_template": self.url + "/es/{app}/v1/events",
+            "channel_url_template": self.url + "/ch/{app}",
+            "broker_url_template": self.url + "/broker/{namespace}",
+        }
+        options.update(overrides)
+        return SendConfig(**options)
+
+    def paths(self) -> list[str]:
+        return sorted(r.path for r in self.requests)
 
 
 async def test_one_round_ingress_channel_and_one_broker_probe_per_namespace() -> None:
-    requests: list[httpx.Request] = []
     tracker = Tracker()
-    sender = Sender(tracker, lambda: KEYRING, "run-1", config=CONFIG,
-                    client=client(requests))
-    await sender.send_application("commerce-mock", ["stage", "prod"])
-    urls = sorted(str(r.url) for r in requests)
-    assert urls == ["http://broker/prod", "http://broker/stage", "http://ch/commerce-mock",
-                    "http://es/commerce-mock/v1/events"]
-    verifier = Verifier(KEYRING)
-    for request in requests:
-        if "/v1/events" in str(request.url):
-            body = json.loads(request.content)
-            assert body["event-type"] == "eventmesh-health.heartbeat"
-            assert body["event-type-version"] == "v1"
-            assert body["data"]["emhhop"] == "ingress"
-            continue
-        hb = heartbeat_from_event(parse_http(request.headers.items(), request.content))
-        verifier.check_signature(hb)
-        assert hb.application == "commerce-mock" and hb.run == "run-1" and hb.sequence == 1
-        if hb.hop is Hop.BROKER:
-            assert str(request.url).endswith(hb.namespace or "?")
-    assert tracker.sent_totals() == {("commerce-mock", Hop.INGRESS): 1,
-                                     ("commerce-mock", Hop.CHANNEL): 1,
-                                     ("commerce-mock", Hop.BROKER): 2}
-    second = await sender.send_application("commerce-mock", ["stage"])
-    # one sequence per round, on every hop: sequences name rounds across hops
-    assert {(hb.hop, hb.namespace, hb.sequence) for hb in second} == {
-        (Hop.INGRESS, None, 2), (Hop.CHANNEL, None, 2), (Hop.BROKER, "stage", 2)}
+    async with Sink() as sink:
+        sender = Sender(tracker, lambda: KEYRING, "run-1", config=sink.config())
+        try:
+            await sender.send_application("commerce-mock", ["stage", "prod"])
+            assert sink.paths() == ["/broker/prod", "/broker/stage", "/ch/commerce-mock",
+                                    "/es/commerce-mock/v1/events"]
+            verifier = Verifier(KEYRING)
+            for request in sink.requests:
+                if request.path.endswith("/v1/events"):
+                    body = json.loads(request.body)
+                    assert body["event-type"] == "eventmesh-health.heartbeat"
+                    assert body["event-type-version"] == "v1"
+                    assert body["data"]["emhhop"] == "ingress"
+                    continue
+                hb = heartbeat_from_event(parse_http(request.headers.items(), request.body))
+                verifier.check_signature(hb)
+                assert hb.application == "commerce-mock" and hb.run == "run-1"
+                assert hb.sequence == 1
+                if hb.hop is Hop.BROKER:
+                    assert request.path.endswith(hb.namespace or "?")
+            assert tracker.sent_totals() == {("commerce-mock", Hop.INGRESS): 1,
+                                             ("commerce-mock", Hop.CHANNEL): 1,
+                                             ("commerce-mock", Hop.BROKER): 2}
+            second = await sender.send_application("commerce-mock", ["stage"])
+            # one sequence per round, on every hop: sequences name rounds across hops
+            assert {(hb.hop, hb.namespace, hb.sequence) for hb in second} == {
+                (Hop.INGRESS, None, 2), (Hop.CHANNEL, None, 2), (Hop.BROKER, "stage", 2)}
+            assert sender.failures == {}
+        finally:
+            await sender.close()
 
 
 async def test_channel_address_from_the_channel_and_binary_to_the_adapter() -> None:
-    requests: list[httpx.Request] = []
-    config = SendConfig(adapter_url_template="http://adapter/{app}",
-                        broker_url_template="http://b/{namespace}")
-    sender = Sender(Tracker(), lambda: KEYRING, "run-1", config=config,
-                    client=client(requests))
-    await sender.send_application("app", [], channel_url="http://app-kn-channel.x")
-    assert sorted(str(r.url) for r in requests) == ["http://adapter/app",
-                                                     "http://app-kn-channel.x"]
-    assert all(r.headers["ce-specversion"] == "1.0" for r in requests)
+    async with Sink() as sink:
+        config = SendConfig(adapter_url_template=sink.url + "/adapter/{app}",
+                            broker_url_template=sink.url + "/b/{namespace}")
+        sender = Sender(Tracker(), lambda: KEYRING, "run-1", config=config)
+        try:
+            await sender.send_application("app", [], channel_url=sink.url + "/app-kn-channel")
+        finally:
+            await sender.close()
+    assert sink.paths() == ["/adapter/app", "/app-kn-channel"]
+    assert all(r.headers["ce-specversion"] == "1.0" for r in sink.requests)
 
 
 @pytest.mark.parametrize("status", [500, 404])
 async def test_failures_are_counted_and_recorded_as_sent_never_raised(status: int) -> None:
-    requests: list[httpx.Request] = []
     tracker = Tracker()
-    sender = Sender(tracker, lambda: KEYRING, "run-1", config=CONFIG,
-                    client=client(requests, status=status, fail="broker/prod"))
-    await sender.send_application("a", ["stage", "prod"])
-    assert sender.failures[("a", Hop.BROKER)] == 2  # one refused, one non-2xx
+    async with Sink(status=status, fail="broker/prod") as sink:
+        sender = Sender(tracker, lambda: KEYRING, "run-1", config=sink.config())
+        try:
+            await sender.send_application("a", ["stage", "prod"])
+        finally:
+            await sender.close()
+    assert sender.failures[("a", Hop.BROKER)] == 2  # one without an answer, one non-2xx
     assert sender.failures[("a", Hop.INGRESS)] == 1
     assert tracker.sent_totals()[("a", Hop.BROKER)] == 2
 
 
+async def test_an_unreachable_hop_is_a_failure_within_the_timeout() -> None:
+    port = free_port()  # nothing listens there
+    config = SendConfig(event_service_url_template=f"http://127.0.0.1:{port}/{{app}}",
+                        channel_url_template=f"http://127.0.0.1:{port}/ch",
+                        broker_url_template=f"http://127.0.0.1:{port}/{{namespace}}",
+                        timeout=2.0)
+    tracker = Tracker()
+    sender = Sender(tracker, lambda: KEYRING, "run-1", config=config)
+    try:
+        sent = await asyncio.wait_for(sender.send_application("a", ["stage"]), 10)
+    finally:
+        await sender.close()
+    assert len(sent) == 3
+    assert sender.failures == {("a", Hop.INGRESS): 1, ("a", Hop.CHANNEL): 1,
+                               ("a", Hop.BROKER): 1}
+
+
 async def test_nothing_is_sent_without_keys() -> None:
-    requests: list[httpx.Request] = []
-    sender = Sender(Tracker(), lambda: None, "run-1", config=CONFIG, client=client(requests))
-    await sender.send_application("a", ["stage"])
-    assert requests == []
+    async with Sink() as sink:
+        sender = Sender(Tracker(), lambda: None, "run-1", config=sink.config())
+        try:
+            assert await sender.send_application("a", ["stage"]) == []
+        finally:
+            await sender.close()
+    assert sink.requests == []
 
 
 async def test_keys_reloaded_and_the_last_good_keyring_kept() -> None:
@@ -184,25 +236,26 @@ async def test_posts_in_flight_are_capped_and_each_told_before_it_is_posted() ->
     once; a probe is made (timed, recorded, told) only when it gets its slot."""
     in_flight, peak, told = 0, 0, []
 
-    async def handle(request: httpx.Request) -> httpx.Response:
+    async def handle(request: Request) -> Response:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
-        event_id = request.headers.get("ce-id") or json.loads(request.content)["event-id"]
+        event_id = request.headers.get("ce-id") or json.loads(request.body)["event-id"]
         assert event_id in {hb.id for hb in told}  # told before it was posted
         await asyncio.sleep(0.005)
         in_flight -= 1
-        return httpx.Response(202)
+        return Response(202)
 
     tracker = Tracker()
-    config = SendConfig(event_service_url_template="http://es/{app}/v1/events",
-                        channel_url_template="http://ch/{app}",
-                        broker_url_template="http://broker/{namespace}", max_in_flight=5)
-    sender = Sender(tracker, lambda: KEYRING, "run-1", config=config,
-                    client=httpx.AsyncClient(transport=httpx.MockTransport(handle)))
-    rounds = await asyncio.gather(*(
-        sender.send_application(f"app-{i}", ["stage", "prod"], on_send=told.append)
-        for i in range(20)))
+    async with Sink(handle=handle) as sink:
+        sender = Sender(tracker, lambda: KEYRING, "run-1",
+                        config=sink.config(max_in_flight=5))
+        try:
+            rounds = await asyncio.gather(*(
+                sender.send_application(f"app-{i}", ["stage", "prod"], on_send=told.append)
+                for i in range(20)))
+        finally:
+            await sender.close()
     assert peak == 5
     assert sum(len(r) for r in rounds) == len(told) == 80
     assert sum(tracker.sent_totals().values()) == 80

@@ -16,6 +16,12 @@ waiting for a slot is made (and timed, and recorded) only when it gets one. Fail
 answer, timeout, non-2xx) are counted in `failures` per (application, hop) and logged at
 debug level; nothing raises out of `send_application` but cancellation.
 
+The HTTP client is aiohttp's: it costs a fraction of httpx's CPU per post (see the
+README's dependency table), and the sender makes three or more posts per application and
+round. Its session is made on the first send, in the running loop; connections idle for
+`keepalive` seconds are closed by the sender, before a server's own idle timeout could
+close one just as a post goes out on it.
+
 Keys come from a Kubernetes Secret (`KeySource`): read through the API, parsed with
 `signing.keyring_from_secret_data`, re-read every `reload` so a rotation takes effect
 without a restart. A Secret that cannot be read or parsed keeps the last good keyring (and
@@ -32,7 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-import httpx
+import aiohttp
 
 from eventmesh_health.probing.heartbeat import (
     DEFAULT_TYPE,
@@ -75,12 +81,14 @@ class SendConfig:
     channel_url_template: str | None = None  # None: the Channel's status.address.url
     broker_url_template: str = DEFAULT_BROKER_URL_TEMPLATE
     heartbeat_type: str = DEFAULT_TYPE
-    timeout: float = 5.0  # seconds, per request (connect, read, write, pool)
+    timeout: float = 5.0  # seconds, per request in total (connect, send, answer)
     # posts in flight at once; the rest wait before their heartbeat is even made, so a
-    # queued probe neither counts as sent nor carries an old time. Below the client's 64
-    # connections: httpx's pool bookkeeping grows quadratically with waiting requests
-    # (a 1,000-application round all at once stalled the event loop for a minute).
+    # queued probe neither counts as sent nor carries an old time (a post waiting in the
+    # client's pool would carry a time from before it waited). Below the client's 64
+    # connections. (With httpx, a 1,000-application round all at once stalled the event
+    # loop for a minute in its pool bookkeeping.)
     max_in_flight: int = 32
+    keepalive: float = 4.0  # seconds an idle connection is kept
 
 
 def fill(template: str, application: str, namespace: str = "") -> str:
@@ -141,7 +149,7 @@ class Sender:
         run: str,
         *,
         config: SendConfig | None = None,
-        client: httpx.AsyncClient | None = None,
+        client: aiohttp.ClientSession | None = None,
     ) -> None:
         self.tracker = tracker
         self.keys = keys
@@ -149,17 +157,25 @@ class Sender:
         self.config = config or SendConfig()
         self.sequences = SequenceCounter()
         self._own_client = client is None
-        self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(self.config.timeout), trust_env=False,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self.client = client  # made on the first send, in the running loop
         self.sent: dict[tuple[str, Hop], int] = {}
         self.failures: dict[tuple[str, Hop], int] = {}
+        self.accepted = 0  # posts answered 2xx
         self._slots: asyncio.Semaphore | None = None  # made on first use, in the loop
         self._rounds: dict[str, int] = {}  # the newest round's sequence per application
 
     async def close(self) -> None:
-        if self._own_client:
-            await self.client.aclose()
+        if self._own_client and self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self.client is None:
+            self.client = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=self.config.keepalive),
+                trust_env=False)
+        return self.client
 
     async def send_application(
         self, application: str, namespaces: list[str], channel_url: str | None = None,
@@ -250,10 +266,11 @@ class Sender:
             self.sent[key] = self.sent.get(key, 0) + 1
             if on_send is not None:
                 on_send(hb)
-            answer = await self.client.post(url, headers=headers, content=body)
-            if not 200 <= answer.status_code < 300:
-                raise httpx.HTTPStatusError(f"HTTP {answer.status_code}",
-                                            request=answer.request, response=answer)
+            async with self._session().post(url, headers=headers, data=body) as answer:
+                await answer.read()
+                if not 200 <= answer.status < 300:
+                    raise _Refused(f"HTTP {answer.status}")
+            self.accepted += 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -261,6 +278,10 @@ class Sender:
             log.debug("%s probe of %s to %s failed: %s", hop.value, application, url,
                       _describe(exc))
         return hb
+
+
+class _Refused(Exception):
+    """A non-2xx answer."""
 
 
 def _describe(exc: BaseException) -> str:
