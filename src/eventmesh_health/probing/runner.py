@@ -297,11 +297,11 @@ class ProbeRunner:
         self._regular: dict[_ProbeKey, int] = {}
         self._confirmation: dict[_ProbeKey, int] = {}
         self._confirmed: set[str] = set()
-        self._not_healthy: set[tuple[str, str]] = set()
         self._on_update: Callable[[], None] | None = None
         self._update_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
-        # the newest evaluation's verdicts, with the figures they were judged on
+        # the newest evaluation's verdicts, with the figures they were judged on (an
+        # arrival for a pair judged neither Healthy nor Unknown re-evaluates soon)
         self.latest: dict[tuple[str, str], DataPlaneVerdict] = {}
         # set when this replica starts leading: its first round starts at once instead of
         # up to an interval later
@@ -331,7 +331,7 @@ class ProbeRunner:
         self._regular.clear()
         self._confirmation.clear()
         self._confirmed.clear()
-        self._not_healthy.clear()
+        self.latest = {}
         if leading:
             self._wake.set()
         log.info("probing: %s", "leading: heartbeat Triggers will point here" if leading
@@ -493,8 +493,9 @@ class ProbeRunner:
         if ((arrival is Arrival.DUPLICATE or slow) and self._regular.get(key) == hb.sequence
                 and hb.application not in self._confirmed):
             self._spawn(self._confirm(hb))
-        pair = (hb.application, namespace)
-        if self._confirmation.get(key) == hb.sequence or pair in self._not_healthy:
+        verdict = self.latest.get((hb.application, namespace))
+        if self._confirmation.get(key) == hb.sequence or (
+                verdict is not None and verdict.health not in (Health.HEALTHY, Health.UNKNOWN)):
             self._update_soon()
             # and when it counts as not duplicated: a grace period after its arrival
             asyncio.get_running_loop().call_later(
@@ -542,8 +543,6 @@ class ProbeRunner:
                     objects=objects, not_meaningful=not_meaningful,
                     caused_by=_root_cause(ns) if not_meaningful else None,
                     dead_letter=letter.describe() if letter else None)
-        self._not_healthy = {pair for pair, v in out.items()
-                             if v.health not in (Health.HEALTHY, Health.UNKNOWN)}
         self.latest = out
         return out
 
