@@ -198,6 +198,27 @@ class Children:
         result: dict[str, Any] = json.loads(out.splitlines()[-1])
         return result
 
+    def measure_against(self, server_role: str, server_params: dict[str, Any],
+                        server_cpu: int, ready_path: str, client_role: str,
+                        client_params: dict[str, Any], client_cpu: int, timeout: float,
+                        ) -> dict[str, Any]:
+        """A server child on `server_cpu`, listening on a free port (`port` in both
+        children's params), then a measuring child on `client_cpu` (told the server's
+        `server_pid` too) until its result; every child is stopped afterwards."""
+        port = free_port()
+        server = self.start(server_role, {**server_params, "port": port}, server_cpu,
+                            server=True)
+        try:
+            wait_ready(server, f"http://{HOST}:{port}{ready_path}")
+            client = self.start(client_role, {**client_params, "port": port,
+                                              "server_pid": server.pid},
+                                client_cpu, server=False)
+            result = self.result(client, timeout)
+            server.check_alive()
+        finally:
+            self.stop_all()
+        return result
+
     def stop(self, child: Child) -> None:
         if child.process.poll() is None:
             child.process.terminate()
@@ -620,7 +641,7 @@ class SenderBench:
         self.sender = Sender(Tracker(), lambda: keyring, new_run_id("bench-probe"),
                              config=config)
         self.apps, self.namespaces = names(params["apps"], params["namespaces"])
-        self.sink_pid: int = params["sink_pid"]
+        self.sink_pid: int = params["server_pid"]
         self.failures = FailureLog()
         probing_log = logging.getLogger("eventmesh_health.probing")
         probing_log.setLevel(logging.DEBUG)
@@ -776,19 +797,12 @@ def bench_in_process(args: argparse.Namespace, keyring: Keyring, cpu: int) -> li
 def bench_receiver_http(args: argparse.Namespace, children: Children, cpus: tuple[int, int],
                         access_log: bool) -> Row:
     """The receiver under uvicorn on one CPU, saturated from the other."""
-    port = free_port()
-    server = children.start("receiver", {"port": port, "access_log": access_log}, cpus[0],
-                            server=True)
-    try:
-        wait_ready(server, f"http://{HOST}:{port}/healthz")
-        client = children.start("load", {
-            "port": port, "server_pid": server.pid, "apps": args.apps,
-            "namespaces": args.namespaces, "concurrency": args.concurrency,
-            "warmup": args.warmup, "seconds": args.seconds}, cpus[1], server=False)
-        result = children.result(client, timeout=WARMUP_LIMIT + args.seconds + 120)
-        server.check_alive()
-    finally:
-        children.stop_all()
+    result = children.measure_against(
+        "receiver", {"access_log": access_log}, cpus[0], "/healthz",
+        "load", {"apps": args.apps, "namespaces": args.namespaces,
+                 "concurrency": args.concurrency, "warmup": args.warmup,
+                 "seconds": args.seconds}, cpus[1],
+        timeout=WARMUP_LIMIT + args.seconds + 120)
     if result["errors"]:
         log(f"receiver answers: {result['statuses']}, connections lost: "
             f"{result['lost_connections']}")
@@ -805,18 +819,12 @@ def bench_receiver_http(args: argparse.Namespace, children: Children, cpus: tupl
 def bench_sender(args: argparse.Namespace, children: Children, cpus: tuple[int, int]
                  ) -> list[Row]:
     """The sender on the measured CPU against the sink on the other one."""
-    port = free_port()
-    sink_child = children.start("sink", {"port": port}, cpus[1], server=True)
-    try:
-        wait_ready(sink_child, f"http://{HOST}:{port}/")
-        sender = children.start("sender", {
-            "port": port, "sink_pid": sink_child.pid, "apps": args.apps,
-            "namespaces": args.namespaces, "in_flight": args.sender_concurrency,
-            "warmup": args.warmup, "seconds": args.seconds}, cpus[0], server=False)
-        result = children.result(sender, timeout=args.warmup + 2 * args.seconds + 120)
-        sink_child.check_alive()
-    finally:
-        children.stop_all()
+    result = children.measure_against(
+        "sink", {}, cpus[1], "/",
+        "sender", {"apps": args.apps, "namespaces": args.namespaces,
+                   "in_flight": args.sender_concurrency, "warmup": args.warmup,
+                   "seconds": args.seconds}, cpus[0],
+        timeout=args.warmup + 2 * args.seconds + 120)
     if result["warmup_failed"]:
         raise BenchError(f"{result['warmup_failed']} posts failed while warming up the sender")
     for name, figures in (("bounded", result["bounded"]), ("all at once", result["all_at_once"])):
