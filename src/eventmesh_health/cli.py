@@ -38,16 +38,25 @@ from eventmesh_health.sources.files import SnapshotError, load_snapshot
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_INPUT, EXIT_CLUSTER = 0, 1, 2, 3
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+# No threshold or timeout of this tool is meaningful beyond this; larger ones overflow.
+_LONGEST = timedelta(days=3650)
 
 
 def _duration(_ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
     match = _DURATION.match(value.strip())
     if match is None:
         raise click.BadParameter(
-            f"{value!r} is not a duration like 500ms, 90s, 1.5m or 2h", param=param)
+            f"{value[:40]!r} is not a duration like 500ms, 90s, 1.5m or 2h", param=param)
     amount, unit = float(match.group(1)), match.group(2)
     units = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}
-    return timedelta(**{units[unit]: amount})
+    try:
+        result = timedelta(**{units[unit]: amount})
+    except OverflowError:
+        result = _LONGEST + _LONGEST
+    if result > _LONGEST:
+        raise click.BadParameter(f"{value[:40]!r}: longer than {_LONGEST.days} days",
+                                 param=param)
+    return result
 
 
 def _positive_duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
@@ -82,8 +91,9 @@ def _timeout(_ctx: click.Context, param: click.Parameter, value: str) -> float:
     seconds = 0.0
     if match is not None:
         seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
-    if seconds <= 0:
-        raise click.BadParameter(f"{value!r} is not a timeout like 10s, 30 or 1m", param=param)
+    if not 0 < seconds <= _LONGEST.total_seconds():
+        raise click.BadParameter(f"{value[:40]!r} is not a timeout like 10s, 30 or 1m",
+                                 param=param)
     return seconds
 
 

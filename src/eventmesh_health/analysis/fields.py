@@ -23,6 +23,17 @@ class Malformed(Exception):
         super().__init__(f"{self.path} is a {self.got}, expected {expected}")
 
 
+class DuplicateCondition(Malformed):
+    """Two conditions of one type: a controller never writes that, so neither is believed."""
+
+    def __init__(self, path: tuple[str, ...], type_: str) -> None:
+        Exception.__init__(self, f"{'.'.join(path)} has the condition type {type_[:60]!r} "
+                           "more than once")
+        self.path = ".".join(path)
+        self.expected = "unique condition types"
+        self.got = "a duplicate"
+
+
 def _walk(obj: object, path: tuple[str, ...]) -> object:
     current = obj
     for depth, key in enumerate(path):
@@ -91,11 +102,16 @@ def conditions(obj: Obj, *path: str) -> list[dict[str, Any]]:
     """The condition list at `path` (default status.conditions); each must be a map with a type."""
     where = path or ("status", "conditions")
     items = get_list(obj, *where) or []
+    seen: set[str] = set()
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise Malformed((*where, str(index)), "a map", item)
-        if not isinstance(item.get("type"), str):
-            raise Malformed((*where, str(index), "type"), "a string", item.get("type"))
+        type_ = item.get("type")
+        if not isinstance(type_, str):
+            raise Malformed((*where, str(index), "type"), "a string", type_)
+        if type_ in seen:  # which one to believe? A controller never writes both.
+            raise DuplicateCondition(where, type_)
+        seen.add(type_)
     return items
 
 

@@ -324,4 +324,30 @@ def _basic_problem(obj: object) -> str | None:
         return "metadata is missing or not a map"
     if not isinstance(meta.get("name"), str) or not meta.get("name"):
         return "metadata.name is missing: the object cannot be identified"
+    # What links objects: read wrongly, an object would silently fall out of its chain. The
+    # API server validates metadata, so only a dump can hold these (serve never sees them).
+    labels = meta.get("labels")
+    if labels is not None and (not isinstance(labels, dict) or not all(
+            isinstance(v, str) for v in labels.values())):
+        return "metadata.labels is not a map of strings"
+    refs = meta.get("ownerReferences")
+    if refs is not None and (not isinstance(refs, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("uid"), str) for r in refs)):
+        return "metadata.ownerReferences is not a list of references with a uid"
+    for field, expected in _METADATA_TYPES:
+        value = meta.get(field)
+        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            return f"metadata.{field} is a {type(value).__name__}, expected {_NAMES[expected]}"
+    finalizers = meta.get("finalizers")
+    if finalizers is not None and (not isinstance(finalizers, list) or not all(
+            isinstance(f, str) for f in finalizers)):
+        return "metadata.finalizers is not a list of strings"
     return None
+
+
+# Metadata every judgement may read (ages, generations): checked once, for every object.
+_METADATA_TYPES: tuple[tuple[str, type], ...] = (
+    ("namespace", str), ("generation", int), ("creationTimestamp", str),
+    ("deletionTimestamp", str), ("uid", str),
+)
+_NAMES: dict[type, str] = {str: "a string", int: "an integer"}

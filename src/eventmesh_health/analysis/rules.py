@@ -413,9 +413,11 @@ def _plainly_ready(obj: Obj) -> bool:
     if type(items) is not list:
         return False
     ready = False
+    seen = set()
     for item in items:
-        if type(item) is not dict or type(item.get("type")) is not str:
-            return False
+        if type(item) is not dict or type(item.get("type")) is not str or item["type"] in seen:
+            return False  # the rules say exactly what is wrong (duplicates: MalformedObject)
+        seen.add(item["type"])
         if item["type"] == "Ready":
             ready = item.get("status") == "True"
     return ready

@@ -7,13 +7,12 @@ present, says when the dump was taken and which kinds it covers.
 
 from __future__ import annotations
 
-import json
+import os
+import stat
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from eventmesh_health.snapshot import (
     SNAPSHOT_INFO_API_VERSION,
@@ -21,10 +20,10 @@ from eventmesh_health.snapshot import (
     InputProblem,
     Snapshot,
 )
+from eventmesh_health.sources.parse import ParseError, parse_json, parse_yaml
 from eventmesh_health.topology import Profile
 
 SUFFIXES = {".yaml", ".yml", ".json"}
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class SnapshotError(Exception):
@@ -32,35 +31,46 @@ class SnapshotError(Exception):
 
 
 def dump_files(path: Path) -> list[Path]:
+    """Every .yaml/.yml/.json file under `path`. A folder that cannot be listed, or a link
+    to a folder (not followed: it may loop), is an error, never silently skipped: the
+    objects in it could be the broken ones."""
     if not path.exists():
         raise SnapshotError(f"{path}: no such file or directory")
-    if path.is_file():
+    if not path.is_dir():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    files: list[Path] = []
+
+    def unreadable(err: OSError) -> None:
+        raise SnapshotError(f"{err.filename}: cannot read this folder: "
+                            f"{err.strerror or err}")
+
+    for folder, dirs, names in os.walk(path, onerror=unreadable):
+        for name in dirs:
+            if os.path.islink(os.path.join(folder, name)):
+                raise SnapshotError(f"{os.path.join(folder, name)}: a link to a folder is "
+                                    "not followed: give the folder itself")
+        files.extend(Path(folder, name) for name in names
+                     if Path(name).suffix.lower() in SUFFIXES)
     if not files:
         raise SnapshotError(f"{path}: no .yaml, .yml or .json files in this folder")
-    return files
+    return sorted(files)
 
 
-def _documents(path: Path) -> Iterator[Any]:
+def _documents(path: Path) -> list[Any]:
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block or never end
+            raise SnapshotError(f"{path}: not a regular file")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise SnapshotError(f"{path}: cannot read: {reason}") from None
-    if path.suffix.lower() == ".json":
-        try:
-            yield json.loads(text)
-        except json.JSONDecodeError as err:
-            raise SnapshotError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-        return
+        raise SnapshotError(f"{path}: cannot read: {reason[:200]}") from None
     try:
-        yield from yaml.load_all(text, Loader=_Loader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SnapshotError(f"{where}: invalid YAML: {problem}") from None
+        if path.suffix.lower() == ".json":
+            return [parse_json(text)]
+        return parse_yaml(text)
+    except ParseError as err:
+        where = f"{path}:{err.line}" if err.line is not None else str(path)
+        raise SnapshotError(f"{where}: {err}") from None
 
 
 def _items(document: Any) -> Iterator[Any]:
@@ -136,7 +146,7 @@ def _read_unavailable(
     by_resource = {kind.resource: kind.key for kind in profile.kinds}
     unknown = [r for r in raw if r not in by_resource]
     if unknown:
-        names = ", ".join(unknown)
+        names = ", ".join(r[:100] for r in unknown[:5])
         raise SnapshotError(f"{file}: SnapshotInfo.unavailable names unknown resources: {names}")
     both = [r for r in raw if collected is not None and by_resource[r] in collected]
     if both:
@@ -152,21 +162,23 @@ def _read_info(
 ) -> tuple[datetime, frozenset[str] | None]:
     raw_time = info.get("takenAt")
     try:
-        taken_at = datetime.fromisoformat(str(raw_time))
+        if not isinstance(raw_time, str):
+            raise ValueError(raw_time)
+        taken_at = datetime.fromisoformat(raw_time)
     except ValueError:
         raise SnapshotError(
-            f"{file}: SnapshotInfo.takenAt {raw_time!r} is not a timestamp"
+            f"{file}: SnapshotInfo.takenAt {raw_time!r:.60} is not a timestamp"
         ) from None
     if taken_at.tzinfo is None:
-        raise SnapshotError(f"{file}: SnapshotInfo.takenAt {raw_time!r} has no time zone")
+        raise SnapshotError(f"{file}: SnapshotInfo.takenAt {raw_time!r:.60} has no time zone")
     raw_collected = info.get("collected")
     if raw_collected is None:
         return taken_at, None
-    if not isinstance(raw_collected, list):
+    if not isinstance(raw_collected, list) or not all(isinstance(r, str) for r in raw_collected):
         raise SnapshotError(f"{file}: SnapshotInfo.collected must be a list of resource names")
     by_resource = {kind.resource: kind.key for kind in profile.kinds}
     unknown = [r for r in raw_collected if r not in by_resource]
     if unknown:
-        names = ", ".join(map(str, unknown))
+        names = ", ".join(r[:100] for r in unknown[:5])
         raise SnapshotError(f"{file}: SnapshotInfo.collected names unknown resources: {names}")
     return taken_at, frozenset(by_resource[r] for r in raw_collected)
