@@ -148,6 +148,74 @@ def test_dump_holds_exactly_the_profile_kinds_and_no_secret(
     assert control_plane.url in info["source"]
 
 
+PLANTED = "planted-credential-"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _env(tag: str) -> list[dict[str, str]]:
+    return [{"name": "PASSWORD", "value": PLANTED + tag}]
+
+
+def _planted_objects() -> list[dict[str, Any]]:
+    """One object per place a credential hides in what the profile reads: container env of
+    Pods, Deployments and Knative Services, the last-applied annotation, ServiceInstance
+    parameters, a label-free annotation of our own prefix's neighbour."""
+    meta = {"namespace": "stage",
+            "annotations": {LAST_APPLIED: json.dumps({"password": PLANTED + "last-applied"}),
+                            "other.example.com/token": PLANTED + "annotation"}}
+    container = {"name": "c", "image": "example.invalid/c:1"}
+    return [
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {**meta, "name": "planted-pod"},
+         "spec": {"containers": [{**container, "env": _env("pod"),
+                                  "args": [f"--password={PLANTED}args"]}]}},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {**meta, "name": "planted-deployment"},
+         "spec": {"selector": {"matchLabels": {"app": "planted"}},
+                  "template": {"metadata": {"labels": {"app": "planted"}},
+                               "spec": {"containers": [{**container,
+                                                        "env": _env("deployment")}]}}}},
+        {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+         "metadata": {**meta, "name": "planted-ksvc"},
+         "spec": {"template": {"spec": {"containers": [{**container, "env": _env("ksvc")}]}}}},
+        {"apiVersion": "servicecatalog.k8s.io/v1beta1", "kind": "ServiceInstance",
+         "metadata": {**meta, "name": "planted-instance"},
+         "spec": {"clusterServiceClassExternalName": "x", "clusterServicePlanExternalName": "y",
+                  "parameters": {"password": PLANTED + "parameters"},
+                  "parametersFrom": [{"secretKeyRef": {"name": PLANTED + "secret-name",
+                                                       "key": "k"}}]}},
+    ]
+
+
+@pytest.mark.envtest
+def test_dump_leaks_no_credential_planted_anywhere_it_could_hide(
+    api: ApiServer, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Values planted in every such place on the live API server: none is in the dump, while
+    the objects themselves are (so the test would see them if their fields were kept)."""
+    apply_example(api, "healthy-mesh")
+    created = []
+    try:
+        for obj in _planted_objects():
+            url = api.resource(obj["apiVersion"], obj["kind"]).url("stage")
+            answer = api.request("POST", url, obj)
+            assert answer.status_code == 201, answer.text
+            created.append(f"{url}/{obj['metadata']['name']}")
+        served = api._get(created[0])
+        assert served["spec"]["containers"][0]["env"][0]["value"] == PLANTED + "pod"
+        dumped = run_cli("dump", "-o", tmp_path / "dump", "--kubeconfig",
+                         control_plane.kubeconfig_path)
+    finally:
+        for url in created:
+            api.request("DELETE", url)
+    assert dumped.returncode == 0, dumped.stderr
+    every = "".join(p.read_text() for p in (tmp_path / "dump").iterdir())
+    for obj in _planted_objects():
+        assert obj["metadata"]["name"] in every  # the object is there, its secrets are not
+    assert PLANTED not in every, [line for line in every.splitlines() if PLANTED in line]
+    assert LAST_APPLIED not in every
+
+
 def test_dump_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     (tmp_path / "old.yaml").write_text("{}\n")
     result = run_cli("dump", "-o", tmp_path, "--kubeconfig", tmp_path / "no-such-kubeconfig")
@@ -176,9 +244,9 @@ def test_dump_round_trips_unavailable_kinds_and_drops_what_is_not_read(tmp_path:
     snapshot = _snapshot([pod, secret])
     documents = dump_documents(snapshot, KYMA_1, "test")
     assert "triggers.eventing.knative.dev.yaml" not in documents
-    assert documents["pods.yaml"]["items"] == [
+    assert documents["pods.yaml"]["items"] == [  # startTime is not read: not dumped
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "stage"},
-         "status": {"phase": "Running", "startTime": "2020-06-15T09:00:00Z"}}]
+         "status": {"phase": "Running"}}]
     assert "Secret" not in json.dumps(documents)
     assert pod["metadata"]["managedFields"]  # the snapshot itself is left alone
 

@@ -7,12 +7,14 @@ objects were read, which resources were read completely (`collected`) and which 
 be read, with the reason (`unavailable`).
 
 Only kinds of the profile are written (it has no Secret kind; any other kind is dropped
-here too), and `metadata.managedFields` never is.
+here too), and of each object only the fields the analysis reads (`sources.slim`, by the
+allow-list beside each kind in its profile): no env values, no last-applied-configuration,
+no ServiceInstance parameters, no managedFields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,31 @@ from typing import Any
 import yaml
 
 from eventmesh_health.snapshot import SNAPSHOT_INFO_API_VERSION, SNAPSHOT_INFO_KIND, Snapshot
+from eventmesh_health.sources.slim import slim
 from eventmesh_health.topology import Kind, Profile, kind_key
 
 INFO_FILE = "snapshot.yaml"
 # Never written, whatever a profile says: a dump is meant to be shared.
 NEVER_DUMPED = frozenset({"Secret"})
 
-_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_BaseDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+# Plain scalars that YAML 1.2 (our reader) resolves to something other than a string,
+# though PyYAML (YAML 1.1) writes them unquoted: `0o755`, `1e3`, `-.5`. Over-quoting is
+# harmless, so anything starting like a number, or a 1.2 null/bool word, is quoted.
+_LOOKS_TYPED = re.compile(r"[-+.0-9]|(~|null|Null|NULL|true|True|TRUE|false|False|FALSE)$")
+
+
+class _Dumper(_BaseDumper):  # type: ignore[misc]
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        if _LOOKS_TYPED.match(data):
+            node: yaml.ScalarNode = self.represent_scalar("tag:yaml.org,2002:str", data,
+                                                          style='"')
+            return node
+        plain: yaml.ScalarNode = super().represent_str(data)
+        return plain
+
+
+_Dumper.add_representer(str, _Dumper.represent_str)
 
 
 class DumpError(Exception):
@@ -62,14 +82,6 @@ def snapshot_info(snapshot: Snapshot, profile: Profile, source: str) -> dict[str
     }
 
 
-def _clean(obj: Mapping[str, Any]) -> dict[str, Any]:
-    cleaned = dict(obj)
-    metadata = cleaned.get("metadata")
-    if isinstance(metadata, Mapping) and "managedFields" in metadata:
-        cleaned["metadata"] = {k: v for k, v in metadata.items() if k != "managedFields"}
-    return cleaned
-
-
 def dump_documents(snapshot: Snapshot, profile: Profile, source: str) -> dict[str, Any]:
     """{file name: document}: a `v1 List` per collected kind, and the SnapshotInfo."""
     if snapshot.collected is None:
@@ -79,10 +91,11 @@ def dump_documents(snapshot: Snapshot, profile: Profile, source: str) -> dict[st
         if kind.key in snapshot.collected and kind.kind not in NEVER_DUMPED
     ]
     items: dict[str, list[dict[str, Any]]] = {kind.key: [] for kind in kinds}
+    fields = {kind.key: kind.fields for kind in kinds}
     for obj in snapshot.objects:
         key = kind_key(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
         if key in items:
-            items[key].append(_clean(obj))
+            items[key].append(slim(obj, fields[key]))
     documents: dict[str, Any] = {
         dump_file_name(kind): {
             "apiVersion": "v1",

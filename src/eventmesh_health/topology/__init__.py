@@ -25,6 +25,9 @@ class Kind:
     kind: str
     plural: str
     namespaced: bool = True
+    # The fields the analysis reads beyond the common metadata: all a dump keeps of an
+    # object (see sources/slim.py; `spec.services[].id` walks a list).
+    fields: tuple[str, ...] = field(default=("status",), compare=False)
     # Version-independent identity used to index objects (`Deployment.apps`).
     key: str = field(init=False, compare=False)
 

@@ -35,23 +35,51 @@ INTEGRATION_NS = "kyma-integration"
 
 # --- kinds --------------------------------------------------------------------------------
 APPLICATION = Kind(
-    "applicationconnector.kyma-project.io/v1alpha1", "Application", "applications", False
+    "applicationconnector.kyma-project.io/v1alpha1", "Application", "applications", False,
+    fields=("spec.services[].id", "spec.services[].entries[].type", "spec.skipInstallation",
+            "status.installationStatus"),
 )
 APPLICATION_MAPPING = Kind(
-    "applicationconnector.kyma-project.io/v1alpha1", "ApplicationMapping", "applicationmappings"
+    "applicationconnector.kyma-project.io/v1alpha1", "ApplicationMapping", "applicationmappings",
+    fields=("spec.services[].id",),
 )
 EVENT_ACTIVATION = Kind(
-    "applicationconnector.kyma-project.io/v1alpha1", "EventActivation", "eventactivations"
+    "applicationconnector.kyma-project.io/v1alpha1", "EventActivation", "eventactivations",
+    fields=("spec.sourceId", "spec.displayName"),
 )
-HTTP_SOURCE = Kind("sources.kyma-project.io/v1alpha1", "HTTPSource", "httpsources")
+HTTP_SOURCE = Kind("sources.kyma-project.io/v1alpha1", "HTTPSource", "httpsources",
+                   fields=("spec.source", "status"))
+# Its spec is a pod template (env values): only the status.
 KNATIVE_SERVICE = Kind("serving.knative.dev/v1", "Service", "services")
-CHANNEL = Kind("messaging.knative.dev/v1alpha1", "Channel", "channels")
-KAFKA_CHANNEL = Kind("knativekafka.kyma-project.io/v1alpha1", "KafkaChannel", "kafkachannels")
-NATSS_CHANNEL = Kind("messaging.knative.dev/v1alpha1", "NatssChannel", "natsschannels")
-SUBSCRIPTION = Kind("messaging.knative.dev/v1alpha1", "Subscription", "subscriptions")
-BROKER = Kind("eventing.knative.dev/v1alpha1", "Broker", "brokers")
-TRIGGER = Kind("eventing.knative.dev/v1alpha1", "Trigger", "triggers")
-SERVICE_INSTANCE = Kind("servicecatalog.k8s.io/v1beta1", "ServiceInstance", "serviceinstances")
+# A channel template's `spec` may carry configuration: only which kind it makes.
+CHANNEL = Kind("messaging.knative.dev/v1alpha1", "Channel", "channels",
+               fields=("spec.channelTemplate.apiVersion", "spec.channelTemplate.kind",
+                       "spec.subscribable", "status"))
+KAFKA_CHANNEL = Kind("knativekafka.kyma-project.io/v1alpha1", "KafkaChannel", "kafkachannels",
+                     fields=("spec.subscribable", "status"))
+NATSS_CHANNEL = Kind("messaging.knative.dev/v1alpha1", "NatssChannel", "natsschannels",
+                     fields=("spec.subscribable", "status"))
+SUBSCRIPTION = Kind("messaging.knative.dev/v1alpha1", "Subscription", "subscriptions",
+                    fields=("spec.channel", "spec.subscriber", "spec.reply", "spec.delivery",
+                            "status"))
+BROKER = Kind("eventing.knative.dev/v1alpha1", "Broker", "brokers",
+              fields=("spec.channelTemplateSpec.apiVersion", "spec.channelTemplateSpec.kind",
+                      "spec.delivery", "status"))
+TRIGGER = Kind("eventing.knative.dev/v1alpha1", "Trigger", "triggers",
+               fields=("spec.broker", "spec.filter", "spec.subscriber", "status"))
+# Never spec.parameters / parametersFrom, nor the properties in the status (the parameters
+# again): the class and plan it was made from, and how provisioning went.
+SERVICE_INSTANCE = Kind(
+    "servicecatalog.k8s.io/v1beta1", "ServiceInstance", "serviceinstances",
+    fields=("spec.serviceClassRef", "spec.clusterServiceClassRef", "spec.serviceClassName",
+            "spec.clusterServiceClassName", "spec.servicePlanRef", "spec.clusterServicePlanRef",
+            "spec.serviceClassExternalName", "spec.clusterServiceClassExternalName",
+            "spec.servicePlanExternalName", "spec.clusterServicePlanExternalName",
+            "status.provisionStatus", "status.deprovisionStatus", "status.conditions",
+            "status.asyncOpInProgress", "status.orphanMitigationInProgress",
+            "status.currentOperation", "status.reconciledGeneration",
+            "status.observedGeneration", "status.lastConditionState"),
+)
 BACKING_CHANNELS = (KAFKA_CHANNEL, NATSS_CHANNEL)
 
 # Knative objects are reconciled by eventing-controller and admitted by eventing-webhook:

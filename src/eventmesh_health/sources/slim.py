@@ -1,0 +1,84 @@
+"""Keep only the fields of an object that the analysis reads: an allow-list, never a deny-list.
+
+A dump is meant to be sent to someone else, and objects carry more than their health:
+container `env` values, `kubectl.kubernetes.io/last-applied-configuration` (the whole spec of
+anything), ServiceInstance parameters. What is not on a kind's list (`Kind.fields`, beside
+the kind in its profile) and the common metadata below is dropped, so a field added to a
+CRD tomorrow is dropped too.
+
+Paths are dotted; `name[]` walks every item of a list: `spec.services[].entries[].type`.
+A path that ends at a map or list keeps all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+# What every judgement and every link may read, for every kind.
+COMMON_FIELDS = (
+    "apiVersion", "kind",
+    "metadata.name", "metadata.namespace", "metadata.uid", "metadata.resourceVersion",
+    "metadata.generation", "metadata.creationTimestamp", "metadata.deletionTimestamp",
+    "metadata.finalizers", "metadata.labels", "metadata.ownerReferences",
+)
+# Annotations are free text (last-applied-configuration holds whole specs): only ours.
+OWN_ANNOTATION_PREFIX = "eventmesh-health.kyma-project.io/"
+
+_Tree = dict[str, "_Node"]
+_Node = tuple[bool, "_Tree | None"]  # (a list to walk, the fields below; None: keep all)
+
+
+def slim(obj: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
+    """A copy of `obj` with only COMMON_FIELDS, `fields` and our own annotations."""
+    kept = _copy(obj, _tree((*COMMON_FIELDS, *fields)))
+    annotations = (obj.get("metadata") or {}).get("annotations")
+    if isinstance(annotations, dict):
+        own = {k: v for k, v in annotations.items()
+               if isinstance(k, str) and k.startswith(OWN_ANNOTATION_PREFIX)}
+        if own:
+            kept.setdefault("metadata", {})["annotations"] = own
+    return kept
+
+
+@lru_cache(maxsize=256)
+def _tree(paths: tuple[str, ...]) -> _Tree:
+    root: _Tree = {}
+    for path in paths:
+        level: _Tree | None = root
+        parts = path.split(".")
+        for depth, part in enumerate(parts):
+            assert level is not None
+            name, walk = (part[:-2], True) if part.endswith("[]") else (part, False)
+            last = depth == len(parts) - 1
+            existing = level.get(name)
+            if last:
+                level[name] = (walk, None)  # keep everything below
+                break
+            if existing is not None and existing[1] is None:
+                break  # an ancestor path already keeps all of it
+            below: _Tree = existing[1] if existing is not None and existing[1] else {}
+            level[name] = (walk, below)
+            level = below
+    return root
+
+
+def _copy(value: Any, tree: _Tree) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {}
+    result: dict[str, Any] = {}
+    for name, (walk, below) in tree.items():
+        if name not in value:
+            continue
+        item = value[name]
+        if below is None:
+            result[name] = item
+        elif walk and isinstance(item, list):
+            result[name] = [_copy(element, below) if isinstance(element, dict) else element
+                            for element in item]
+        elif isinstance(item, dict):
+            result[name] = _copy(item, below)
+        else:
+            result[name] = item  # a wrong type is kept as it is: the analysis reports it
+    return result
