@@ -118,13 +118,19 @@ def test_keyring_from_secret_data():
     ({"k1": "not base64!"}, "'k1' is not base64"),
     ({"k1": base64.b64encode(b"short").decode()}, "at least 32"),
     ({"k1": base64.b64encode(b"s" * 32).decode(),
-      "current": base64.b64encode(b"k2").decode()}, "'k2', which is not in the Secret"),
+      "current": base64.b64encode(b"k2").decode()}, "'current' does not name a key id"),
+    # a key pasted into `current` instead of its id: the key itself must never show
+    ({"k1": base64.b64encode(b"s" * 32).decode(),
+      "current": base64.b64encode(b"pasted-key-material-0123456789abcdef").decode()},
+     "'current' does not name a key id"),
 ])
 def test_keyring_from_bad_secret_data_names_the_entry_never_the_value(data, message):
     with pytest.raises(ValueError, match=message) as info:
         keyring_from_secret_data(data)
     for value in data.values():
         assert value not in str(info.value)
+        decoded = base64.b64decode(value, validate=False) if value != "not base64!" else b""
+        assert not decoded or decoded.decode("latin-1") not in str(info.value)
 
 
 def test_keys_never_show_their_secret():

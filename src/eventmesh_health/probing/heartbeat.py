@@ -146,6 +146,9 @@ class RejectReason(StrEnum):
     STALE = "Stale"  # 403: older than the max age
     FROM_FUTURE = "FromFuture"  # 403: later than now plus the allowed skew
     REPLAYED = "Replayed"  # 403: an event id seen before, after the redelivery window
+    BAD_PAIR_TOKEN = "BadPairToken"  # 401: not a heartbeat Trigger's URL of this pair
+    NOT_PROBED = "NotProbed"  # 403: a (namespace, application) that is not being probed
+    NO_KEYS = "NoKeys"  # 503 (retried by the mesh): the key Secret is not read yet
 
 
 class HeartbeatError(Exception):

@@ -23,20 +23,29 @@ Answers (JSON; errors as `{"error": code, "detail": text}`, like the rest of the
   JSON, bad JSON, missing `id`/`source`/`type`, a bad `time`, repeated headers, ...);
 - 401 `Unsigned`, `UnknownKey`, `BadSignature`: no signature; a key id not accepted;
   forged or altered;
+- 401 `BadPairToken`: the URL lacks the `pair` token of this (namespace, application)
+  (`signing.pair_token`, which the heartbeat Triggers' URLs carry): a heartbeat captured
+  on its way to one namespace cannot be posted to another's URL;
+- 403 `NotProbed`: a (namespace, application) that is not being probed: nothing is
+  recorded for invented pairs, so they create no tracker series and no metrics;
 - 403 `Stale`, `FromFuture`: its time is older than the max age, or ahead beyond the skew;
 - 403 `Replayed`: an event id that already arrived here longer ago than the redelivery
   window (and within the max age): a captured heartbeat posted again;
+- 403 `Stale` for a dead letter older than `dead_letter_max_age` (30 min);
 - 413 `TooLarge`: body over `max_body`;
 - 415 `UnsupportedMediaType`: structured mode other than JSON (batches, XML, ...);
 - 422 `InvalidName`: a path parameter that is not a Kubernetes name;
 - 422 `NotAHeartbeat`: a CloudEvent of another type, or without `eventtypeversion: v1`,
   `time` or the `emh*` fields;
 - 422 `Misrouted`: a heartbeat of another application (`source`) or, for a broker probe,
-  of another namespace.
+  of another namespace;
+- 503 `NoKeys`: the key Secret has not been read yet (logged once, not per request):
+  the mesh retries a 503, so nothing is lost.
 
 Every 4xx is counted by reason (`rejected_counts()`, the metric
 `eventmesh_heartbeats_rejected_total`) and changes no tracker state: the checks run in
-the order names, size, parse, heartbeat fields, signature, time, routing, and the tracker
+the order names, pair (probed, token), size, parse, heartbeat fields, signature, time,
+routing, and the tracker
 (and the replay cache) only hear of a heartbeat that passed them all. None is one that
 Knative retries (it retries 404, 409, 429 and 5xx), so a rejected heartbeat is
 dead-lettered at most once. Nothing raises through to a 5xx: an unexpected error is
@@ -53,14 +62,16 @@ it is what the mesh's at-least-once delivery and retries produce: counted as a d
 no sequence, no last-arrival time). Seen again later, it can only be a captured heartbeat
 posted again: `Replayed`, rejected and counted like the other rejections, changing no
 tracker state at all. Either way a repeated heartbeat can make a pair look worse, never
-healthier. One older than the max age is `Stale`. Limitation: a fan-out heartbeat captured on its
-way to one namespace can be posted to another namespace's path once, within the max age
-(the signature cannot bind ingress and channel probes to a namespace: one event serves
-all of them); broker probes are bound to theirs (`emhns`).
+healthier. One older than the max age is `Stale`. The signature cannot bind ingress and channel
+probes to a namespace (one event serves all of them); the pair token in each Trigger's URL
+does: a heartbeat counts only at the URL of the pair it was delivered to. Broker probes are
+also bound by their signed `emhns`.
 
-Dead letters must be signed heartbeats of that application (their age is not checked:
-retries take time); they are kept in a bounded log (`dead_letters`, `latest_dead_letter`)
-and counted per hop in the tracker, each event id once.
+Dead letters must be signed heartbeats of that application, at most `dead_letter_max_age`
+old (retries take time, but not days); they are kept in a bounded log (`dead_letters`,
+`latest_dead_letter`) and counted per hop in the tracker, each event id once. Their
+unsigned fields (`knativeerrordest`, `knativeerrordata`) are cut short and their control
+characters escaped before they reach a log line or a finding.
 """
 
 from __future__ import annotations
@@ -126,6 +137,9 @@ STATUS: dict[RejectReason, int] = {
     RejectReason.STALE: 403,
     RejectReason.FROM_FUTURE: 403,
     RejectReason.REPLAYED: 403,
+    RejectReason.BAD_PAIR_TOKEN: 401,
+    RejectReason.NOT_PROBED: 403,
+    RejectReason.NO_KEYS: 503,
     RejectReason.TOO_LARGE: 413,
     RejectReason.UNSUPPORTED_MEDIA_TYPE: 415,
     RejectReason.INVALID_NAME: 422,
@@ -143,6 +157,9 @@ class ReceiverConfig:
     # a repeated event id within this of its first arrival is a redelivery (202, duplicate),
     # after it a replay (403); Knative retries with backoff for seconds, rarely a minute
     redelivery_window: timedelta = timedelta(seconds=60)
+    # a dead letter is older than its heartbeat's retries can make it (Knative's default
+    # delivery gives up within minutes): an older one is a captured heartbeat posted again
+    dead_letter_max_age: timedelta = timedelta(minutes=30)
 
 
 class ProbeError(BaseModel):
@@ -206,8 +223,14 @@ class Receiver:
         config: ReceiverConfig | None = None,
         clock: Callable[[], datetime] | None = None,
         on_arrival: Callable[[Heartbeat, str, Arrival, datetime], None] | None = None,
+        probed: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.tracker = tracker
+        # (namespace, application) -> whether it is probed now; with it, only the pairs
+        # being probed are accepted, each at its own URL (the pair token). None: any pair
+        # (tests of the other checks only; serve always passes it).
+        self.probed = probed
+        self._keys_missing_logged = False
         # told of every recorded heartbeat (duplicates too): (heartbeat, namespace, how it
         # arrived, when); the runner sends confirmation probes from it. Its errors are
         # logged, never answered.
@@ -240,28 +263,39 @@ class Receiver:
 
     def handle_heartbeat(
         self, namespace: str, application: str, headers: Iterable[tuple[str, str]],
-        body: bytes,
+        body: bytes, pair_token: str | None = None,
     ) -> tuple[int, BaseModel]:
         """(status, body) for one delivery to `/heartbeat/{namespace}/{application}`."""
-        return self._guard(lambda: self._heartbeat(namespace, application, headers, body))
+        return self._guard(lambda: self._heartbeat(namespace, application, headers, body,
+                                                   pair_token))
 
     def handle_dead_letter(
         self, namespace: str, application: str, headers: Iterable[tuple[str, str]],
-        body: bytes,
+        body: bytes, pair_token: str | None = None,
     ) -> tuple[int, BaseModel]:
         """(status, body) for one delivery to `/deadletter/{namespace}/{application}`."""
-        return self._guard(lambda: self._dead_letter(namespace, application, headers, body))
+        return self._guard(lambda: self._dead_letter(namespace, application, headers, body,
+                                                     pair_token))
 
     def _guard(self, handle: Callable[[], tuple[int, BaseModel]]) -> tuple[int, BaseModel]:
         try:
-            return handle()
+            reply = handle()
         except HeartbeatError as exc:
             return self._reject(exc)
+        except LookupError:  # the key Secret has not been read (yet): the mesh retries a 503
+            if not self._keys_missing_logged:
+                self._keys_missing_logged = True
+                log.warning("heartbeat receiver: no keys loaded yet (the key Secret has not "
+                            "been read): answering 503 NoKeys until it is")
+            return self._reject(HeartbeatError(
+                RejectReason.NO_KEYS, "the heartbeat keys are not loaded yet; retry later"))
         except Exception:
             self.internal_errors += 1
             log.exception("heartbeat receiver: unexpected error")
             return self._reject(HeartbeatError(
                 RejectReason.MALFORMED, "the request could not be processed"))
+        self._keys_missing_logged = False
+        return reply
 
     def _reject(self, exc: HeartbeatError) -> tuple[int, BaseModel]:
         with self._lock:
@@ -271,15 +305,27 @@ class Receiver:
 
     def _verified(
         self, namespace: str, application: str, headers: Iterable[tuple[str, str]],
-        body: bytes, *, check_time: bool,
+        body: bytes, pair_token: str | None, *, max_age: timedelta | None = None,
     ) -> tuple[Heartbeat, CloudEvent, datetime]:
         _check_names(namespace, application)
+        if self.probed is not None:
+            if not self.probed(namespace, application):
+                raise HeartbeatError(
+                    RejectReason.NOT_PROBED,
+                    f"application {_echo(application)} is not probed in namespace "
+                    f"{_echo(namespace)}")
+            self.verifier.check_pair_token(pair_token, namespace, application)
         event = parse_http(headers, body)
         hb = heartbeat_from_event(event, self.config.heartbeat_type)
         self.verifier.check_signature(hb)
         now = self.clock()
-        if check_time:
+        if max_age is None:
             self.verifier.check_time(hb, now)
+        elif now - hb.time > max_age:
+            raise HeartbeatError(
+                RejectReason.STALE,
+                f"a dead letter of a heartbeat sent {(now - hb.time).total_seconds():.0f}s "
+                f"ago; at most {max_age.total_seconds():g}s accepted")
         if hb.application != application:
             raise HeartbeatError(
                 RejectReason.MISROUTED,
@@ -294,9 +340,9 @@ class Receiver:
 
     def _heartbeat(
         self, namespace: str, application: str, headers: Iterable[tuple[str, str]],
-        body: bytes,
+        body: bytes, pair_token: str | None,
     ) -> tuple[int, BaseModel]:
-        hb, _, now = self._verified(namespace, application, headers, body, check_time=True)
+        hb, _, now = self._verified(namespace, application, headers, body, pair_token)
         first = self.replay.first_seen(("heartbeat", namespace, application, hb.hop, hb.id),
                                        now)
         if first is not None:
@@ -327,10 +373,10 @@ class Receiver:
 
     def _dead_letter(
         self, namespace: str, application: str, headers: Iterable[tuple[str, str]],
-        body: bytes,
+        body: bytes, pair_token: str | None,
     ) -> tuple[int, BaseModel]:
-        hb, event, now = self._verified(namespace, application, headers, body,
-                                        check_time=False)
+        hb, event, now = self._verified(namespace, application, headers, body, pair_token,
+                                        max_age=self.config.dead_letter_max_age)
         if self.replay.seen(("deadletter", namespace, application, hb.hop, hb.id), now):
             return 202, DeadLetterRecorded(status="Duplicate")
         attrs = event.attributes
@@ -338,7 +384,7 @@ class Receiver:
         letter = DeadLetter(
             at=now, application=application, namespace=namespace, event_id=hb.id,
             hop=hb.hop, sequence=hb.sequence, run=hb.run,
-            error_dest=_cut(attrs.get("knativeerrordest"), _ERROR_DEST_LIMIT),
+            error_dest=_printable(attrs.get("knativeerrordest"), _ERROR_DEST_LIMIT),
             error_code=int(code) if code.isdigit() and len(code) <= 3 else None,
             error_data=_error_data(attrs.get("knativeerrordata")),
         )
@@ -370,7 +416,8 @@ class Receiver:
 
     async def _serve(
         self, request: Request,
-        handle: Callable[[str, str, Iterable[tuple[str, str]], bytes], tuple[int, BaseModel]],
+        handle: Callable[[str, str, Iterable[tuple[str, str]], bytes, str | None],
+                         tuple[int, BaseModel]],
     ) -> Response:
         namespace = str(request.path_params.get("namespace", ""))
         application = str(request.path_params.get("application", ""))
@@ -382,7 +429,8 @@ class Receiver:
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening
         else:
-            status, reply = handle(namespace, application, request.headers.items(), body)
+            status, reply = handle(namespace, application, request.headers.items(), body,
+                                   request.query_params.get("pair"))
         return Response(reply.model_dump_json().encode(), status_code=status,
                         media_type=JSON)
 
@@ -434,10 +482,18 @@ def _check_names(namespace: str, application: str) -> None:
             f"application {_echo(application)} is not a Kubernetes object name")
 
 
-def _cut(value: str | None, limit: int) -> str | None:
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: what could forge a
+# log line or break a message apart.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _printable(value: str | None, limit: int) -> str | None:
+    """An unsigned value from the mesh, cut short and with control characters escaped, so it
+    can go into a log line or a finding message."""
     if value is None:
         return None
-    return value if len(value) <= limit else value[:limit] + "..."
+    cut = value if len(value) <= limit else value[:limit] + "..."
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), cut)
 
 
 def _error_data(value: str | None) -> str | None:
@@ -447,4 +503,4 @@ def _error_data(value: str | None) -> str | None:
     text = value
     with contextlib.suppress(binascii.Error, ValueError):
         text = base64.b64decode(value, validate=True).decode("utf-8")
-    return _cut(text, _ERROR_DATA_LIMIT)
+    return _printable(text, _ERROR_DATA_LIMIT)

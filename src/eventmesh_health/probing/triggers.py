@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,9 @@ class TriggerConfig:
     broker: str = "default"
     # This replica's reachable host:port, for `{replica}` in the templates.
     replica: str | None = None
+    # (namespace, application) -> the pair token the receiver checks (`signing.pair_token`
+    # with the current key), added to the URLs as `?pair=`; None: no token (tests).
+    pair_token: Callable[[str, str], str] | None = None
 
     def __post_init__(self) -> None:
         templates = (self.receiver_url_template, self.dead_letter_url_template or "")
@@ -114,11 +117,13 @@ def desired_trigger(config: TriggerConfig, application: str, namespace: str) -> 
             "source": application, "type": config.heartbeat_type,
             "eventtypeversion": EVENT_TYPE_VERSION,
         }},
-        "subscriber": {"uri": config.receiver_url_template.format(**fmt)},
+        "subscriber": {"uri": _with_token(config, config.receiver_url_template.format(**fmt),
+                                          namespace, application)},
     }
     if config.dead_letter_url_template and config.api_version in _DELIVERY_VERSIONS:
         spec["delivery"] = {"deadLetterSink": {
-            "uri": config.dead_letter_url_template.format(**fmt)}}
+            "uri": _with_token(config, config.dead_letter_url_template.format(**fmt),
+                               namespace, application)}}
     return {
         "apiVersion": config.api_version,
         "kind": "Trigger",
@@ -133,6 +138,13 @@ def desired_trigger(config: TriggerConfig, application: str, namespace: str) -> 
         },
         "spec": spec,
     }
+
+
+def _with_token(config: TriggerConfig, url: str, namespace: str, application: str) -> str:
+    if config.pair_token is None:
+        return url
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}pair={config.pair_token(namespace, application)}"
 
 
 @dataclass
