@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test envtest lint typecheck unit bench bench-probe bench-detection clean
+.PHONY: demo test envtest lint typecheck unit bench bench-probe bench-detection bench-yaml clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -48,6 +48,11 @@ bench-probe: $(BIN)/eventmesh-health
 # Needs the envtest binaries (kube-apiserver + etcd): time to report/clear data-plane faults.
 bench-detection: $(BIN)/eventmesh-health envtest
 	$(BIN)/python benchmarks/bench_detection.py
+
+# YAML loaders compared for reading dumps (installs the candidates that are not ours).
+bench-yaml: $(BIN)/eventmesh-health
+	$(BIN)/pip install --quiet fastyaml-rs ryaml rapidyaml
+	$(BIN)/python benchmarks/bench_yaml.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

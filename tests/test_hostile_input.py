@@ -339,3 +339,23 @@ def test_a_list_of_100k_objects_is_read_in_seconds(tmp_path: Path) -> None:
     result = run("check", "--snapshot", path, "-o", "json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["source"]["skippedKinds"]["ConfigMap"] == len(filler)
+
+
+def test_echoed_text_is_bounded_and_cannot_forge_lines(tmp_path: Path) -> None:
+    """A controller message of 1 MB with forged lines, an object name with a newline: the
+    report repeats at most a bounded, escaped part of them."""
+    objects = base_objects()
+    trigger = next(o for o in objects if o["kind"] == "Trigger")
+    forged = "fine\n✓ Healthy   everything\x1b[2J" + "x" * 1_000_000
+    trigger["status"]["conditions"] = [{"type": "Ready", "status": "False",
+                                        "reason": "R" * 10_000, "message": forged}]
+    objects.append({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": "evil\nEvent mesh: ✓ Healthy" + "n" * 100_000}})
+    path = write(tmp_path / "mesh.json", json.dumps(objects))
+    for output in ("json", "table"):
+        result = run("check", "--snapshot", path, "-o", output)
+        assert result.returncode == EXIT_UNHEALTHY, result.stderr[-2000:]
+        assert len(result.stdout) < 50_000, len(result.stdout)
+        assert "\x1b" not in result.stdout
+        assert not any(line.lstrip().startswith(("✓ Healthy", "Event mesh: ✓"))
+                       for line in result.stdout.splitlines()), result.stdout[:3000]

@@ -297,15 +297,21 @@ async def test_steady_state_then_channel_to_broker_drop_is_localised_and_recover
         tracker = probed.service.prober.tracker
         before = tracker.stats(APP, "stage", Hop.CHANNEL)
         forger = Keyring(Key("k1", b"f" * 32))
-        for keyring in (forger, None):
+        # at the Trigger's own URL (pair token and all, as one who can read Triggers), and
+        # without the token
+        token = probed.service.prober.triggers.tokens[("stage", APP)]
+        for keyring, query, reason in ((forger, {"pair": token}, "BadSignature"),
+                                       (None, {"pair": token}, "Unsigned"),
+                                       (forger, {}, "BadPairToken")):
             hb = new_heartbeat(APP, Hop.CHANNEL, 10**6, run="forger-1",
                                at=tracker.clock())
             if keyring is not None:
                 hb = keyring.sign(hb)
             headers, body = to_binary(hb)
             answer = await http.post(f"/heartbeat/stage/{APP}", headers=headers,
-                                     content=body)
+                                     content=body, params=query)
             assert answer.status_code == 401, answer.text
+            assert answer.json()["error"] == reason, answer.text
         after = tracker.stats(APP, "stage", Hop.CHANNEL)
         assert (after.received, after.last_arrival) == (before.received, before.last_arrival)
         assert probed.service.prober.receiver.rejected_counts()["BadSignature"] >= 1
@@ -560,7 +566,9 @@ async def test_heartbeat_triggers_follow_bindings_user_triggers_untouched(
     assert spec["broker"] == "default"
     assert spec["filter"]["attributes"] == {
         "source": APP, "type": "eventmesh-health.heartbeat", "eventtypeversion": "v1"}
-    assert spec["subscriber"]["uri"] == f"http://127.0.0.1:{probed.port}/heartbeat/stage/{APP}"
+    token = probed.service.prober.triggers.tokens[("stage", APP)]
+    assert spec["subscriber"]["uri"] == \
+        f"http://127.0.0.1:{probed.port}/heartbeat/stage/{APP}?pair={token}"
     assert "delivery" not in spec  # v1alpha1 (Knative v0.12) has no spec.delivery
     user_before = await users()
 

@@ -110,8 +110,10 @@ async def test_a_new_leader_patches_the_same_triggers_to_itself() -> None:
     assert await second.reconcile([("a", "stage"), ("a", "prod")])
     assert sorted(client.calls) == [("patch", "prod", trigger_name("a")),
                                     ("patch", "stage", trigger_name("a"))]
+    assert second.tokens == first.tokens  # the same tokens: only the address changes
     assert {t["spec"]["subscriber"]["uri"] for t in client.triggers.values()} == {
-        "http://10.0.0.2:8080/heartbeat/stage/a", "http://10.0.0.2:8080/heartbeat/prod/a"}
+        f"http://10.0.0.2:8080/heartbeat/{ns}/a?pair={first.tokens[(ns, 'a')]}"
+        for ns in ("stage", "prod")}
 
 
 def test_advertise_address_defaults() -> None:
@@ -367,8 +369,9 @@ async def test_only_the_leader_probes_and_a_new_leader_takes_the_triggers_over(
             name = trigger_name(APP)
             before = await heartbeat_triggers(client)
             ours = {k: v for k, v in subscriber_uris(before).items() if k[1] == name}
+            tokens = leader.prober.triggers.tokens
             assert ours == {(ns, name): f"http://{leader.address}/heartbeat/{ns}/{APP}"
-                            for ns in NAMESPACES}
+                            f"?pair={tokens[(ns, APP)]}" for ns in NAMESPACES}
             assert all(uri.startswith(f"http://{leader.address}/")
                        for uri in subscriber_uris(before).values())
             # The follower sent nothing, received nothing, judges nothing.

@@ -11,6 +11,7 @@ from eventmesh_health.probing.triggers import (
     TriggerConfig,
     TriggerManager,
     desired_trigger,
+    pair_token_of,
     trigger_name,
 )
 
@@ -105,7 +106,7 @@ async def test_reconcile_creates_adopts_deletes_and_leaves_user_triggers_alone()
         ("patch", "stage", trigger_name("a")),
     ]
     assert client.triggers[("stage", trigger_name("a"))]["spec"] == desired_trigger(
-        CONFIG, "a", "stage")["spec"]
+        CONFIG, "a", "stage", manager.tokens[("stage", "a")])["spec"]
     assert ("stage", "mine") in client.triggers
 
     client.calls.clear()
@@ -116,3 +117,39 @@ async def test_reconcile_creates_adopts_deletes_and_leaves_user_triggers_alone()
     assert sorted(client.calls) == [("delete", "prod", trigger_name("a")),
                                     ("delete", "stage", trigger_name("a"))]
     assert set(client.triggers) == {("stage", "mine"), ("stage", trigger_name("b"))}
+
+
+async def test_each_pair_gets_a_token_of_its_own_and_keeps_it() -> None:
+    """A random pair token per Trigger, in its URL; later reconciliations, a new leader's
+    manager (another address) and a failed write keep it: it never depends on the keys."""
+    client = FakeClient([user_trigger("stage", "mine")])
+    first = TriggerManager(client, TriggerConfig("http://{replica}/heartbeat/{namespace}/"
+                                                 "{application}", replica="10.0.0.1:8081"))
+    assert await first.reconcile([("a", "stage"), ("a", "prod"), ("b", "stage")])
+    tokens = dict(first.tokens)
+    assert set(tokens) == {("stage", "a"), ("prod", "a"), ("stage", "b")}
+    assert len(set(tokens.values())) == 3 and all(len(t) >= 24 for t in tokens.values())
+    for (ns, app), token in tokens.items():
+        uri = client.triggers[(ns, trigger_name(app))]["spec"]["subscriber"]["uri"]
+        assert uri == f"http://10.0.0.1:8081/heartbeat/{ns}/{app}?pair={token}"
+        assert pair_token_of(client.triggers[(ns, trigger_name(app))]) == token
+
+    successor = TriggerManager(client, TriggerConfig(
+        "http://{replica}/heartbeat/{namespace}/{application}", replica="10.0.0.2:8081"))
+    client.calls.clear()
+    assert await successor.reconcile([("a", "stage"), ("a", "prod"), ("b", "stage")])
+    assert sorted(c[0] for c in client.calls) == ["patch"] * 3  # to the new address only
+    assert successor.tokens == tokens
+    assert "10.0.0.2:8081" in client.triggers[("stage", trigger_name("a"))]["spec"][
+        "subscriber"]["uri"]
+
+    async def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the API server is away")
+
+    client.patch = refuse  # type: ignore[method-assign]
+    failing = TriggerManager(client, TriggerConfig(
+        "http://{replica}/heartbeat/{namespace}/{application}", replica="10.0.0.3:8081"))
+    assert not await failing.reconcile([("a", "stage"), ("a", "prod"), ("b", "stage")])
+    assert failing.tokens == tokens  # the Triggers in the cluster carry them still
+    assert pair_token_of({"spec": {"subscriber": {"uri": "http://x/?pair=short"}}}) is None
+    assert pair_token_of({"spec": {"subscriber": {"uri": "http://x/?pair=a&pair=b"}}}) is None

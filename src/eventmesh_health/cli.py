@@ -296,6 +296,11 @@ def _env(name: str) -> str:
               help="Address the REST API and /metrics listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
               envvar=_env("PORT"))
+@click.option("--receiver-port", default=None, type=click.IntRange(1, 65535),
+              envvar=_env("RECEIVER_PORT"),
+              help="Serve the heartbeat receiver on this port of its own (default: on --port, "
+              "beside the API), so a NetworkPolicy can admit the mesh there and the "
+              "scrapers on --port.")
 @click.option("--leader-election/--no-leader-election", default=True, show_default=True,
               envvar=_env("LEADER_ELECTION"),
               help="Only the holder of a Lease writes; every replica serves reads.")
@@ -369,6 +374,7 @@ def _env(name: str) -> str:
               "status.address.url).")
 def serve(
     kubeconfig: Path | None, context: str | None, request_timeout: float, host: str, port: int,
+    receiver_port: int | None,
     leader_election: bool, lease_namespace: str, lease_name: str, identity: str | None,
     lease_duration: timedelta, events_namespace: str, write: bool, outage_after: timedelta,
     stuck_deletion_after: timedelta, progress_deadline: timedelta,
@@ -425,7 +431,7 @@ def serve(
             _fail("--probe-grace must be shorter than --probe-interval", EXIT_INPUT)
         receiver = receiver_url_template or DEFAULT_RECEIVER_URL_TEMPLATE
         advertise = (advertise_address or "").strip() or default_advertise_address(
-            host, port, os.environ.get("POD_IP"))
+            host, receiver_port or port, os.environ.get("POD_IP"))
         try:
             receiver.format(app="a", application="a", namespace="n", replica=advertise)
         except (KeyError, IndexError, ValueError) as err:
@@ -452,7 +458,8 @@ def serve(
         _fail(str(err), EXIT_INPUT)
     settings = Settings(
         probe=probe_settings,
-        host=host, port=port, leader_election=leader_election, lease_namespace=lease_namespace,
+        host=host, port=port, receiver_port=receiver_port,
+        leader_election=leader_election, lease_namespace=lease_namespace,
         lease_name=lease_name, identity=identity or socket.gethostname(),
         lease_duration=seconds, renew_deadline=seconds * 2 / 3, retry_period=seconds * 2 / 15,
         events_namespace=events_namespace, write=write, outage_after=outage_after,

@@ -6,6 +6,7 @@ field names follow Kubernetes' camelCase on the wire.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from enum import StrEnum
 
@@ -36,6 +37,21 @@ class Health(StrEnum):
 
 
 _HEALTH_RANK = {health: rank for rank, health in enumerate(Health)}
+
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: what could forge a
+# log line or a line of the report.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str, limit: int) -> str:
+    """`text` from the outside (a controller's message, a dead letter's body) as it may be
+    shown: at most `limit` characters (then "..."), control characters escaped."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class Severity(StrEnum):

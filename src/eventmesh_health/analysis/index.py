@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventmesh_health.analysis.fields import Malformed, Obj
+from eventmesh_health.model import printable
 from eventmesh_health.topology import ByField, ByServiceClass, Profile, kind_key
 
 NameKey = tuple[str, str | None, str]  # (kind key, namespace or None, name)
@@ -147,9 +148,11 @@ class Index:
             meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
             namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else None
             name = meta.get("name") if isinstance(meta.get("name"), str) else None
-        self._rejected.append(
-            BadObject(api_version or "", kind or "", namespace, name, message)
-        )
+        # what identifies it is echoed in a finding: bounded and printable, as it may be bad
+        self._rejected.append(BadObject(
+            printable(api_version or "", 253), printable(kind or "", 100),
+            None if namespace is None else printable(namespace, 63),
+            None if name is None else printable(name, 253), message))
 
     # --- what could not be used ----------------------------------------------------------------
 
@@ -324,6 +327,11 @@ def _basic_problem(obj: object) -> str | None:
         return "metadata is missing or not a map"
     if not isinstance(meta.get("name"), str) or not meta.get("name"):
         return "metadata.name is missing: the object cannot be identified"
+    if len(meta["name"]) > 253 or not meta["name"].isprintable():
+        return "metadata.name is not a Kubernetes name"
+    if len(obj["kind"]) > 100 or len(obj["apiVersion"]) > 253 or not (
+            obj["kind"].isprintable() and obj["apiVersion"].isprintable()):
+        return "apiVersion or kind is not a Kubernetes name"
     # What links objects: read wrongly, an object would silently fall out of its chain. The
     # API server validates metadata, so only a dump can hold these (serve never sees them).
     labels = meta.get("labels")

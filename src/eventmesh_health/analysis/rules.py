@@ -24,7 +24,7 @@ from eventmesh_health.analysis.fields import (
     get_time,
     labels,
 )
-from eventmesh_health.model import Health
+from eventmesh_health.model import Health, printable
 from eventmesh_health.topology import Judge
 
 
@@ -36,11 +36,21 @@ class Thresholds:
     progress_deadline: timedelta = timedelta(minutes=10)
 
 
+# What of an object's own text (a controller's reason and message) a report repeats.
+MAX_REASON, MAX_MESSAGE = 100, 2000
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     health: Health
     reason: str
     message: str
+
+    def __post_init__(self) -> None:
+        # Reasons and messages echo what objects say: bounded and without control
+        # characters, whatever a hostile dump holds.
+        object.__setattr__(self, "reason", printable(self.reason, MAX_REASON))
+        object.__setattr__(self, "message", printable(self.message, MAX_MESSAGE))
 
 
 HEALTHY = Verdict(Health.HEALTHY, "Ready", "")

@@ -24,8 +24,8 @@ Answers (JSON; errors as `{"error": code, "detail": text}`, like the rest of the
 - 401 `Unsigned`, `UnknownKey`, `BadSignature`: no signature; a key id not accepted;
   forged or altered;
 - 401 `BadPairToken`: the URL lacks the `pair` token of this (namespace, application)
-  (`signing.pair_token`, which the heartbeat Triggers' URLs carry): a heartbeat captured
-  on its way to one namespace cannot be posted to another's URL;
+  (a random token in its heartbeat Trigger's URLs, see `triggers.py`): a heartbeat
+  captured on its way to one namespace cannot be posted to another's URL;
 - 403 `NotProbed`: a (namespace, application) that is not being probed: nothing is
   recorded for invented pairs, so they create no tracker series and no metrics;
 - 403 `Stale`, `FromFuture`: its time is older than the max age, or ahead beyond the skew;
@@ -64,7 +64,8 @@ posted again: `Replayed`, rejected and counted like the other rejections, changi
 tracker state at all. Either way a repeated heartbeat can make a pair look worse, never
 healthier. One older than the max age is `Stale`. The signature cannot bind ingress and channel
 probes to a namespace (one event serves all of them); the pair token in each Trigger's URL
-does: a heartbeat counts only at the URL of the pair it was delivered to. Broker probes are
+does (a random token per Trigger): a heartbeat counts only at the URL of the pair it was
+delivered to. Broker probes are
 also bound by their signed `emhns`.
 
 Dead letters must be signed heartbeats of that application, at most `dead_letter_max_age`
@@ -79,6 +80,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hmac
 import logging
 import re
 import threading
@@ -93,6 +95,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
+from eventmesh_health.model import printable
 from eventmesh_health.probing.heartbeat import (
     DEFAULT_TYPE,
     STRUCTURED_JSON,
@@ -223,13 +226,13 @@ class Receiver:
         config: ReceiverConfig | None = None,
         clock: Callable[[], datetime] | None = None,
         on_arrival: Callable[[Heartbeat, str, Arrival, datetime], None] | None = None,
-        probed: Callable[[str, str], bool] | None = None,
+        pair_tokens: Callable[[str, str], str | None] | None = None,
     ) -> None:
         self.tracker = tracker
-        # (namespace, application) -> whether it is probed now; with it, only the pairs
-        # being probed are accepted, each at its own URL (the pair token). None: any pair
-        # (tests of the other checks only; serve always passes it).
-        self.probed = probed
+        # (namespace, application) -> the pair token of its heartbeat Trigger, None when it
+        # is not probed: only the pairs being probed are accepted, each at its own URL.
+        # None: any pair (tests of the other checks only; serve always passes it).
+        self.pair_tokens = pair_tokens
         self._keys_missing_logged = False
         # told of every recorded heartbeat (duplicates too): (heartbeat, namespace, how it
         # arrived, when); the runner sends confirmation probes from it. Its errors are
@@ -308,13 +311,19 @@ class Receiver:
         body: bytes, pair_token: str | None, *, max_age: timedelta | None = None,
     ) -> tuple[Heartbeat, CloudEvent, datetime]:
         _check_names(namespace, application)
-        if self.probed is not None:
-            if not self.probed(namespace, application):
+        if self.pair_tokens is not None:
+            expected = self.pair_tokens(namespace, application)
+            if expected is None:
                 raise HeartbeatError(
                     RejectReason.NOT_PROBED,
                     f"application {_echo(application)} is not probed in namespace "
                     f"{_echo(namespace)}")
-            self.verifier.check_pair_token(pair_token, namespace, application)
+            if not hmac.compare_digest(expected.encode(),
+                                       (pair_token or "").encode("utf-8", "replace")):
+                raise HeartbeatError(
+                    RejectReason.BAD_PAIR_TOKEN,
+                    "no valid pair token in the URL: not the URL of the heartbeat Trigger "
+                    "of this namespace and application")
         event = parse_http(headers, body)
         hb = heartbeat_from_event(event, self.config.heartbeat_type)
         self.verifier.check_signature(hb)
@@ -482,18 +491,9 @@ def _check_names(namespace: str, application: str) -> None:
             f"application {_echo(application)} is not a Kubernetes object name")
 
 
-# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: what could forge a
-# log line or break a message apart.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
 def _printable(value: str | None, limit: int) -> str | None:
-    """An unsigned value from the mesh, cut short and with control characters escaped, so it
-    can go into a log line or a finding message."""
-    if value is None:
-        return None
-    cut = value if len(value) <= limit else value[:limit] + "..."
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), cut)
+    """An unsigned value from the mesh, safe for a log line or a finding message."""
+    return None if value is None else printable(value, limit)
 
 
 def _error_data(value: str | None) -> str | None:

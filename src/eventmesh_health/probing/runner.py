@@ -67,7 +67,7 @@ from eventmesh_health.probing.sender import (
     Sender,
     jittered,
 )
-from eventmesh_health.probing.signing import Keyring, Verifier, pair_token
+from eventmesh_health.probing.signing import Keyring, Verifier
 from eventmesh_health.probing.tracker import Arrival, ProbeMetrics, Tracker
 from eventmesh_health.probing.triggers import TriggerConfig, TriggerManager
 from eventmesh_health.topology.kyma1 import (
@@ -273,7 +273,7 @@ class ProbeRunner:
                                outage_sends=s.limits().silent_sends, **kwargs)
         self.keys = KeySource(self._read_secret, reload=s.key_reload)
         self.receiver = Receiver(self.tracker, Verifier(self._keyring),
-                                 on_arrival=self._on_arrival, probed=self._probed)
+                                 on_arrival=self._on_arrival, pair_tokens=self._pair_token)
         self.metrics = ProbeMetrics(self.tracker, self.receiver.rejected_counts)
         self.sender = Sender(
             self.tracker, lambda: self.keys.keyring, new_run_id(self.identity),
@@ -288,12 +288,10 @@ class ProbeRunner:
             receiver_url_template=s.receiver_url_template,
             dead_letter_url_template=s.dead_letter_template(),
             heartbeat_type=s.heartbeat_type, replica=s.advertise_address,
-            pair_token=self._pair_token,
         ))
         self._targets: dict[str, Target] = {}
         self._probed_pairs: frozenset[tuple[str, str]] = frozenset()  # (namespace, app)
-        # the pairs the Triggers were last reconciled for, with the key of their tokens
-        self._reconciled: tuple[frozenset[tuple[str, str]], str] | None = None
+        self._reconciled: frozenset[tuple[str, str]] | None = None
         # per (application, hop, namespace of a broker probe): the newest regular probe's
         # sequence, and the newest confirmation's; the applications whose newest regular
         # round was confirmed
@@ -314,11 +312,11 @@ class ProbeRunner:
     def _keyring(self) -> Keyring:
         return self.keys.get()  # LookupError before the first load: the receiver says 503
 
-    def _probed(self, namespace: str, application: str) -> bool:
-        return (namespace, application) in self._probed_pairs
-
-    def _pair_token(self, namespace: str, application: str) -> str:
-        return pair_token(self.keys.get().current, namespace, application)
+    def _pair_token(self, namespace: str, application: str) -> str | None:
+        """The token the pair's heartbeat Trigger carries, if it is probed (else None)."""
+        if (namespace, application) not in self._probed_pairs:
+            return None
+        return self.triggers.tokens.get((namespace, application))
 
     async def _read_secret(self) -> Mapping[str, str]:
         from lightkube.resources.core_v1 import Secret
@@ -410,13 +408,9 @@ class ProbeRunner:
         self.rounds += 1
         await self.keys.refresh()
         pairs = self.pairs()
-        keyring = self.keys.keyring
-        # the Triggers' URLs carry tokens of the current key: none before the keys are read,
-        # and a new current key rewrites them
-        wanted = (pairs, keyring.current.id) if keyring is not None else None
-        if wanted is not None and (wanted != self._reconciled or self.rounds % 10 == 0):
+        if pairs != self._reconciled or self.rounds % 10 == 0:
             ok = await self.triggers.reconcile(sorted(pairs))
-            self._reconciled = wanted if ok else None
+            self._reconciled = pairs if ok else None
         now = self.tracker.clock()
         for pair in pairs:
             self.since.setdefault(pair, now)

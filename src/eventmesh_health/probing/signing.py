@@ -64,7 +64,6 @@ __all__ = [
     "ReplayCache",
     "Verifier",
     "keyring_from_secret_data",
-    "pair_token",
     "signing_input",
 ]
 
@@ -73,7 +72,6 @@ CURRENT_ENTRY = "current"
 _DOMAIN = b"eventmesh-health heartbeat v1\n"
 _KEY_ID = re.compile(r"[-._a-zA-Z0-9]{1,253}")  # a Secret data key
 _MAC_B64_LEN = 43  # 32 bytes, base64url without padding
-_PAIR_DOMAIN = b"eventmesh-health pair v1\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,15 +165,6 @@ def signing_input(hb: Heartbeat) -> bytes:
     return bytes(out)
 
 
-def pair_token(key: Key, namespace: str, application: str) -> str:
-    """`<key id>.<MAC>` binding a heartbeat Trigger's subscriber URL to its (namespace,
-    application): a heartbeat that fans out to every namespace (ingress and channel probes
-    cannot name one) is accepted only at the URL of a pair the checker made a Trigger for."""
-    message = _PAIR_DOMAIN + f"{len(namespace)}:{namespace}\n{application}".encode()
-    digest = hmac.new(key.secret, message, hashlib.sha256).digest()
-    return f"{key.id}.{base64.urlsafe_b64encode(digest[:16]).rstrip(b'=').decode('ascii')}"
-
-
 def _mac(key: Key, hb: Heartbeat) -> str:
     digest = hmac.new(key.secret, signing_input(hb), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
@@ -229,18 +218,6 @@ class Verifier:
         if not hmac.compare_digest(_mac(key, hb).encode("ascii"), mac.encode("ascii", "replace")):
             raise HeartbeatError(RejectReason.BAD_SIGNATURE,
                                  "the signature does not match (forged or altered)")
-
-    def check_pair_token(self, token: str | None, namespace: str, application: str) -> None:
-        """Raises `HeartbeatError` (BadPairToken) unless `token` is `pair_token` of an
-        accepted key for this pair."""
-        key_id, _, _ = (token or "").rpartition(".")
-        key = self.keyring.key(key_id) if key_id else None
-        if key is None or not hmac.compare_digest(
-                pair_token(key, namespace, application).encode("ascii"),
-                (token or "").encode("ascii", "replace")):
-            raise HeartbeatError(RejectReason.BAD_PAIR_TOKEN,
-                                 "no valid pair token in the URL: not the URL of a heartbeat "
-                                 "Trigger of this namespace and application")
 
     def check_time(self, hb: Heartbeat, now: datetime) -> None:
         age = now - hb.time

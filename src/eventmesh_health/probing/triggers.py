@@ -24,6 +24,15 @@ served by Knative v0.12 (Kyma 1.x) has no `spec.delivery` on Triggers (it came w
 v0.14's v1beta1), so for v1alpha1 it is left out and failed deliveries are only seen as
 loss.
 
+**The pair token.** One heartbeat of the ingress or channel hop fans out to every namespace
+of its application, so its signature cannot name a namespace. Each Trigger's URLs carry a
+random token of their own (`?pair=`, 18 random bytes), which the receiver requires for that
+(namespace, application): a heartbeat captured on its way to one namespace cannot be posted
+to another's URL by someone who cannot read that namespace's Triggers. The token lives in
+the Trigger and is kept by every later reconciliation (a new leader, a restart), so it never
+depends on the signing keys: rotating them rewrites no Trigger. `TriggerManager.tokens` is
+what the receiver accepts.
+
 When probing is off, `LeftoverTriggers` removes heartbeat Triggers left from an earlier
 run (serve's leader calls it with the Triggers of its watch cache): without probe RBAC
 the API server forbids the delete, which is logged once with the kubectl command that
@@ -34,9 +43,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import re
+import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from lightkube.generic_resource import create_namespaced_resource
 
@@ -45,6 +57,7 @@ from eventmesh_health.probing.heartbeat import DEFAULT_TYPE, EVENT_TYPE_VERSION
 __all__ = [
     "DELETE_COMMAND",
     "HEARTBEAT_LABEL",
+    "PAIR_PARAMETER",
     "REPLICA_PLACEHOLDER",
     "TRIGGER_API_VERSION",
     "LeftoverTriggers",
@@ -52,6 +65,8 @@ __all__ = [
     "TriggerManager",
     "desired_trigger",
     "heartbeat_triggers",
+    "new_pair_token",
+    "pair_token_of",
     "trigger_name",
 ]
 
@@ -64,6 +79,9 @@ APPLICATION_LABEL = "eventmesh-health.kyma-project.io/application"
 TRIGGER_API_VERSION = "eventing.knative.dev/v1alpha1"
 # API versions whose Trigger has spec.delivery (deadLetterSink): not v1alpha1 of v0.12.
 _DELIVERY_VERSIONS = frozenset({"eventing.knative.dev/v1beta1", "eventing.knative.dev/v1"})
+PAIR_PARAMETER = "pair"  # the query parameter of the pair token in the receiver URLs
+TOKEN_BYTES = 18
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _NAME_PREFIX = "eventmesh-health-"
 _MAX_NAME = 63
 
@@ -79,9 +97,6 @@ class TriggerConfig:
     broker: str = "default"
     # This replica's reachable host:port, for `{replica}` in the templates.
     replica: str | None = None
-    # (namespace, application) -> the pair token the receiver checks (`signing.pair_token`
-    # with the current key), added to the URLs as `?pair=`; None: no token (tests).
-    pair_token: Callable[[str, str], str] | None = None
 
     def __post_init__(self) -> None:
         templates = (self.receiver_url_template, self.dead_letter_url_template or "")
@@ -107,8 +122,10 @@ def _label_value(application: str) -> str:
     return application[:52].rstrip("-.") + "-" + digest
 
 
-def desired_trigger(config: TriggerConfig, application: str, namespace: str) -> dict[str, Any]:
-    """The heartbeat Trigger of one (application, namespace)."""
+def desired_trigger(config: TriggerConfig, application: str, namespace: str,
+                    token: str | None = None) -> dict[str, Any]:
+    """The heartbeat Trigger of one (application, namespace); `token`, the pair token, is
+    added to its URLs as `?pair=`."""
     fmt = {"app": application, "application": application, "namespace": namespace,
            "replica": config.replica or ""}
     spec: dict[str, Any] = {
@@ -117,13 +134,11 @@ def desired_trigger(config: TriggerConfig, application: str, namespace: str) -> 
             "source": application, "type": config.heartbeat_type,
             "eventtypeversion": EVENT_TYPE_VERSION,
         }},
-        "subscriber": {"uri": _with_token(config, config.receiver_url_template.format(**fmt),
-                                          namespace, application)},
+        "subscriber": {"uri": _with_token(config.receiver_url_template.format(**fmt), token)},
     }
     if config.dead_letter_url_template and config.api_version in _DELIVERY_VERSIONS:
         spec["delivery"] = {"deadLetterSink": {
-            "uri": _with_token(config, config.dead_letter_url_template.format(**fmt),
-                               namespace, application)}}
+            "uri": _with_token(config.dead_letter_url_template.format(**fmt), token)}}
     return {
         "apiVersion": config.api_version,
         "kind": "Trigger",
@@ -140,11 +155,23 @@ def desired_trigger(config: TriggerConfig, application: str, namespace: str) -> 
     }
 
 
-def _with_token(config: TriggerConfig, url: str, namespace: str, application: str) -> str:
-    if config.pair_token is None:
+def _with_token(url: str, token: str | None) -> str:
+    if token is None:
         return url
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}pair={config.pair_token(namespace, application)}"
+    return f"{url}{'&' if '?' in url else '?'}{PAIR_PARAMETER}={token}"
+
+
+def pair_token_of(trigger: Mapping[str, Any] | None) -> str | None:
+    """The pair token in a heartbeat Trigger's subscriber URL, if it has a well-formed one."""
+    uri = ((trigger or {}).get("spec") or {}).get("subscriber", {}).get("uri")
+    if not isinstance(uri, str):
+        return None
+    values = parse_qs(urlsplit(uri).query).get(PAIR_PARAMETER, [])
+    return values[0] if len(values) == 1 and _TOKEN.fullmatch(values[0]) else None
+
+
+def new_pair_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 @dataclass
@@ -156,6 +183,9 @@ class TriggerManager:
     writes: dict[str, int] = field(default_factory=lambda: {"create": 0, "patch": 0,
                                                             "delete": 0})
     errors: int = 0
+    # (namespace, application) -> the pair token of its heartbeat Trigger, for the pairs of
+    # the last reconcile (what the receiver accepts)
+    tokens: dict[tuple[str, str], str] = field(default_factory=dict)
 
     async def owned(self) -> dict[tuple[str, str], dict[str, Any]]:
         """The labelled Triggers, by (namespace, name)."""
@@ -171,16 +201,22 @@ class TriggerManager:
         """Create, patch and delete so that exactly `pairs` (application, namespace) have
         their Trigger. Returns whether everything succeeded (failures are logged and
         counted, and retried on the next call)."""
-        want = {}
-        for application, namespace in pairs:
-            body = desired_trigger(self.config, application, namespace)
-            want[(namespace, body["metadata"]["name"])] = body
         try:
             have = await self.owned()
         except Exception as exc:
             self.errors += 1
             log.warning("heartbeat Triggers could not be listed: %s", exc)
             return False
+        want = {}
+        tokens: dict[tuple[str, str], str] = {}
+        for application, namespace in pairs:
+            key = (namespace, trigger_name(application))
+            # a Trigger keeps its token (a new leader, a restart): only a new one gets one
+            token = pair_token_of(have.get(key)) or new_pair_token()
+            want[key] = desired_trigger(self.config, application, namespace, token)
+            tokens[(namespace, application)] = token
+        # accepted from now on, before the writes: a Trigger may deliver as soon as written
+        self.tokens = tokens
         ok = True
         for key, body in want.items():
             current = have.get(key)

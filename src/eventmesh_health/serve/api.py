@@ -42,6 +42,7 @@ never mutates the one the API may be serving).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -56,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from eventmesh_health.model import ApplicationReport, MeshReport, NamespaceReport
 from eventmesh_health.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -185,12 +187,15 @@ NamespaceName = Annotated[str, Path(
 
 def create_app(
     state: HealthState, metrics: Metrics, routers: Sequence[APIRouter] = (),
+    *, api: bool = True,
 ) -> FastAPI:
     """The API over `state` and `metrics`; see the module docstring for how to serve it.
 
     `routers` are mounted as they are (e.g. the heartbeat receiver's POST endpoints of
     `probing.receiver`); a wrong method on one of their paths gets 405 with the `Allow`
-    of that path.
+    of that path. Without `api`, only the routers and the probes (`/healthz`, `/readyz`)
+    are served: the heartbeat receiver on a port of its own, which a NetworkPolicy can open
+    to the mesh alone.
     """
     app = FastAPI(
         title="eventmesh-health",
@@ -198,71 +203,12 @@ def create_app(
         version=_version(),
         docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url="/openapi.json" if api else None,
         # No 307 from `/x/` to `/x`: its Location would echo the Host header back.
         redirect_slashes=False,
     )
-    rendered: list[_Rendered] = []  # at most one: that of the report in `state`
-
-    def current() -> _Rendered:
-        report = state.report
-        if report is None:
-            why = "caches not yet synced" if not state.caches_synced else (
-                "first analysis not yet done")
-            raise ApiError(503, "NotReady", f"no report yet: {why}", {"Retry-After": "5"})
-        if not rendered or rendered[0].report is not report:
-            rendered[:] = [_Rendered(report)]
-        return rendered[0]
-
-    def application(name: str) -> tuple[_Rendered, ApplicationReport]:
-        view = current()
-        app_report = view.apps.get(name)
-        if app_report is None:
-            raise ApiError(404, "NotFound", f"no application {_echo(name)}")
-        return view, app_report
-
-    @app.get(
-        "/api/v1/health", response_model=MeshReport, responses=_ERRORS_NOT_READY,
-        tags=["health"], summary="The whole mesh (as `check -o json`)",
-    )
-    async def mesh() -> Response:
-        return Response(current().mesh(), media_type=JSON)
-
-    @app.get(
-        "/api/v1/applications", response_model=ApplicationList, responses=_ERRORS_NOT_READY,
-        tags=["health"], summary="Every application, with its namespaces",
-    )
-    async def applications() -> Response:
-        return Response(current().applications(), media_type=JSON)
-
-    @app.get(
-        "/api/v1/applications/{name}", response_model=ApplicationDetail,
-        responses=_ERRORS_LOOKUP, tags=["health"],
-        summary="One application, and when its health last changed",
-    )
-    async def one_application(name: AppName) -> Response:
-        _, found = application(name)
-        detail = ApplicationDetail(
-            name=found.name, health=found.health, state=found.state,
-            findings=found.findings, namespaces=found.namespaces,
-            last_transition_time=state.transitions.get(name),
-        )
-        return Response(detail.model_dump_json(by_alias=True).encode(), media_type=JSON)
-
-    @app.get(
-        "/api/v1/applications/{name}/namespaces/{namespace}", response_model=NamespaceReport,
-        responses=_ERRORS_LOOKUP, tags=["health"],
-        summary="One namespace that receives the application's events",
-    )
-    async def one_namespace(name: AppName, namespace: NamespaceName) -> Response:
-        _, found = application(name)
-        for ns in found.namespaces:
-            if ns.name == namespace:
-                return Response(ns.model_dump_json(by_alias=True).encode(), media_type=JSON)
-        raise ApiError(
-            404, "NotFound",
-            f"application {_echo(name)} has no namespace {_echo(namespace)}",
-        )
+    if api:
+        _mount_api(app, state, metrics)
 
     @app.get(
         "/healthz", response_class=PlainTextResponse, tags=["probes"],
@@ -284,17 +230,6 @@ def create_app(
     async def readyz() -> PlainTextResponse:
         ready, why = state.ready()
         return PlainTextResponse(why, status_code=200 if ready else 503)
-
-    @app.get(
-        "/metrics", response_class=PlainTextResponse, tags=["probes"],
-        summary="Prometheus metrics (text exposition format 0.0.4)",
-        responses={200: {"content": {"text/plain": {}}}},
-    )
-    def prometheus() -> Response:
-        # A plain `def`: FastAPI runs it in a worker thread, so rendering a big mesh's
-        # series after a new report (0.2 s CPU for 10 000 applications) does not stall
-        # the event loop. `Metrics` is safe to read from another thread.
-        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
@@ -430,15 +365,141 @@ class _SignalsLeftToCaller(uvicorn.Server):
         yield
 
 
+# Every request must be read and answered within this; a client that sends its request
+# slowly (or never finishes it) is cut off, so half-sent requests cannot pile up until the
+# process runs out of file descriptors (uvicorn has no header or body read timeout).
+REQUEST_DEADLINE = 10.0
+# Connections served at once; beyond it uvicorn answers 503 instead of queueing.
+MAX_CONNECTIONS = 100
+MAX_HEADER_BYTES = 16 * 1024  # an incomplete request head larger than this is refused
+
+
+class _DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with `REQUEST_DEADLINE` (per class: `deadline`) from the
+    connection's start, or the end of its previous response, to the end of the next one."""
+
+    deadline = REQUEST_DEADLINE
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_timer = self.loop.call_later(self.deadline, self._expired)
+
+    def _expired(self) -> None:
+        self._deadline_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this kept-alive connection gets its own
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        super().connection_lost(exc)
+
+
 def embedded_server(
-    app: FastAPI, *, host: str, port: int, log_level: str = "info", **config: Any
+    app: FastAPI, *, host: str, port: int, log_level: str = "info",
+    request_deadline: float = REQUEST_DEADLINE, **config: Any,
 ) -> uvicorn.Server:
     """A uvicorn server for `app` to run with `await server.serve()` in the caller's loop.
 
     Stop it with `server.should_exit = True`. Unlike a plain `uvicorn.Server` it installs
     no signal handlers: the caller owns SIGINT/SIGTERM. `config` goes to `uvicorn.Config`.
+    Limits: each request is read and answered within `request_deadline` seconds, at most
+    `MAX_CONNECTIONS` at once, request heads of at most `MAX_HEADER_BYTES`.
     """
     config.setdefault("lifespan", "off")
+    config.setdefault("limit_concurrency", MAX_CONNECTIONS)
+    config.setdefault("h11_max_incomplete_event_size", MAX_HEADER_BYTES)
+    config.setdefault("timeout_keep_alive", 5)
+    protocol = type("DeadlineH11Protocol", (_DeadlineH11Protocol,),
+                    {"deadline": request_deadline})
     return _SignalsLeftToCaller(
-        uvicorn.Config(app, host=host, port=port, log_level=log_level, **config)
+        uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol, **config)
     )
+
+
+def _mount_api(app: FastAPI, state: HealthState, metrics: Metrics) -> None:
+    """The read-only REST API and /metrics."""
+    rendered: list[_Rendered] = []  # at most one: that of the report in `state`
+
+    def current() -> _Rendered:
+        report = state.report
+        if report is None:
+            why = "caches not yet synced" if not state.caches_synced else (
+                "first analysis not yet done")
+            raise ApiError(503, "NotReady", f"no report yet: {why}", {"Retry-After": "5"})
+        if not rendered or rendered[0].report is not report:
+            rendered[:] = [_Rendered(report)]
+        return rendered[0]
+
+    def application(name: str) -> tuple[_Rendered, ApplicationReport]:
+        view = current()
+        app_report = view.apps.get(name)
+        if app_report is None:
+            raise ApiError(404, "NotFound", f"no application {_echo(name)}")
+        return view, app_report
+
+    @app.get(
+        "/api/v1/health", response_model=MeshReport, responses=_ERRORS_NOT_READY,
+        tags=["health"], summary="The whole mesh (as `check -o json`)",
+    )
+    async def mesh() -> Response:
+        return Response(current().mesh(), media_type=JSON)
+
+    @app.get(
+        "/api/v1/applications", response_model=ApplicationList, responses=_ERRORS_NOT_READY,
+        tags=["health"], summary="Every application, with its namespaces",
+    )
+    async def applications() -> Response:
+        return Response(current().applications(), media_type=JSON)
+
+    @app.get(
+        "/api/v1/applications/{name}", response_model=ApplicationDetail,
+        responses=_ERRORS_LOOKUP, tags=["health"],
+        summary="One application, and when its health last changed",
+    )
+    async def one_application(name: AppName) -> Response:
+        _, found = application(name)
+        detail = ApplicationDetail(
+            name=found.name, health=found.health, state=found.state,
+            findings=found.findings, namespaces=found.namespaces,
+            last_transition_time=state.transitions.get(name),
+        )
+        return Response(detail.model_dump_json(by_alias=True).encode(), media_type=JSON)
+
+    @app.get(
+        "/api/v1/applications/{name}/namespaces/{namespace}", response_model=NamespaceReport,
+        responses=_ERRORS_LOOKUP, tags=["health"],
+        summary="One namespace that receives the application's events",
+    )
+    async def one_namespace(name: AppName, namespace: NamespaceName) -> Response:
+        _, found = application(name)
+        for ns in found.namespaces:
+            if ns.name == namespace:
+                return Response(ns.model_dump_json(by_alias=True).encode(), media_type=JSON)
+        raise ApiError(
+            404, "NotFound",
+            f"application {_echo(name)} has no namespace {_echo(namespace)}",
+        )
+
+    @app.get(
+        "/metrics", response_class=PlainTextResponse, tags=["probes"],
+        summary="Prometheus metrics (text exposition format 0.0.4)",
+        responses={200: {"content": {"text/plain": {}}}},
+    )
+    def prometheus() -> Response:
+        # A plain `def`: FastAPI runs it in a worker thread, so rendering a big mesh's
+        # series after a new report (0.2 s CPU for 10 000 applications) does not stall
+        # the event loop. `Metrics` is safe to read from another thread.
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)

@@ -93,6 +93,9 @@ class Settings:
 
     host: str = "0.0.0.0"  # in a Pod, the API and /metrics must be reachable from outside
     port: int = 8080
+    # The heartbeat receiver's own port (None: on `port`, beside the API). Its own port lets
+    # a NetworkPolicy admit the mesh there and only the scrapers on the API's.
+    receiver_port: int | None = None
     leader_election: bool = True
     lease_namespace: str = "kyma-system"
     lease_name: str = "eventmesh-health-serve"
@@ -150,16 +153,19 @@ class Service:
         if settings.probe is not None:
             probe = settings.probe
             if probe.advertise_address is None:
-                probe = replace(probe, advertise_address=host_port(settings.host,
-                                                                   settings.port))
+                probe = replace(probe, advertise_address=host_port(
+                    settings.host, settings.receiver_port or settings.port))
             self.prober = ProbeRunner(client, probe, settings.identity, self.is_leader)
             self.metrics.add_collector(self.prober.metrics)
         else:
             self.leftovers = LeftoverTriggers(client)
         self._look_for_leftovers = True  # heartbeat Triggers changed, or leadership did
-        self.app = create_app(
-            self.state, self.metrics,
-            routers=[self.prober.receiver.router] if self.prober is not None else [])
+        receiver = [self.prober.receiver.router] if self.prober is not None else []
+        apart = settings.receiver_port not in (None, settings.port)
+        self.app = create_app(self.state, self.metrics, routers=[] if apart else receiver)
+        # the receiver alone, with the probes, on its own port
+        self.receiver_app = create_app(self.state, self.metrics, receiver, api=False) \
+            if apart and receiver else None
         self._changed = asyncio.Event()
         self._writes_seen: dict[tuple[str, str], int] = {}
         self._stats_seen: dict[str, tuple[int, int]] = {}
@@ -187,9 +193,15 @@ class Service:
         """Until cancelled: watches, analysis, API server, leader election, publishing."""
         server = embedded_server(self.app, host=self.settings.host, port=self.settings.port,
                                  log_level=self.settings.log_level)
+        servers = [server]
+        if self.receiver_app is not None:
+            assert self.settings.receiver_port is not None
+            servers.append(embedded_server(self.receiver_app, host=self.settings.host,
+                                           port=self.settings.receiver_port,
+                                           log_level=self.settings.log_level))
         tasks = [
             asyncio.create_task(self.cache.run(), name="watches"),
-            asyncio.create_task(server.serve(), name="api"),
+            *(asyncio.create_task(s.serve(), name=f"http-{n}") for n, s in enumerate(servers)),
             asyncio.create_task(self._publisher(), name="publisher"),
             asyncio.create_task(self._clock(), name="clock"),
         ]
@@ -204,7 +216,8 @@ class Service:
             for task in done:
                 task.result()  # a task that ended on its own is a bug: surface it
         finally:
-            server.should_exit = True
+            for each in servers:
+                each.should_exit = True
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
