@@ -18,8 +18,18 @@ from eventmesh_health.analysis.rules import (
     Rule,
     Thresholds,
     decide,
+    judge,
 )
 from eventmesh_health.model import Health
+from eventmesh_health.topology import Judge
+from eventmesh_health.topology.kyma1 import (
+    CHANNEL,
+    HTTP_SOURCE,
+    KAFKA_CHANNEL,
+    KNATIVE_SERVICE,
+    NATSS_CHANNEL,
+)
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 
 NOW = datetime.fromisoformat("2020-06-15T10:00:00+00:00")
 OLD = "2020-06-01T08:00:00Z"
@@ -98,6 +108,60 @@ KNATIVE = [
 @pytest.mark.parametrize(("case", "o", "health", "reason"), KNATIVE, ids=[c[0] for c in KNATIVE])
 def test_knative_readiness(case: str, o: dict[str, Any], health: Health, reason: str) -> None:
     assert run(KNATIVE_RULES, o) == (health, reason)
+
+
+def unobserved(generation: int, *items: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
+    """An object whose controller never writes observedGeneration (Channel, KafkaChannel,
+    NatssChannel, HTTPSource): a generation above 1 and conditions without the field."""
+    status = conds(*items)
+    del status["observedGeneration"]
+    return obj(generation=generation, status=status)
+
+
+# (case, object, does its kind's controller write observedGeneration, health, reason)
+GENERATIONS = [
+    ("written-and-behind", obj(generation=2, status=conds(("Ready", "True"))), True,
+     Health.PROGRESSING, "GenerationNotObserved"),
+    ("written-and-current", obj(generation=2, status=conds(("Ready", "True"), observed=2)), True,
+     Health.HEALTHY, "Ready"),
+    ("never-written-ready", unobserved(3, ("Ready", "True")), False, Health.HEALTHY, "Ready"),
+    ("never-written-ready-false", unobserved(3, ("TopicReady", "False", "TopicFailed"),
+                                             ("Ready", "False", "TopicFailed")),
+     False, Health.UNHEALTHY, "TopicFailed"),
+    ("never-written-ready-unknown", unobserved(2, ("Ready", "Unknown", "Working")), False,
+     Health.PROGRESSING, "Working"),
+    ("never-written-no-status-old", obj(), False, Health.UNKNOWN, "NoStatus"),
+    # A False the controller reported outranks "not yet observed", on either kind of kind.
+    ("written-behind-but-ready-false",
+     obj(generation=3, status=conds(("Subscribed", "False", "NotSubscribed"),
+                                    ("Ready", "False", "NotSubscribed"), observed=2)),
+     True, Health.UNHEALTHY, "NotSubscribed"),
+    ("written-behind-ready-false-no-subcondition",
+     obj(generation=2, status=conds(("Ready", "False", "Boom"))), True,
+     Health.UNHEALTHY, "Boom"),
+    ("written-behind-ready-unknown", obj(generation=2, status=conds(("Ready", "Unknown", "W"))),
+     True, Health.PROGRESSING, "GenerationNotObserved"),
+]
+
+
+@pytest.mark.parametrize(("case", "o", "observes", "health", "reason"), GENERATIONS,
+                         ids=[c[0] for c in GENERATIONS])
+def test_generation_only_where_the_controller_writes_it(
+    case: str, o: dict[str, Any], observes: bool, health: Health, reason: str
+) -> None:
+    assert run(KNATIVE_RULES, o, observes_generation=observes) == (health, reason)
+    # The fast path of `judge` agrees with the rules.
+    verdict = judge(Judge.KNATIVE, o, Context(now=NOW, observes_generation=observes))
+    assert (verdict.health, verdict.reason) == (health, reason)
+
+
+def test_the_profile_says_which_kinds_write_observed_generation() -> None:
+    writes = {k.kind for k in KYMA_1.kinds if k.observed_generation}
+    # docs/reference/kyma1-knative-shapes.md, "Who writes status.observedGeneration".
+    assert writes == {"Broker", "Trigger", "Subscription", "Service"}
+    assert KNATIVE_SERVICE.observed_generation
+    for kind in (CHANNEL, KAFKA_CHANNEL, NATSS_CHANNEL, HTTP_SOURCE):
+        assert not kind.observed_generation, kind.kind
 
 
 def test_stuck_threshold_is_configurable() -> None:

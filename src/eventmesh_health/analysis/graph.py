@@ -8,7 +8,7 @@ causes module walks those edges to separate root causes from symptoms.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -134,6 +134,9 @@ class _Builder:
         self.edges = _edges(profile)
         self.order = {link.id: position for position, link in enumerate(profile.links)}
         self.base_context = Context(now=snapshot.taken_at, thresholds=thresholds)
+        self.unobserved_context = replace(self.base_context, observes_generation=False)
+        # Per kind key: does its controller write status.observedGeneration (the profile says).
+        self.observes_generation = {k.key: k.observed_generation for k in profile.kinds}
         self.states = {
             link.id: (link.state, link.state_when) for link in profile.links
             if link.state is not None
@@ -155,6 +158,7 @@ class _Builder:
         """New time and kind coverage (the objects live in the index): judge afresh."""
         self.snapshot = snapshot
         self.base_context = Context(now=snapshot.taken_at, thresholds=self.thresholds)
+        self.unobserved_context = replace(self.base_context, observes_generation=False)
         self.verdicts.clear()
 
     def refresh_system(self) -> tuple[bool, bool]:
@@ -188,6 +192,10 @@ class _Builder:
                            pods=self._pods(obj))
         if label is not None:
             return Context(now=self.snapshot.taken_at, thresholds=self.thresholds, label=label)
+        if link_judge is Judge.KNATIVE and not self.observes_generation.get(
+            kind_key(str(obj.get("apiVersion")), str(obj.get("kind"))), False
+        ):
+            return self.unobserved_context
         return self.base_context
 
     def _judge(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None = None) -> Verdict:

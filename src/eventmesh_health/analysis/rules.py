@@ -14,6 +14,7 @@ from typing import Any
 from eventmesh_health.analysis.fields import (
     Malformed,
     Obj,
+    condition,
     conditions,
     duration,
     get_bool,
@@ -54,6 +55,9 @@ class Context:
     pods: Sequence[Obj] = ()
     endpoints: Sequence[Obj] = ()
     label: tuple[str, str] | None = None
+    # Whether the object's controller writes status.observedGeneration (the profile's
+    # `Kind.observed_generation`): without it, generations are not compared.
+    observes_generation: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def age(self, since: datetime) -> timedelta:
@@ -117,7 +121,18 @@ def _no_status(obj: Obj, ctx: Context, what: str) -> Verdict:
 # --- Knative-style readiness --------------------------------------------------------------
 
 
+def ready_false(obj: Obj, ctx: Context) -> Verdict | None:
+    """A real `Ready=False` shows with its reason, whatever the generations say: "not yet
+    observed" must never hide a failure the controller did report."""
+    ready = condition(obj, "Ready")
+    if ready is not None and ready.get("status") == "False":
+        return ready_condition(obj, ctx)
+    return None
+
+
 def generation_observed(obj: Obj, ctx: Context) -> Verdict | None:
+    if not ctx.observes_generation:
+        return None  # this kind's controller never writes observedGeneration
     generation = get_int(obj, "metadata", "generation")
     observed = get_int(obj, "status", "observedGeneration")
     if generation is None or (observed is not None and observed >= generation):
@@ -172,7 +187,9 @@ def ready_condition(obj: Obj, ctx: Context) -> Verdict | None:
     return Verdict(Health.PROGRESSING, reason, message or "Ready is Unknown")
 
 
-KNATIVE_RULES: tuple[Rule, ...] = (being_deleted, generation_observed, ready_condition)
+KNATIVE_RULES: tuple[Rule, ...] = (
+    being_deleted, ready_false, generation_observed, ready_condition,
+)
 
 
 # --- Application (application-operator) ---------------------------------------------------
@@ -394,7 +411,7 @@ RULES: dict[Judge, tuple[Rule, ...]] = {
 }
 
 
-def _plainly_ready(obj: Obj) -> bool:
+def _plainly_ready(obj: Obj, observes_generation: bool) -> bool:
     """The common case, decided without the full rule list: not being deleted, latest
     generation observed, every condition well-formed and Ready True. Anything else (or
     anything odd) goes through the rules, which say exactly what is wrong."""
@@ -405,7 +422,7 @@ def _plainly_ready(obj: Obj) -> bool:
     if meta.get("deletionTimestamp") is not None:
         return False
     generation = meta.get("generation")
-    if generation is not None:
+    if observes_generation and generation is not None:
         observed = status.get("observedGeneration")
         if type(generation) is not int or type(observed) is not int or observed < generation:
             return False
@@ -424,6 +441,6 @@ def _plainly_ready(obj: Obj) -> bool:
 
 
 def judge(kind: Judge, obj: Obj, ctx: Context) -> Verdict:
-    if kind is Judge.KNATIVE and _plainly_ready(obj):
+    if kind is Judge.KNATIVE and _plainly_ready(obj, ctx.observes_generation):
         return HEALTHY
     return decide(RULES[kind], obj, ctx)

@@ -28,6 +28,10 @@ class Kind:
     # The fields the analysis reads beyond the common metadata: all a dump keeps of an
     # object (see sources/slim.py; `spec.services[].id` walks a list).
     fields: tuple[str, ...] = field(default=("status",), compare=False)
+    # Whether this kind's controller writes `status.observedGeneration`. Only then is a
+    # generation ahead of it "not yet observed" (as kstatus: no field, no comparison); a
+    # controller that never writes it would leave every changed object Progressing forever.
+    observed_generation: bool = field(default=False, compare=False)
     # Version-independent identity used to index objects (`Deployment.apps`).
     key: str = field(init=False, compare=False)
 

@@ -47,10 +47,17 @@ EVENT_ACTIVATION = Kind(
     "applicationconnector.kyma-project.io/v1alpha1", "EventActivation", "eventactivations",
     fields=("spec.sourceId", "spec.displayName"),
 )
+# Which controllers write status.observedGeneration (docs/reference/kyma1-knative-shapes.md,
+# "Who writes status.observedGeneration"; kyma1-kyma-shapes.md §3): Broker, Trigger,
+# Subscription (knative/eventing@v0.12.0:pkg/reconciler/{broker,trigger,subscription}) and the
+# Knative Service (knative/serving@v0.12.0, v0.14.0:pkg/reconciler/service/service.go) do;
+# Channel (eventing v0.12.0 pkg/reconciler/channel), NatssChannel (eventing-contrib@v0.12.0
+# natss/), KafkaChannel (knative-kafka@v0.12.0-v0.12.5) and HTTPSource (kyma@1.11.0-1.20.0
+# components/event-sources) never do.
 HTTP_SOURCE = Kind("sources.kyma-project.io/v1alpha1", "HTTPSource", "httpsources",
                    fields=("spec.source", "status"))
 # Its spec is a pod template (env values): only the status.
-KNATIVE_SERVICE = Kind("serving.knative.dev/v1", "Service", "services")
+KNATIVE_SERVICE = Kind("serving.knative.dev/v1", "Service", "services", observed_generation=True)
 # A channel template's `spec` may carry configuration: only which kind it makes.
 CHANNEL = Kind("messaging.knative.dev/v1alpha1", "Channel", "channels",
                fields=("spec.channelTemplate.apiVersion", "spec.channelTemplate.kind",
@@ -61,12 +68,13 @@ NATSS_CHANNEL = Kind("messaging.knative.dev/v1alpha1", "NatssChannel", "natsscha
                      fields=("spec.subscribable", "status"))
 SUBSCRIPTION = Kind("messaging.knative.dev/v1alpha1", "Subscription", "subscriptions",
                     fields=("spec.channel", "spec.subscriber", "spec.reply", "spec.delivery",
-                            "status"))
+                            "status"), observed_generation=True)
 BROKER = Kind("eventing.knative.dev/v1alpha1", "Broker", "brokers",
               fields=("spec.channelTemplateSpec.apiVersion", "spec.channelTemplateSpec.kind",
-                      "spec.delivery", "status"))
+                      "spec.delivery", "status"), observed_generation=True)
 TRIGGER = Kind("eventing.knative.dev/v1alpha1", "Trigger", "triggers",
-               fields=("spec.broker", "spec.filter", "spec.subscriber", "status"))
+               fields=("spec.broker", "spec.filter", "spec.subscriber", "status"),
+               observed_generation=True)
 # Never spec.parameters / parametersFrom, nor the properties in the status (the parameters
 # again): the class and plan it was made from, and how provisioning went.
 SERVICE_INSTANCE = Kind(
