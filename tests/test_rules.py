@@ -177,10 +177,21 @@ def app(status: str | None, description: str = "") -> dict[str, Any]:
 
 
 APPLICATION = [
+    # Helm 2 (Kyma 1.11-1.13) upper case, Helm 3 (1.14-1.20) lower case.
     ("deployed", app("DEPLOYED"), Health.HEALTHY, "Ready"),
+    ("deployed-helm3", app("deployed", "Install complete"), Health.HEALTHY, "Ready"),
     ("failed", app("FAILED", "helm error"), Health.UNHEALTHY, "InstallationFailed"),
-    ("skipped", app("INSTALLATION_SKIPPED"), Health.UNHEALTHY, "NotDeployed"),
+    ("failed-helm3", app("failed", 'Release "x" failed: boom'), Health.UNHEALTHY,
+     "InstallationFailed"),
+    ("failed-without-description", app("failed"), Health.UNHEALTHY, "InstallationFailed"),
+    ("skipped-is-no-fault", app("INSTALLATION_SKIPPED", "Installation will not be performed"),
+     Health.HEALTHY, "InstallationSkipped"),
     ("pending", app("PENDING_INSTALL"), Health.PROGRESSING, "InstallationPending"),
+    ("pending-install-helm3", app("pending-install"), Health.PROGRESSING, "InstallationPending"),
+    ("pending-upgrade-helm3", app("pending-upgrade"), Health.PROGRESSING, "InstallationPending"),
+    ("uninstalling-helm3", app("uninstalling"), Health.PROGRESSING, "InstallationPending"),
+    ("superseded", app("superseded"), Health.UNHEALTHY, "NotDeployed"),
+    ("unknown-helm2", app("UNKNOWN"), Health.UNHEALTHY, "NotDeployed"),
     ("no-status", app(None), Health.UNKNOWN, "NoStatus"),
     ("status-not-a-string", obj(status={"installationStatus": {"status": 3}}), Health.UNKNOWN,
      "MalformedObject"),
@@ -221,6 +232,16 @@ SERVICE_INSTANCE = [
     ("not-provisioned", si(provisionStatus="NotProvisioned"), Health.UNHEALTHY,
      "NotProvisioned"),
     ("no-status", obj(), Health.UNKNOWN, "NoStatus"),
+    # service-catalog v0.3 initialises the status before it processes the instance.
+    ("initialised-young", obj(created="2020-06-15T09:59:30Z", status={
+        "provisionStatus": "", "conditions": [], "deprovisionStatus": "NotRequired",
+        "asyncOpInProgress": False}), Health.PROGRESSING, "NotYetReconciled"),
+    ("initialised-old", obj(status={
+        "provisionStatus": "", "conditions": [], "deprovisionStatus": "NotRequired",
+        "asyncOpInProgress": False}), Health.UNKNOWN, "NoStatus"),
+    ("in-flight", si(provisionStatus="", currentOperation="Provision", conditions=[
+        {"type": "Ready", "status": "False", "reason": "ProvisionRequestInFlight"}]),
+     Health.PROGRESSING, "Provisioning"),
 ]
 
 

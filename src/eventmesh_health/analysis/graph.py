@@ -440,10 +440,18 @@ class _Builder:
         return nodes
 
     def _expected(self, link: Link, by_link: dict[str, list[Node]]) -> bool:
-        if link.expected is Expect.ALWAYS:
-            return True
         if link.expected is Expect.OPTIONAL:
             return False
+        if link.unexpected_when is not None:
+            gate, path, value = link.unexpected_when
+            for node in by_link.get(gate, []):
+                try:
+                    if node.obj is not None and get_str(node.obj, *path) == value:
+                        return False
+                except Malformed:
+                    continue  # its own judgement says what is wrong with it
+        if link.expected is Expect.ALWAYS:
+            return True
         return any(node.obj is not None for node in by_link.get(link.expected, []))
 
     def _nodes_for(
@@ -576,7 +584,16 @@ class _Builder:
         for node in app_nodes or []:
             app_by_link.setdefault(node.role, []).append(node)
         for node in nodes:
-            for edge, target in self.edges[node.role]:
+            plan = self.edges[node.role]
+            steps = plan.always
+            if plan.by_kind:
+                obj = node.obj
+                key = (kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
+                       if obj is not None else kind_key(node.ref.api_version, node.ref.kind))
+                steps = steps + plan.by_kind.get(key, [])
+            if node.obj is None and plan.absent:
+                steps = steps + plan.absent
+            for edge, target in steps:
                 if edge is _Edge.SYSTEM:
                     component = self.components.get(target)
                     if component is not None:
@@ -597,13 +614,25 @@ class _Edge(Enum):
     SCOPE = "every node of that link in the namespace, else in the application"
 
 
-def _edges(profile: Profile) -> dict[str, list[tuple[_Edge, str]]]:
+_Step = tuple[_Edge, str]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How one link's needs are wired: always, by the kind of object, when it is missing."""
+
+    always: list[_Step]
+    by_kind: dict[str, list[_Step]]
+    absent: list[_Step]
+
+
+def _edges(profile: Profile) -> dict[str, _Plan]:
     """How each link's needs are wired, decided once per profile rather than per node."""
     parents = {link.id: link.parent for link in profile.links}
-    edges: dict[str, list[tuple[_Edge, str]]] = {}
-    for link in profile.links:
+
+    def steps(link: Link, needs: Iterable[str]) -> list[_Step]:
         plan = []
-        for need in link.needs:
+        for need in needs:
             if need.startswith(SYSTEM_PREFIX):
                 plan.append((_Edge.SYSTEM, need[len(SYSTEM_PREFIX):]))
             elif need == link.parent:
@@ -612,8 +641,16 @@ def _edges(profile: Profile) -> dict[str, list[tuple[_Edge, str]]]:
                 plan.append((_Edge.CHILDREN, need))
             else:
                 plan.append((_Edge.SCOPE, need))
-        edges[link.id] = plan
-    return edges
+        return plan
+
+    return {
+        link.id: _Plan(
+            steps(link, link.needs),
+            {kind.key: steps(link, needs) for kind, needs in link.needs_by_kind},
+            steps(link, link.created_by),
+        )
+        for link in profile.links
+    }
 
 
 def _resolution_order(links: list[Link]) -> list[Link]:
@@ -624,7 +661,8 @@ def _resolution_order(links: list[Link]) -> list[Link]:
     pending = list(links)
     while pending:
         for link in pending:
-            before = {link.parent, link.expected if isinstance(link.expected, str) else None}
+            before = {link.parent, link.expected if isinstance(link.expected, str) else None,
+                      link.unexpected_when[0] if link.unexpected_when else None}
             if all(dep is None or dep in placed or dep not in ids for dep in before):
                 ordered.append(link)
                 placed.add(link.id)

@@ -194,20 +194,32 @@ KNATIVE_RULES: tuple[Rule, ...] = (
 
 # --- Application (application-operator) ---------------------------------------------------
 
-_HELM_PENDING = {"PENDING_INSTALL", "PENDING_UPGRADE", "PENDING_ROLLBACK", "DELETING"}
+# application-operator writes the Helm release status: Helm 2's upper-case names in Kyma
+# 1.11-1.13, Helm 3's lower-case ones from 1.14 (docs/reference/kyma1-kyma-shapes.md §1).
+_HELM_DEPLOYED = {"DEPLOYED", "deployed"}
+_HELM_FAILED = {"FAILED", "failed"}
+_HELM_PENDING = {
+    "PENDING_INSTALL", "PENDING_UPGRADE", "PENDING_ROLLBACK", "DELETING",
+    "pending-install", "pending-upgrade", "pending-rollback", "uninstalling",
+}
+# spec.skipInstallation: no release, by design (event-service, HTTPSource, ... never made).
+INSTALLATION_SKIPPED = "INSTALLATION_SKIPPED"
 
 
 def installation_status(obj: Obj, ctx: Context) -> Verdict | None:
     status = get_str(obj, "status", "installationStatus", "status")
     description = get_str(obj, "status", "installationStatus", "description") or ""
-    if status == "DEPLOYED":
+    if status in _HELM_DEPLOYED:
         return None
+    if status == INSTALLATION_SKIPPED:
+        return Verdict(Health.HEALTHY, "InstallationSkipped",
+                       "spec.skipInstallation: application-operator installs no release")
     if status is None:
         return _no_status(obj, ctx, "installationStatus")
     detail = f"installationStatus.status is {status}" + (f": {description}" if description else "")
     if status in _HELM_PENDING:
         return Verdict(Health.PROGRESSING, "InstallationPending", detail)
-    reason = "InstallationFailed" if status == "FAILED" else "NotDeployed"
+    reason = "InstallationFailed" if status in _HELM_FAILED else "NotDeployed"
     return Verdict(Health.UNHEALTHY, reason, detail)
 
 
@@ -251,8 +263,10 @@ def provision_status(obj: Obj, ctx: Context) -> Verdict | None:
             str(ready.get("reason") or "NotProvisioned"),
             str(ready.get("message") or f"provisionStatus is {provision}"),
         )
-    if provision is None and ready is None:
-        return _no_status(obj, ctx, "provisionStatus")
+    if provision in (None, "") and ready is None:
+        # Never processed: no status at all, or the first pass's `provisionStatus: ""` with
+        # `conditions: []` (service-catalog v0.3 initializeServiceInstanceStatus).
+        return _no_status(obj, ctx, "provisioning")
     return Verdict(
         Health.UNHEALTHY, "NotProvisioned", f"provisionStatus is {provision or 'unset'}"
     )

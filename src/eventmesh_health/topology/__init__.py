@@ -151,6 +151,12 @@ class Link:
     description: str
     # Links or components ("system:<id>") this link cannot work without.
     needs: tuple[str, ...] = ()
+    # Further needs that depend on the kind of the object found (or expected): a KafkaChannel
+    # needs the Kafka channel controller, a NatssChannel the NATSS one.
+    needs_by_kind: tuple[tuple[Kind, tuple[str, ...]], ...] = ()
+    # When the object is missing: the links whose failure explains why it was never made
+    # (its creator's creator, when the creator itself needs this link: no cycles).
+    created_by: tuple[str, ...] = ()
     # ALWAYS, OPTIONAL, or the id of a link that, once found, makes this one expected.
     expected: Expect | str = Expect.ALWAYS
     many: bool = False
@@ -161,6 +167,9 @@ class Link:
     # ...and only once this field has this value (e.g. provisionStatus: Provisioned).
     state_when: tuple[tuple[str, ...], str] | None = None
     label: tuple[str, str] | None = None  # for Judge.NAMESPACE_LABEL
+    # Not expected (missing is fine) when an object of link `[0]` has `[2]` at path `[1]`:
+    # e.g. no event-service when the Application's installation was skipped by design.
+    unexpected_when: tuple[str, tuple[str, ...], str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

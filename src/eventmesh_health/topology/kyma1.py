@@ -89,6 +89,19 @@ SERVICE_INSTANCE = Kind(
             "status.observedGeneration", "status.lastConditionState"),
 )
 BACKING_CHANNELS = (KAFKA_CHANNEL, NATSS_CHANNEL)
+# What reconciles each backing channel kind: knative-kafka's controller for a KafkaChannel;
+# for a NatssChannel the NATSS controller and the shared dispatcher, whose availability is its
+# DispatcherReady (eventing-contrib@v0.12.0 natss/pkg/reconciler/controller/natsschannel.go).
+# By kind: a KafkaChannel's TopicFailed is never blamed on a NATSS controller that is down.
+BACKING_CHANNEL_NEEDS: tuple[tuple[Kind, tuple[str, ...]], ...] = (
+    (KAFKA_CHANNEL, ("system:kafka-channel-controller",)),
+    (NATSS_CHANNEL, ("system:natss-channel-controller", "system:natss-channel-dispatcher")),
+)
+
+# With spec.skipInstallation application-operator writes INSTALLATION_SKIPPED and installs no
+# release, so nothing of the application chart exists (kyma@1.11.0-1.20.0
+# components/application-operator/pkg/application-controller/reconciler.go).
+NOT_INSTALLED = ("application", ("status", "installationStatus", "status"), "INSTALLATION_SKIPPED")
 
 # Knative objects are reconciled by eventing-controller and admitted by eventing-webhook:
 # when either is down, new or changed objects cannot become ready.
@@ -106,27 +119,31 @@ LINKS: tuple[Link, ...] = (
         ByName(INTEGRATION_NS, "{app}"),
         Judge.KNATIVE, "the application Channel the HTTP adapter posts events to",
         needs=("backing-channel", *KNATIVE_EVENTING),
+        # Made by the HTTPSource, which the Application's release makes.
+        created_by=("application",), unexpected_when=NOT_INSTALLED,
     ),
     Link(
         "backing-channel", BACKING_CHANNELS, Scope.APPLICATION, BackingChannel(),
         Judge.KNATIVE, "the KafkaChannel or NatssChannel that implements the application Channel",
-        needs=("system:kafka-channel-controller", "system:natss-channel-controller"),
-        parent="channel",
+        needs_by_kind=BACKING_CHANNEL_NEEDS, parent="channel",
     ),
     Link(
         "adapter", (KNATIVE_SERVICE,), Scope.APPLICATION, ByName(INTEGRATION_NS, "{app}"),
         Judge.KNATIVE, "the HTTP adapter (Knative Service) that turns events into CloudEvents",
+        created_by=("application",), unexpected_when=NOT_INSTALLED,
     ),
     Link(
         "http-source", (HTTP_SOURCE,), Scope.APPLICATION, ByName(INTEGRATION_NS, "{app}"),
         Judge.KNATIVE, "the HTTPSource that deploys the adapter and sinks it into the Channel",
         needs=("application", "channel", "adapter", "system:event-sources-controller"),
+        unexpected_when=NOT_INSTALLED,
     ),
     Link(
         "event-service", (DEPLOYMENT,), Scope.APPLICATION,
         ByName(INTEGRATION_NS, "{app}-event-service"),
         Judge.DEPLOYMENT, "the event-service Deployment that accepts the application's events",
         needs=("application",),
+        unexpected_when=NOT_INSTALLED,
     ),
     # --- per bound namespace ----------------------------------------------------------------
     Link(
@@ -180,8 +197,7 @@ LINKS: tuple[Link, ...] = (
     Link(
         "trigger-channel-backing", BACKING_CHANNELS, Scope.NAMESPACE, BackingChannel(),
         Judge.KNATIVE, "the channel that implements the Broker's trigger Channel",
-        needs=("system:kafka-channel-controller", "system:natss-channel-controller"),
-        parent="trigger-channel",
+        needs_by_kind=BACKING_CHANNEL_NEEDS, parent="trigger-channel",
     ),
     Link(
         "brokersub", (SUBSCRIPTION,), Scope.NAMESPACE,
