@@ -26,11 +26,11 @@ from eventmesh_health.analysis.rules import (
 from eventmesh_health.model import Health, ObjectRef
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.topology import (
-    BackingChannel,
     ByField,
     ByLabels,
     ByName,
     ByOwner,
+    ByReference,
     ByServiceClass,
     Component,
     Expect,
@@ -39,11 +39,21 @@ from eventmesh_health.topology import (
     Link,
     Profile,
     Scope,
+    judge_for,
     kind_key,
 )
-from eventmesh_health.topology.core import DEPLOYMENT, ENDPOINT_SLICE, ENDPOINTS, POD, SERVICE
+from eventmesh_health.topology.core import (
+    DEPLOYMENT,
+    ENDPOINT_SLICE,
+    ENDPOINTS,
+    POD,
+    SERVICE,
+    STATEFULSET,
+)
 
 SYSTEM_PREFIX = "system:"
+# Workloads, judged with their Pods.
+_WORKLOAD_JUDGES = {DEPLOYMENT.key: Judge.DEPLOYMENT, STATEFULSET.key: Judge.STATEFULSET}
 
 
 @dataclass(eq=False, slots=True)
@@ -187,7 +197,7 @@ class _Builder:
     # --- judging ---------------------------------------------------------------------------
 
     def _context(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None) -> Context:
-        if link_judge is Judge.DEPLOYMENT:
+        if link_judge in (Judge.DEPLOYMENT, Judge.STATEFULSET):
             return Context(now=self.snapshot.taken_at, thresholds=self.thresholds,
                            pods=self._pods(obj))
         if label is not None:
@@ -265,13 +275,14 @@ class _Builder:
         required = not component.required_if_any or any(
             self.index.has_kind(k.key) for k in component.required_if_any
         )
-        obj = self.index.get(DEPLOYMENT.key, component.namespace, component.deployment)
+        workload = component.workload or DEPLOYMENT
+        obj = self.index.get(workload.key, component.namespace, component.deployment)
         if obj is None and not required:
             return
         description = f"the {component.role} {component.deployment}"
-        ref = _ref(DEPLOYMENT, component.namespace, component.deployment)
+        ref = _ref(workload, component.namespace, component.deployment)
         absent = None if obj else self._absent(ref, description)
-        verdict = self._judge(obj, Judge.DEPLOYMENT) if obj else absent
+        verdict = self._judge(obj, _WORKLOAD_JUDGES[workload.key]) if obj else absent
         assert verdict is not None
         node = Node(f"{SYSTEM_PREFIX}{component.id}", description, ref, obj, verdict,
                     absent=absent)
@@ -475,7 +486,7 @@ class _Builder:
         if len(found) > 1:  # a stable order, whatever order the objects arrived in
             found.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
         for obj in found:
-            verdict = self._judge(obj, link.judge, link.label)
+            verdict = self._judge(obj, self._judge_of(link, obj), link.label)
             node_values = values
             if isinstance(link.find, ByServiceClass):
                 service_id = _matched_service_id(obj, link.find, service_ids)
@@ -489,14 +500,24 @@ class _Builder:
                               absent=absent))
         return nodes
 
+    def _judge_of(self, link: Link, obj: Obj) -> Judge:
+        if not link.judges:
+            return link.judge
+        return judge_for(link, kind_key(str(obj.get("apiVersion")), str(obj.get("kind"))))
+
     def _missing_ref(self, link: Link, values: dict[str, str], parent: Node | None) -> ObjectRef:
         finder = link.find
-        kind = link.kinds[0]
+        # Of alternative kinds (a version variant), the first this cluster has at all.
+        kind = next(
+            (k for k in link.kinds
+             if k.key not in self.snapshot.unavailable and self._collected(k.key)),
+            link.kinds[0],
+        )
         if isinstance(finder, ByName):
             namespace = finder.namespace.format(**values) if finder.namespace else None
             return _ref(kind, namespace, finder.name.format(**values))
-        if isinstance(finder, BackingChannel) and parent is not None and parent.obj is not None:
-            api_version, kind_name, name = _backing_channel(parent.obj)
+        if isinstance(finder, ByReference) and parent is not None and parent.obj is not None:
+            api_version, kind_name, name = _referenced(parent.obj, finder)
             namespace = parent.obj["metadata"].get("namespace")
             if api_version and kind_name:
                 return _ref((api_version, kind_name), namespace, name)
@@ -564,10 +585,10 @@ class _Builder:
                         o for o in self.index.owned_by(uid, kind.key)
                         if o["metadata"].get("namespace") == namespace
                     )
-            elif isinstance(finder, BackingChannel):
+            elif isinstance(finder, ByReference):
                 if parent is None or parent.obj is None:
                     continue
-                _api_version, kind_name, name = _backing_channel(parent.obj)
+                _api_version, kind_name, name = _referenced(parent.obj, finder)
                 if kind_name is not None and kind_name != kind.kind:
                     continue
                 obj = self.index.get(kind.key, parent.obj["metadata"].get("namespace"), name)
@@ -697,12 +718,12 @@ def _matched_service_id(obj: Obj, finder: ByServiceClass, service_ids: list[str]
     return ""
 
 
-def _backing_channel(channel: Obj) -> tuple[str | None, str | None, str]:
-    """(apiVersion, kind, name) of the channel implementing `channel`."""
-    ref = get_map(channel, "status", "channel")
+def _referenced(parent: Obj, finder: ByReference) -> tuple[str | None, str | None, str]:
+    """(apiVersion, kind, name) of the object `parent` refers to (see `ByReference`)."""
+    default_name = finder.name.format(parent=parent["metadata"]["name"])
+    ref = get_map(parent, *finder.ref)
     if ref:
-        kind = get_str(ref, "kind")
-        name = get_str(ref, "name") or channel["metadata"]["name"]
-        return get_str(ref, "apiVersion"), kind, name
-    template: Any = get_map(channel, "spec", "channelTemplate") or {}
-    return get_str(template, "apiVersion"), get_str(template, "kind"), channel["metadata"]["name"]
+        name = get_str(ref, "name") or default_name
+        return get_str(ref, "apiVersion"), get_str(ref, "kind"), name
+    template: Any = get_map(parent, *finder.template) or {}
+    return get_str(template, "apiVersion"), get_str(template, "kind"), default_name

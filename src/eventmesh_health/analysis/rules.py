@@ -235,6 +235,9 @@ def _catalog_condition(obj: Obj, type_: str) -> dict[str, Any] | None:
 
 def provision_status(obj: Obj, ctx: Context) -> Verdict | None:
     provision = get_str(obj, "status", "provisionStatus")
+    # Set at the *start* of processing (service-catalog v0.3 prepareObservedGeneration): read
+    # (so a malformed one is seen) but only reconciledGeneration means "done".
+    get_int(obj, "status", "observedGeneration")
     failed = _catalog_condition(obj, "Failed")
     ready = _catalog_condition(obj, "Ready")
     if provision == "Provisioned" and not (failed and failed.get("status") == "True"):
@@ -360,6 +363,40 @@ def deployment_available(obj: Obj, ctx: Context) -> Verdict | None:
 DEPLOYMENT_RULES: tuple[Rule, ...] = (being_deleted, deployment_available)
 
 
+def statefulset_ready(obj: Obj, ctx: Context) -> Verdict | None:
+    """A StatefulSet (apps/v1 of Kubernetes 1.16-1.19 has no availableReplicas): its ready
+    replicas against spec.replicas, with the state of its Pods."""
+    replicas = get_int(obj, "spec", "replicas")
+    if replicas == 0:
+        return Verdict(Health.UNHEALTHY, "ScaledToZero", "spec.replicas is 0")
+    if get_map(obj, "status") is None:
+        return _no_status(obj, ctx, "status")
+    generation = get_int(obj, "metadata", "generation")
+    observed = get_int(obj, "status", "observedGeneration")
+    ready = get_int(obj, "status", "readyReplicas") or 0
+    desired = replicas if replicas is not None else 1
+    problem = _pod_problem(ctx.pods)
+    if ready < 1:
+        if problem:
+            return Verdict(Health.UNHEALTHY, problem[0], f"no replica ready; {problem[1]}")
+        if generation is not None and observed is not None and observed < generation:
+            return Verdict(Health.PROGRESSING, "GenerationNotObserved", "rollout not yet observed")
+        if _young(obj, ctx):
+            return Verdict(Health.PROGRESSING, "RolloutInProgress",
+                           f"0 of {desired} replicas ready")
+        return Verdict(Health.UNHEALTHY, "ReplicasUnavailable", f"0 of {desired} replicas ready")
+    if ready < desired:
+        detail = f"; {problem[1]}" if problem else ""
+        return Verdict(Health.DEGRADED, problem[0] if problem else "ReplicasUnavailable",
+                       f"{ready} of {desired} replicas ready{detail}")
+    if problem:
+        return Verdict(Health.DEGRADED, problem[0], problem[1])
+    return None
+
+
+STATEFULSET_RULES: tuple[Rule, ...] = (being_deleted, statefulset_ready)
+
+
 # --- Service with ready endpoints (admission webhooks) ------------------------------------
 
 
@@ -418,6 +455,7 @@ NAMESPACE_LABEL_RULES: tuple[Rule, ...] = (being_deleted, namespace_label)
 RULES: dict[Judge, tuple[Rule, ...]] = {
     Judge.KNATIVE: KNATIVE_RULES,
     Judge.DEPLOYMENT: DEPLOYMENT_RULES,
+    Judge.STATEFULSET: STATEFULSET_RULES,
     Judge.APPLICATION: APPLICATION_RULES,
     Judge.SERVICE_INSTANCE: SERVICE_INSTANCE_RULES,
     Judge.EXISTS: EXISTS_RULES,

@@ -8,11 +8,11 @@ Application's event flow, listed upstream first. The analysis resolves a link's
 from __future__ import annotations
 
 from eventmesh_health.topology import (
-    BackingChannel,
     ByField,
     ByLabels,
     ByName,
     ByOwner,
+    ByReference,
     ByServiceClass,
     Component,
     Expect,
@@ -28,6 +28,7 @@ from eventmesh_health.topology.core import (
     DEPLOYMENT,
     MUTATING_WEBHOOK,
     NAMESPACE,
+    STATEFULSET,
     VALIDATING_WEBHOOK,
 )
 
@@ -103,6 +104,10 @@ BACKING_CHANNEL_NEEDS: tuple[tuple[Kind, tuple[str, ...]], ...] = (
 # components/application-operator/pkg/application-controller/reconciler.go).
 NOT_INSTALLED = ("application", ("status", "installationStatus", "status"), "INSTALLATION_SKIPPED")
 
+# A Channel's backing channel: status.channel, else its own name with the kind of
+# spec.channelTemplate (knative/eventing@v0.12.0:pkg/reconciler/channel/channel.go).
+BACKING_CHANNEL = ByReference(("status", "channel"), ("spec", "channelTemplate"))
+
 # Knative objects are reconciled by eventing-controller and admitted by eventing-webhook:
 # when either is down, new or changed objects cannot become ready.
 KNATIVE_EVENTING = ("system:eventing-controller", "system:eventing-webhook")
@@ -123,13 +128,19 @@ LINKS: tuple[Link, ...] = (
         created_by=("application",), unexpected_when=NOT_INSTALLED,
     ),
     Link(
-        "backing-channel", BACKING_CHANNELS, Scope.APPLICATION, BackingChannel(),
+        "backing-channel", BACKING_CHANNELS, Scope.APPLICATION, BACKING_CHANNEL,
         Judge.KNATIVE, "the KafkaChannel or NatssChannel that implements the application Channel",
         needs_by_kind=BACKING_CHANNEL_NEEDS, parent="channel",
     ),
     Link(
-        "adapter", (KNATIVE_SERVICE,), Scope.APPLICATION, ByName(INTEGRATION_NS, "{app}"),
-        Judge.KNATIVE, "the HTTP adapter (Knative Service) that turns events into CloudEvents",
+        # Kyma 1.11-1.14: a Knative Service; 1.15 on: a Deployment (plus a core Service) of
+        # the same name (kyma@1.14.0 / @1.15.0:components/event-sources/reconciler/httpsource/
+        # reconcile.go makeKnService / makeDeployment). Knative Serving is gone from 1.16.
+        "adapter", (KNATIVE_SERVICE, DEPLOYMENT), Scope.APPLICATION,
+        ByName(INTEGRATION_NS, "{app}"),
+        Judge.KNATIVE, "the HTTP adapter (Knative Service up to Kyma 1.14, Deployment from 1.15) "
+        "that turns events into CloudEvents",
+        judges=((KNATIVE_SERVICE, Judge.KNATIVE), (DEPLOYMENT, Judge.DEPLOYMENT)),
         created_by=("application",), unexpected_when=NOT_INSTALLED,
     ),
     Link(
@@ -189,15 +200,14 @@ LINKS: tuple[Link, ...] = (
         expected="broker",
     ),
     Link(
-        "trigger-channel", (CHANNEL,), Scope.NAMESPACE,
-        ByName("{namespace}", "default-kne-trigger"),
-        Judge.KNATIVE, "the Broker's trigger Channel", expected="broker",
-        needs=("trigger-channel-backing", *KNATIVE_EVENTING),
-    ),
-    Link(
-        "trigger-channel-backing", BACKING_CHANNELS, Scope.NAMESPACE, BackingChannel(),
-        Judge.KNATIVE, "the channel that implements the Broker's trigger Channel",
-        needs_by_kind=BACKING_CHANNEL_NEEDS, parent="trigger-channel",
+        # Not a messaging Channel: the Broker creates `<broker>-kne-trigger` with the kind of
+        # its spec.channelTemplateSpec, owned by it, and names it in status.triggerChannel
+        # (knative/eventing@v0.12.0:pkg/reconciler/broker/resources/channel.go, broker.go).
+        "trigger-channel", BACKING_CHANNELS, Scope.NAMESPACE,
+        ByReference(("status", "triggerChannel"), ("spec", "channelTemplateSpec"),
+                    "{parent}-kne-trigger"),
+        Judge.KNATIVE, "the Broker's trigger channel (a KafkaChannel or NatssChannel)",
+        needs_by_kind=BACKING_CHANNEL_NEEDS, parent="broker",
     ),
     Link(
         "brokersub", (SUBSCRIPTION,), Scope.NAMESPACE,
@@ -227,7 +237,8 @@ LINKS: tuple[Link, ...] = (
 )
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("application-operator", INTEGRATION_NS, "application-operator", "controller"),
+    Component("application-operator", INTEGRATION_NS, "application-operator", "controller",
+              workload=STATEFULSET),
     Component("application-broker", INTEGRATION_NS, "application-broker", "controller"),
     Component(
         "event-sources-controller", "kyma-system", "event-sources-controller-manager", "controller"
@@ -269,6 +280,7 @@ PROFILE = Profile(
     ),
     system_namespaces=("knative-eventing", INTEGRATION_NS, "kyma-system"),
     webhook_kinds=(VALIDATING_WEBHOOK, MUTATING_WEBHOOK),
-    # Either channel implementation will do: a cluster without one of them is fine.
-    optional_kinds=BACKING_CHANNELS,
+    # Either channel implementation will do: a cluster without one of them is fine; Knative
+    # Serving is not installed from Kyma 1.16 (the adapter is a Deployment there).
+    optional_kinds=(*BACKING_CHANNELS, KNATIVE_SERVICE),
 )
