@@ -14,6 +14,7 @@ from eventmesh_health.analysis.rules import (
     NAMESPACE_LABEL_RULES,
     SERVICE_INSTANCE_RULES,
     SERVICE_RULES,
+    STATEFULSET_RULES,
     Context,
     Rule,
     Thresholds,
@@ -296,6 +297,40 @@ DEPLOYMENTS = [
 def test_deployment(case: str, o: dict[str, Any], pods: list[dict[str, Any]], health: Health,
                     reason: str) -> None:
     assert run(DEPLOYMENT_RULES, o, pods=pods) == (health, reason)
+
+
+def sts(replicas: int = 1, ready: Any = 1, **status: Any) -> dict[str, Any]:
+    return obj(spec={"replicas": replicas},
+               status={"observedGeneration": 1, "replicas": replicas, "readyReplicas": ready,
+                       "currentReplicas": replicas, **status})
+
+
+# application-operator is a StatefulSet in every Kyma 1.x (no availableReplicas before K8s 1.22).
+STATEFULSETS = [
+    ("ready", sts(), [pod()], Health.HEALTHY, "Ready"),
+    ("scaled-to-zero", sts(replicas=0, ready=0), [], Health.UNHEALTHY, "ScaledToZero"),
+    ("none-ready", sts(ready=0), [], Health.UNHEALTHY, "ReplicasUnavailable"),
+    ("crashloop", sts(ready=0), [pod("CrashLoopBackOff")], Health.UNHEALTHY,
+     "CrashLoopBackOff"),
+    ("partly-ready", sts(replicas=2, ready=1), [pod()], Health.DEGRADED, "ReplicasUnavailable"),
+    ("ready-but-pod-crashing", sts(), [pod("CrashLoopBackOff")], Health.DEGRADED,
+     "CrashLoopBackOff"),
+    ("rollout-not-observed", obj(generation=2, spec={"replicas": 1}, status={
+        "observedGeneration": 1, "readyReplicas": 0}), [], Health.PROGRESSING,
+     "GenerationNotObserved"),
+    ("young-starting", obj(created="2020-06-15T09:59:00Z", spec={"replicas": 1}, status={
+        "observedGeneration": 1, "readyReplicas": 0}), [], Health.PROGRESSING,
+     "RolloutInProgress"),
+    ("no-status", obj(spec={"replicas": 1}), [], Health.UNKNOWN, "NoStatus"),
+    ("ready-not-an-int", sts(ready="one"), [], Health.UNKNOWN, "MalformedObject"),
+]
+
+
+@pytest.mark.parametrize(("case", "o", "pods", "health", "reason"), STATEFULSETS,
+                         ids=[c[0] for c in STATEFULSETS])
+def test_statefulset(case: str, o: dict[str, Any], pods: list[dict[str, Any]], health: Health,
+                     reason: str) -> None:
+    assert run(STATEFULSET_RULES, o, pods=pods) == (health, reason)
 
 
 def test_crashloop_message_names_pod_container_restarts_and_exit() -> None:
