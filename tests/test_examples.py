@@ -14,6 +14,8 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 # (health, {(kind, namespace, name, reason)} of the root causes), as examples/README.md says.
 EXPECTED: dict[str, tuple[str, set[tuple[str, str | None, str | None, str]]]] = {
     "healthy-mesh": ("Healthy", set()),
+    "healthy-mesh-kyma-1.13": ("Healthy", set()),
+    "healthy-mesh-kyma-1.15": ("Healthy", set()),
     "kafka-quota-reached": ("Unhealthy", {
         ("KafkaChannel", "kyma-integration", "commerce-mock", "TopicFailed")}),
     "adapter-revision-missing": ("Unhealthy", {
@@ -89,8 +91,10 @@ def test_example_root_causes(example: str) -> None:
             assert (cause["kind"], cause["namespace"], cause["name"]) in {r[:3] for r in roots}
 
 
-def test_healthy_mesh_states_and_skipped_kinds() -> None:
-    _, report = check("healthy-mesh")
+@pytest.mark.parametrize("example", ["healthy-mesh", "healthy-mesh-kyma-1.13",
+                                     "healthy-mesh-kyma-1.15"])
+def test_healthy_mesh_states_and_skipped_kinds(example: str) -> None:
+    _, report = check(example)
     states = {a["name"]: a["state"] for a in report["applications"]}  # type: ignore[attr-defined]
     assert states == {"commerce-mock": 4, "marketing": 4, "crm-legacy": 1}
     skipped = report["source"]["skippedKinds"]  # type: ignore[index]
@@ -104,3 +108,25 @@ def test_symptoms_of_the_quota_example() -> None:
     assert ("Channel", "commerce-mock") in symptoms
     assert ("HTTPSource", "commerce-mock") in symptoms
     assert sum(1 for kind, _ in symptoms if kind == "Subscription") == 2  # brokersubs
+
+
+def test_each_version_variant_has_its_shape() -> None:
+    """Kyma 1.13: Helm 2's DEPLOYED and a Knative Service adapter; 1.14: Helm 3's deployed;
+    1.15: the adapter a Deployment (no Knative Service) - and each is Healthy."""
+    import yaml
+
+    def items(example: str, name: str) -> list[dict[str, object]]:
+        data = yaml.safe_load((EXAMPLES / example / name).read_text())
+        return list(data["items"])
+
+    def statuses(example: str) -> set[object]:
+        return {a["status"]["installationStatus"]["status"]  # type: ignore[index]
+                for a in items(example, "applications.yaml")}
+
+    assert statuses("healthy-mesh-kyma-1.13") == {"DEPLOYED"}
+    assert statuses("healthy-mesh") == {"deployed"}
+    assert statuses("healthy-mesh-kyma-1.15") == {"deployed"}
+    assert items("healthy-mesh-kyma-1.15", "services.serving.knative.dev.yaml") == []
+    adapters = {d["metadata"]["name"] for d in items("healthy-mesh-kyma-1.15", "deployments.yaml")  # type: ignore[index]
+                if d["metadata"].get("namespace") == "kyma-integration"}  # type: ignore[union-attr]
+    assert {"commerce-mock", "marketing", "crm-legacy"} <= adapters

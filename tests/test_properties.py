@@ -107,7 +107,7 @@ EVENTS_ENABLED = {
     ("EventActivation", "4f1b4d8e-5f2a-4c8b-9b1e-events000001"),
     ("Namespace", "stage"), ("Subscription", "brokersub-stage"), ("Broker", "default"),
     ("Deployment", "default-broker-ingress"), ("Deployment", "default-broker-filter"),
-    ("Channel", "default-kne-trigger"), ("KafkaChannel", "default-kne-trigger"),
+    ("KafkaChannel", "default-kne-trigger"),
 }
 
 

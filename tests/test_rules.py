@@ -14,12 +14,23 @@ from eventmesh_health.analysis.rules import (
     NAMESPACE_LABEL_RULES,
     SERVICE_INSTANCE_RULES,
     SERVICE_RULES,
+    STATEFULSET_RULES,
     Context,
     Rule,
     Thresholds,
     decide,
+    judge,
 )
 from eventmesh_health.model import Health
+from eventmesh_health.topology import Judge
+from eventmesh_health.topology.kyma1 import (
+    CHANNEL,
+    HTTP_SOURCE,
+    KAFKA_CHANNEL,
+    KNATIVE_SERVICE,
+    NATSS_CHANNEL,
+)
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 
 NOW = datetime.fromisoformat("2020-06-15T10:00:00+00:00")
 OLD = "2020-06-01T08:00:00Z"
@@ -100,6 +111,60 @@ def test_knative_readiness(case: str, o: dict[str, Any], health: Health, reason:
     assert run(KNATIVE_RULES, o) == (health, reason)
 
 
+def unobserved(generation: int, *items: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
+    """An object whose controller never writes observedGeneration (Channel, KafkaChannel,
+    NatssChannel, HTTPSource): a generation above 1 and conditions without the field."""
+    status = conds(*items)
+    del status["observedGeneration"]
+    return obj(generation=generation, status=status)
+
+
+# (case, object, does its kind's controller write observedGeneration, health, reason)
+GENERATIONS = [
+    ("written-and-behind", obj(generation=2, status=conds(("Ready", "True"))), True,
+     Health.PROGRESSING, "GenerationNotObserved"),
+    ("written-and-current", obj(generation=2, status=conds(("Ready", "True"), observed=2)), True,
+     Health.HEALTHY, "Ready"),
+    ("never-written-ready", unobserved(3, ("Ready", "True")), False, Health.HEALTHY, "Ready"),
+    ("never-written-ready-false", unobserved(3, ("TopicReady", "False", "TopicFailed"),
+                                             ("Ready", "False", "TopicFailed")),
+     False, Health.UNHEALTHY, "TopicFailed"),
+    ("never-written-ready-unknown", unobserved(2, ("Ready", "Unknown", "Working")), False,
+     Health.PROGRESSING, "Working"),
+    ("never-written-no-status-old", obj(), False, Health.UNKNOWN, "NoStatus"),
+    # A False the controller reported outranks "not yet observed", on either kind of kind.
+    ("written-behind-but-ready-false",
+     obj(generation=3, status=conds(("Subscribed", "False", "NotSubscribed"),
+                                    ("Ready", "False", "NotSubscribed"), observed=2)),
+     True, Health.UNHEALTHY, "NotSubscribed"),
+    ("written-behind-ready-false-no-subcondition",
+     obj(generation=2, status=conds(("Ready", "False", "Boom"))), True,
+     Health.UNHEALTHY, "Boom"),
+    ("written-behind-ready-unknown", obj(generation=2, status=conds(("Ready", "Unknown", "W"))),
+     True, Health.PROGRESSING, "GenerationNotObserved"),
+]
+
+
+@pytest.mark.parametrize(("case", "o", "observes", "health", "reason"), GENERATIONS,
+                         ids=[c[0] for c in GENERATIONS])
+def test_generation_only_where_the_controller_writes_it(
+    case: str, o: dict[str, Any], observes: bool, health: Health, reason: str
+) -> None:
+    assert run(KNATIVE_RULES, o, observes_generation=observes) == (health, reason)
+    # The fast path of `judge` agrees with the rules.
+    verdict = judge(Judge.KNATIVE, o, Context(now=NOW, observes_generation=observes))
+    assert (verdict.health, verdict.reason) == (health, reason)
+
+
+def test_the_profile_says_which_kinds_write_observed_generation() -> None:
+    writes = {k.kind for k in KYMA_1.kinds if k.observed_generation}
+    # docs/reference/kyma1-knative-shapes.md, "Who writes status.observedGeneration".
+    assert writes == {"Broker", "Trigger", "Subscription", "Service"}
+    assert KNATIVE_SERVICE.observed_generation
+    for kind in (CHANNEL, KAFKA_CHANNEL, NATSS_CHANNEL, HTTP_SOURCE):
+        assert not kind.observed_generation, kind.kind
+
+
 def test_stuck_threshold_is_configurable() -> None:
     o = obj(meta={"deletionTimestamp": "2020-06-15T09:59:00Z", "finalizers": ["f"]})
     assert run(KNATIVE_RULES, o, thresholds=Thresholds(stuck_deletion=timedelta(0)))[1] == (
@@ -113,10 +178,21 @@ def app(status: str | None, description: str = "") -> dict[str, Any]:
 
 
 APPLICATION = [
+    # Helm 2 (Kyma 1.11-1.13) upper case, Helm 3 (1.14-1.20) lower case.
     ("deployed", app("DEPLOYED"), Health.HEALTHY, "Ready"),
+    ("deployed-helm3", app("deployed", "Install complete"), Health.HEALTHY, "Ready"),
     ("failed", app("FAILED", "helm error"), Health.UNHEALTHY, "InstallationFailed"),
-    ("skipped", app("INSTALLATION_SKIPPED"), Health.UNHEALTHY, "NotDeployed"),
+    ("failed-helm3", app("failed", 'Release "x" failed: boom'), Health.UNHEALTHY,
+     "InstallationFailed"),
+    ("failed-without-description", app("failed"), Health.UNHEALTHY, "InstallationFailed"),
+    ("skipped-is-no-fault", app("INSTALLATION_SKIPPED", "Installation will not be performed"),
+     Health.HEALTHY, "InstallationSkipped"),
     ("pending", app("PENDING_INSTALL"), Health.PROGRESSING, "InstallationPending"),
+    ("pending-install-helm3", app("pending-install"), Health.PROGRESSING, "InstallationPending"),
+    ("pending-upgrade-helm3", app("pending-upgrade"), Health.PROGRESSING, "InstallationPending"),
+    ("uninstalling-helm3", app("uninstalling"), Health.PROGRESSING, "InstallationPending"),
+    ("superseded", app("superseded"), Health.UNHEALTHY, "NotDeployed"),
+    ("unknown-helm2", app("UNKNOWN"), Health.UNHEALTHY, "NotDeployed"),
     ("no-status", app(None), Health.UNKNOWN, "NoStatus"),
     ("status-not-a-string", obj(status={"installationStatus": {"status": 3}}), Health.UNKNOWN,
      "MalformedObject"),
@@ -157,6 +233,16 @@ SERVICE_INSTANCE = [
     ("not-provisioned", si(provisionStatus="NotProvisioned"), Health.UNHEALTHY,
      "NotProvisioned"),
     ("no-status", obj(), Health.UNKNOWN, "NoStatus"),
+    # service-catalog v0.3 initialises the status before it processes the instance.
+    ("initialised-young", obj(created="2020-06-15T09:59:30Z", status={
+        "provisionStatus": "", "conditions": [], "deprovisionStatus": "NotRequired",
+        "asyncOpInProgress": False}), Health.PROGRESSING, "NotYetReconciled"),
+    ("initialised-old", obj(status={
+        "provisionStatus": "", "conditions": [], "deprovisionStatus": "NotRequired",
+        "asyncOpInProgress": False}), Health.UNKNOWN, "NoStatus"),
+    ("in-flight", si(provisionStatus="", currentOperation="Provision", conditions=[
+        {"type": "Ready", "status": "False", "reason": "ProvisionRequestInFlight"}]),
+     Health.PROGRESSING, "Provisioning"),
 ]
 
 
@@ -211,6 +297,40 @@ DEPLOYMENTS = [
 def test_deployment(case: str, o: dict[str, Any], pods: list[dict[str, Any]], health: Health,
                     reason: str) -> None:
     assert run(DEPLOYMENT_RULES, o, pods=pods) == (health, reason)
+
+
+def sts(replicas: int = 1, ready: Any = 1, **status: Any) -> dict[str, Any]:
+    return obj(spec={"replicas": replicas},
+               status={"observedGeneration": 1, "replicas": replicas, "readyReplicas": ready,
+                       "currentReplicas": replicas, **status})
+
+
+# application-operator is a StatefulSet in every Kyma 1.x (no availableReplicas before K8s 1.22).
+STATEFULSETS = [
+    ("ready", sts(), [pod()], Health.HEALTHY, "Ready"),
+    ("scaled-to-zero", sts(replicas=0, ready=0), [], Health.UNHEALTHY, "ScaledToZero"),
+    ("none-ready", sts(ready=0), [], Health.UNHEALTHY, "ReplicasUnavailable"),
+    ("crashloop", sts(ready=0), [pod("CrashLoopBackOff")], Health.UNHEALTHY,
+     "CrashLoopBackOff"),
+    ("partly-ready", sts(replicas=2, ready=1), [pod()], Health.DEGRADED, "ReplicasUnavailable"),
+    ("ready-but-pod-crashing", sts(), [pod("CrashLoopBackOff")], Health.DEGRADED,
+     "CrashLoopBackOff"),
+    ("rollout-not-observed", obj(generation=2, spec={"replicas": 1}, status={
+        "observedGeneration": 1, "readyReplicas": 0}), [], Health.PROGRESSING,
+     "GenerationNotObserved"),
+    ("young-starting", obj(created="2020-06-15T09:59:00Z", spec={"replicas": 1}, status={
+        "observedGeneration": 1, "readyReplicas": 0}), [], Health.PROGRESSING,
+     "RolloutInProgress"),
+    ("no-status", obj(spec={"replicas": 1}), [], Health.UNKNOWN, "NoStatus"),
+    ("ready-not-an-int", sts(ready="one"), [], Health.UNKNOWN, "MalformedObject"),
+]
+
+
+@pytest.mark.parametrize(("case", "o", "pods", "health", "reason"), STATEFULSETS,
+                         ids=[c[0] for c in STATEFULSETS])
+def test_statefulset(case: str, o: dict[str, Any], pods: list[dict[str, Any]], health: Health,
+                     reason: str) -> None:
+    assert run(STATEFULSET_RULES, o, pods=pods) == (health, reason)
 
 
 def test_crashloop_message_names_pod_container_restarts_and_exit() -> None:

@@ -199,7 +199,7 @@ def test_break_and_mend_reach_every_output(
                           "applications/commerce-mock").json()
         assert app["metadata"]["annotations"]["eventmesh-health.kyma-project.io/health"] == (
             "Unhealthy")
-        assert app["status"]["installationStatus"]["status"] == "DEPLOYED"  # untouched
+        assert app["status"]["installationStatus"]["status"] == "deployed"  # untouched
         events = wait_for("an Event", lambda: [
             e for e in api.request("GET", "/apis/events.k8s.io/v1/namespaces/default/events"
                                    ).json()["items"]

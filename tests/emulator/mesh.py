@@ -245,9 +245,9 @@ class Emulator:
         1. a `host_map` entry (exact host, `host:port`, or an fnmatch pattern, in order);
         2. loopback addresses as they are (`127.0.0.1`, `::1`, `localhost`);
         3. the mesh's own services by their cluster names: `<broker>-broker.<ns>` -> broker
-           ingress, `<broker>-kne-trigger-kn-channel.<ns>` -> trigger channel,
+           ingress, `<broker>-kne-trigger-kn-channel.<ns>` (or `-kafkachannel`) -> trigger channel,
            `<broker>-broker-filter.<ns>` -> broker filter (path kept),
-           `<app>-kn-channel.kyma-integration` -> application channel,
+           `<app>-kn-channel.kyma-integration` (or `-kafkachannel`) -> application channel,
            `<app>-event-service.kyma-integration` -> event service (path kept);
         4. any other host -> the subscriber stand-in (`subscriber_url(host, path)`), which
            records the event and answers 202: nothing ever leaves the machine.
@@ -269,12 +269,16 @@ class Emulator:
         if namespace:
             if _named(name, "-broker-filter"):
                 return self.base_url("broker-filter") + tail
-            if _named(name, "-kne-trigger-kn-channel"):
-                return self.trigger_channel_url(namespace, name[: -len("-kne-trigger-kn-channel")])
+            # NATSS names a channel's Service `<name>-kn-channel`, knative-kafka
+            # `<name>-kafkachannel`.
+            for suffix in ("-kne-trigger-kn-channel", "-kne-trigger-kafkachannel"):
+                if _named(name, suffix):
+                    return self.trigger_channel_url(namespace, name[: -len(suffix)])
             if _named(name, "-broker"):
                 return self.broker_ingress_url(namespace, name[: -len("-broker")])
-            if namespace == system and name.endswith("-kn-channel"):
-                return self.channel_url(name[: -len("-kn-channel")])
+            for suffix in ("-kn-channel", "-kafkachannel"):
+                if namespace == system and name.endswith(suffix):
+                    return self.channel_url(name[: -len(suffix)])
             if namespace == system and name.endswith("-event-service"):
                 return self.base_url("event-service") + tail
         return self.subscriber_url(host, tail)

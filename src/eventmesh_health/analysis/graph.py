@@ -8,7 +8,7 @@ causes module walks those edges to separate root causes from symptoms.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -26,11 +26,11 @@ from eventmesh_health.analysis.rules import (
 from eventmesh_health.model import Health, ObjectRef
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.topology import (
-    BackingChannel,
     ByField,
     ByLabels,
     ByName,
     ByOwner,
+    ByReference,
     ByServiceClass,
     Component,
     Expect,
@@ -39,11 +39,21 @@ from eventmesh_health.topology import (
     Link,
     Profile,
     Scope,
+    judge_for,
     kind_key,
 )
-from eventmesh_health.topology.core import DEPLOYMENT, ENDPOINT_SLICE, ENDPOINTS, POD, SERVICE
+from eventmesh_health.topology.core import (
+    DEPLOYMENT,
+    ENDPOINT_SLICE,
+    ENDPOINTS,
+    POD,
+    SERVICE,
+    STATEFULSET,
+)
 
 SYSTEM_PREFIX = "system:"
+# Workloads, judged with their Pods.
+_WORKLOAD_JUDGES = {DEPLOYMENT.key: Judge.DEPLOYMENT, STATEFULSET.key: Judge.STATEFULSET}
 
 
 @dataclass(eq=False, slots=True)
@@ -134,6 +144,9 @@ class _Builder:
         self.edges = _edges(profile)
         self.order = {link.id: position for position, link in enumerate(profile.links)}
         self.base_context = Context(now=snapshot.taken_at, thresholds=thresholds)
+        self.unobserved_context = replace(self.base_context, observes_generation=False)
+        # Per kind key: does its controller write status.observedGeneration (the profile says).
+        self.observes_generation = {k.key: k.observed_generation for k in profile.kinds}
         self.states = {
             link.id: (link.state, link.state_when) for link in profile.links
             if link.state is not None
@@ -155,6 +168,7 @@ class _Builder:
         """New time and kind coverage (the objects live in the index): judge afresh."""
         self.snapshot = snapshot
         self.base_context = Context(now=snapshot.taken_at, thresholds=self.thresholds)
+        self.unobserved_context = replace(self.base_context, observes_generation=False)
         self.verdicts.clear()
 
     def refresh_system(self) -> tuple[bool, bool]:
@@ -183,11 +197,15 @@ class _Builder:
     # --- judging ---------------------------------------------------------------------------
 
     def _context(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None) -> Context:
-        if link_judge is Judge.DEPLOYMENT:
+        if link_judge in (Judge.DEPLOYMENT, Judge.STATEFULSET):
             return Context(now=self.snapshot.taken_at, thresholds=self.thresholds,
                            pods=self._pods(obj))
         if label is not None:
             return Context(now=self.snapshot.taken_at, thresholds=self.thresholds, label=label)
+        if link_judge is Judge.KNATIVE and not self.observes_generation.get(
+            kind_key(str(obj.get("apiVersion")), str(obj.get("kind"))), False
+        ):
+            return self.unobserved_context
         return self.base_context
 
     def _judge(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None = None) -> Verdict:
@@ -257,13 +275,14 @@ class _Builder:
         required = not component.required_if_any or any(
             self.index.has_kind(k.key) for k in component.required_if_any
         )
-        obj = self.index.get(DEPLOYMENT.key, component.namespace, component.deployment)
+        workload = component.workload or DEPLOYMENT
+        obj = self.index.get(workload.key, component.namespace, component.deployment)
         if obj is None and not required:
             return
         description = f"the {component.role} {component.deployment}"
-        ref = _ref(DEPLOYMENT, component.namespace, component.deployment)
+        ref = _ref(workload, component.namespace, component.deployment)
         absent = None if obj else self._absent(ref, description)
-        verdict = self._judge(obj, Judge.DEPLOYMENT) if obj else absent
+        verdict = self._judge(obj, _WORKLOAD_JUDGES[workload.key]) if obj else absent
         assert verdict is not None
         node = Node(f"{SYSTEM_PREFIX}{component.id}", description, ref, obj, verdict,
                     absent=absent)
@@ -432,10 +451,18 @@ class _Builder:
         return nodes
 
     def _expected(self, link: Link, by_link: dict[str, list[Node]]) -> bool:
-        if link.expected is Expect.ALWAYS:
-            return True
         if link.expected is Expect.OPTIONAL:
             return False
+        if link.unexpected_when is not None:
+            gate, path, value = link.unexpected_when
+            for node in by_link.get(gate, []):
+                try:
+                    if node.obj is not None and get_str(node.obj, *path) == value:
+                        return False
+                except Malformed:
+                    continue  # its own judgement says what is wrong with it
+        if link.expected is Expect.ALWAYS:
+            return True
         return any(node.obj is not None for node in by_link.get(link.expected, []))
 
     def _nodes_for(
@@ -459,7 +486,7 @@ class _Builder:
         if len(found) > 1:  # a stable order, whatever order the objects arrived in
             found.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
         for obj in found:
-            verdict = self._judge(obj, link.judge, link.label)
+            verdict = self._judge(obj, self._judge_of(link, obj), link.label)
             node_values = values
             if isinstance(link.find, ByServiceClass):
                 service_id = _matched_service_id(obj, link.find, service_ids)
@@ -473,14 +500,24 @@ class _Builder:
                               absent=absent))
         return nodes
 
+    def _judge_of(self, link: Link, obj: Obj) -> Judge:
+        if not link.judges:
+            return link.judge
+        return judge_for(link, kind_key(str(obj.get("apiVersion")), str(obj.get("kind"))))
+
     def _missing_ref(self, link: Link, values: dict[str, str], parent: Node | None) -> ObjectRef:
         finder = link.find
-        kind = link.kinds[0]
+        # Of alternative kinds (a version variant), the first this cluster has at all.
+        kind = next(
+            (k for k in link.kinds
+             if k.key not in self.snapshot.unavailable and self._collected(k.key)),
+            link.kinds[0],
+        )
         if isinstance(finder, ByName):
             namespace = finder.namespace.format(**values) if finder.namespace else None
             return _ref(kind, namespace, finder.name.format(**values))
-        if isinstance(finder, BackingChannel) and parent is not None and parent.obj is not None:
-            api_version, kind_name, name = _backing_channel(parent.obj)
+        if isinstance(finder, ByReference) and parent is not None and parent.obj is not None:
+            api_version, kind_name, name = _referenced(parent.obj, finder)
             namespace = parent.obj["metadata"].get("namespace")
             if api_version and kind_name:
                 return _ref((api_version, kind_name), namespace, name)
@@ -548,10 +585,10 @@ class _Builder:
                         o for o in self.index.owned_by(uid, kind.key)
                         if o["metadata"].get("namespace") == namespace
                     )
-            elif isinstance(finder, BackingChannel):
+            elif isinstance(finder, ByReference):
                 if parent is None or parent.obj is None:
                     continue
-                _api_version, kind_name, name = _backing_channel(parent.obj)
+                _api_version, kind_name, name = _referenced(parent.obj, finder)
                 if kind_name is not None and kind_name != kind.kind:
                     continue
                 obj = self.index.get(kind.key, parent.obj["metadata"].get("namespace"), name)
@@ -568,7 +605,16 @@ class _Builder:
         for node in app_nodes or []:
             app_by_link.setdefault(node.role, []).append(node)
         for node in nodes:
-            for edge, target in self.edges[node.role]:
+            plan = self.edges[node.role]
+            steps = plan.always
+            if plan.by_kind:
+                obj = node.obj
+                key = (kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
+                       if obj is not None else kind_key(node.ref.api_version, node.ref.kind))
+                steps = steps + plan.by_kind.get(key, [])
+            if node.obj is None and plan.absent:
+                steps = steps + plan.absent
+            for edge, target in steps:
                 if edge is _Edge.SYSTEM:
                     component = self.components.get(target)
                     if component is not None:
@@ -589,13 +635,25 @@ class _Edge(Enum):
     SCOPE = "every node of that link in the namespace, else in the application"
 
 
-def _edges(profile: Profile) -> dict[str, list[tuple[_Edge, str]]]:
+_Step = tuple[_Edge, str]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How one link's needs are wired: always, by the kind of object, when it is missing."""
+
+    always: list[_Step]
+    by_kind: dict[str, list[_Step]]
+    absent: list[_Step]
+
+
+def _edges(profile: Profile) -> dict[str, _Plan]:
     """How each link's needs are wired, decided once per profile rather than per node."""
     parents = {link.id: link.parent for link in profile.links}
-    edges: dict[str, list[tuple[_Edge, str]]] = {}
-    for link in profile.links:
+
+    def steps(link: Link, needs: Iterable[str]) -> list[_Step]:
         plan = []
-        for need in link.needs:
+        for need in needs:
             if need.startswith(SYSTEM_PREFIX):
                 plan.append((_Edge.SYSTEM, need[len(SYSTEM_PREFIX):]))
             elif need == link.parent:
@@ -604,8 +662,16 @@ def _edges(profile: Profile) -> dict[str, list[tuple[_Edge, str]]]:
                 plan.append((_Edge.CHILDREN, need))
             else:
                 plan.append((_Edge.SCOPE, need))
-        edges[link.id] = plan
-    return edges
+        return plan
+
+    return {
+        link.id: _Plan(
+            steps(link, link.needs),
+            {kind.key: steps(link, needs) for kind, needs in link.needs_by_kind},
+            steps(link, link.created_by),
+        )
+        for link in profile.links
+    }
 
 
 def _resolution_order(links: list[Link]) -> list[Link]:
@@ -616,7 +682,8 @@ def _resolution_order(links: list[Link]) -> list[Link]:
     pending = list(links)
     while pending:
         for link in pending:
-            before = {link.parent, link.expected if isinstance(link.expected, str) else None}
+            before = {link.parent, link.expected if isinstance(link.expected, str) else None,
+                      link.unexpected_when[0] if link.unexpected_when else None}
             if all(dep is None or dep in placed or dep not in ids for dep in before):
                 ordered.append(link)
                 placed.add(link.id)
@@ -651,12 +718,12 @@ def _matched_service_id(obj: Obj, finder: ByServiceClass, service_ids: list[str]
     return ""
 
 
-def _backing_channel(channel: Obj) -> tuple[str | None, str | None, str]:
-    """(apiVersion, kind, name) of the channel implementing `channel`."""
-    ref = get_map(channel, "status", "channel")
+def _referenced(parent: Obj, finder: ByReference) -> tuple[str | None, str | None, str]:
+    """(apiVersion, kind, name) of the object `parent` refers to (see `ByReference`)."""
+    default_name = finder.name.format(parent=parent["metadata"]["name"])
+    ref = get_map(parent, *finder.ref)
     if ref:
-        kind = get_str(ref, "kind")
-        name = get_str(ref, "name") or channel["metadata"]["name"]
-        return get_str(ref, "apiVersion"), kind, name
-    template: Any = get_map(channel, "spec", "channelTemplate") or {}
-    return get_str(template, "apiVersion"), get_str(template, "kind"), channel["metadata"]["name"]
+        name = get_str(ref, "name") or default_name
+        return get_str(ref, "apiVersion"), get_str(ref, "kind"), name
+    template: Any = get_map(parent, *finder.template) or {}
+    return get_str(template, "apiVersion"), get_str(template, "kind"), default_name

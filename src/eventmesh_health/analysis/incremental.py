@@ -36,11 +36,11 @@ from eventmesh_health.analysis.rules import Thresholds
 from eventmesh_health.model import ApplicationReport, MeshReport, SystemReport
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.topology import (
-    BackingChannel,
     ByField,
     ByLabels,
     ByName,
     ByOwner,
+    ByReference,
     ByServiceClass,
     Profile,
     kind_key,
@@ -244,9 +244,12 @@ class IncrementalAnalysis:
                     inverse[kind.key].append(("class", finder.paths))
                 elif isinstance(finder, ByOwner):
                     inverse[kind.key].append(("owner",))
-                elif isinstance(finder, BackingChannel):
+                elif isinstance(finder, ByReference):
                     parent = self.profile.link(link.parent or "")
-                    inverse[kind.key].append(("backing", tuple(k.key for k in parent.kinds)))
+                    inverse[kind.key].append((
+                        "reference", tuple(k.key for k in parent.kinds),
+                        _pattern(finder.name),
+                    ))
         return inverse
 
     def _bindings(self, found: Mapping[str, str]) -> set[str]:
@@ -299,9 +302,16 @@ class IncrementalAnalysis:
                 for ref in meta.get("ownerReferences") or []:
                     if isinstance(ref, dict) and isinstance(ref.get("uid"), str):
                         apps |= self._apps_by_uid.get(ref["uid"], set())
-            elif rule[0] == "backing":
+            elif rule[0] == "reference":
+                match = rule[2].fullmatch(name)
+                if match is None:
+                    continue
                 for parent_kind in rule[1]:
-                    apps |= self._apps_by_ref.get((parent_kind, namespace, name), set())
+                    apps |= self._apps_by_ref.get(
+                        (parent_kind, namespace, match.group("parent")), set())
+                for ref in meta.get("ownerReferences") or []:  # owned by its parent
+                    if isinstance(ref, dict) and isinstance(ref.get("uid"), str):
+                        apps |= self._apps_by_uid.get(ref["uid"], set())
         if kind == POD.key:
             apps |= self._pod_owners(obj, namespace)
         return apps

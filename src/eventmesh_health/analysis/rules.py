@@ -14,6 +14,7 @@ from typing import Any
 from eventmesh_health.analysis.fields import (
     Malformed,
     Obj,
+    condition,
     conditions,
     duration,
     get_bool,
@@ -64,6 +65,9 @@ class Context:
     pods: Sequence[Obj] = ()
     endpoints: Sequence[Obj] = ()
     label: tuple[str, str] | None = None
+    # Whether the object's controller writes status.observedGeneration (the profile's
+    # `Kind.observed_generation`): without it, generations are not compared.
+    observes_generation: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def age(self, since: datetime) -> timedelta:
@@ -127,7 +131,18 @@ def _no_status(obj: Obj, ctx: Context, what: str) -> Verdict:
 # --- Knative-style readiness --------------------------------------------------------------
 
 
+def ready_false(obj: Obj, ctx: Context) -> Verdict | None:
+    """A real `Ready=False` shows with its reason, whatever the generations say: "not yet
+    observed" must never hide a failure the controller did report."""
+    ready = condition(obj, "Ready")
+    if ready is not None and ready.get("status") == "False":
+        return ready_condition(obj, ctx)
+    return None
+
+
 def generation_observed(obj: Obj, ctx: Context) -> Verdict | None:
+    if not ctx.observes_generation:
+        return None  # this kind's controller never writes observedGeneration
     generation = get_int(obj, "metadata", "generation")
     observed = get_int(obj, "status", "observedGeneration")
     if generation is None or (observed is not None and observed >= generation):
@@ -182,25 +197,39 @@ def ready_condition(obj: Obj, ctx: Context) -> Verdict | None:
     return Verdict(Health.PROGRESSING, reason, message or "Ready is Unknown")
 
 
-KNATIVE_RULES: tuple[Rule, ...] = (being_deleted, generation_observed, ready_condition)
+KNATIVE_RULES: tuple[Rule, ...] = (
+    being_deleted, ready_false, generation_observed, ready_condition,
+)
 
 
 # --- Application (application-operator) ---------------------------------------------------
 
-_HELM_PENDING = {"PENDING_INSTALL", "PENDING_UPGRADE", "PENDING_ROLLBACK", "DELETING"}
+# application-operator writes the Helm release status: Helm 2's upper-case names in Kyma
+# 1.11-1.13, Helm 3's lower-case ones from 1.14 (docs/reference/kyma1-kyma-shapes.md §1).
+_HELM_DEPLOYED = {"DEPLOYED", "deployed"}
+_HELM_FAILED = {"FAILED", "failed"}
+_HELM_PENDING = {
+    "PENDING_INSTALL", "PENDING_UPGRADE", "PENDING_ROLLBACK", "DELETING",
+    "pending-install", "pending-upgrade", "pending-rollback", "uninstalling",
+}
+# spec.skipInstallation: no release, by design (event-service, HTTPSource, ... never made).
+INSTALLATION_SKIPPED = "INSTALLATION_SKIPPED"
 
 
 def installation_status(obj: Obj, ctx: Context) -> Verdict | None:
     status = get_str(obj, "status", "installationStatus", "status")
     description = get_str(obj, "status", "installationStatus", "description") or ""
-    if status == "DEPLOYED":
+    if status in _HELM_DEPLOYED:
         return None
+    if status == INSTALLATION_SKIPPED:
+        return Verdict(Health.HEALTHY, "InstallationSkipped",
+                       "spec.skipInstallation: application-operator installs no release")
     if status is None:
         return _no_status(obj, ctx, "installationStatus")
     detail = f"installationStatus.status is {status}" + (f": {description}" if description else "")
     if status in _HELM_PENDING:
         return Verdict(Health.PROGRESSING, "InstallationPending", detail)
-    reason = "InstallationFailed" if status == "FAILED" else "NotDeployed"
+    reason = "InstallationFailed" if status in _HELM_FAILED else "NotDeployed"
     return Verdict(Health.UNHEALTHY, reason, detail)
 
 
@@ -216,6 +245,9 @@ def _catalog_condition(obj: Obj, type_: str) -> dict[str, Any] | None:
 
 def provision_status(obj: Obj, ctx: Context) -> Verdict | None:
     provision = get_str(obj, "status", "provisionStatus")
+    # Set at the *start* of processing (service-catalog v0.3 prepareObservedGeneration): read
+    # (so a malformed one is seen) but only reconciledGeneration means "done".
+    get_int(obj, "status", "observedGeneration")
     failed = _catalog_condition(obj, "Failed")
     ready = _catalog_condition(obj, "Ready")
     if provision == "Provisioned" and not (failed and failed.get("status") == "True"):
@@ -244,8 +276,10 @@ def provision_status(obj: Obj, ctx: Context) -> Verdict | None:
             str(ready.get("reason") or "NotProvisioned"),
             str(ready.get("message") or f"provisionStatus is {provision}"),
         )
-    if provision is None and ready is None:
-        return _no_status(obj, ctx, "provisionStatus")
+    if provision in (None, "") and ready is None:
+        # Never processed: no status at all, or the first pass's `provisionStatus: ""` with
+        # `conditions: []` (service-catalog v0.3 initializeServiceInstanceStatus).
+        return _no_status(obj, ctx, "provisioning")
     return Verdict(
         Health.UNHEALTHY, "NotProvisioned", f"provisionStatus is {provision or 'unset'}"
     )
@@ -339,6 +373,40 @@ def deployment_available(obj: Obj, ctx: Context) -> Verdict | None:
 DEPLOYMENT_RULES: tuple[Rule, ...] = (being_deleted, deployment_available)
 
 
+def statefulset_ready(obj: Obj, ctx: Context) -> Verdict | None:
+    """A StatefulSet (apps/v1 of Kubernetes 1.16-1.19 has no availableReplicas): its ready
+    replicas against spec.replicas, with the state of its Pods."""
+    replicas = get_int(obj, "spec", "replicas")
+    if replicas == 0:
+        return Verdict(Health.UNHEALTHY, "ScaledToZero", "spec.replicas is 0")
+    if get_map(obj, "status") is None:
+        return _no_status(obj, ctx, "status")
+    generation = get_int(obj, "metadata", "generation")
+    observed = get_int(obj, "status", "observedGeneration")
+    ready = get_int(obj, "status", "readyReplicas") or 0
+    desired = replicas if replicas is not None else 1
+    problem = _pod_problem(ctx.pods)
+    if ready < 1:
+        if problem:
+            return Verdict(Health.UNHEALTHY, problem[0], f"no replica ready; {problem[1]}")
+        if generation is not None and observed is not None and observed < generation:
+            return Verdict(Health.PROGRESSING, "GenerationNotObserved", "rollout not yet observed")
+        if _young(obj, ctx):
+            return Verdict(Health.PROGRESSING, "RolloutInProgress",
+                           f"0 of {desired} replicas ready")
+        return Verdict(Health.UNHEALTHY, "ReplicasUnavailable", f"0 of {desired} replicas ready")
+    if ready < desired:
+        detail = f"; {problem[1]}" if problem else ""
+        return Verdict(Health.DEGRADED, problem[0] if problem else "ReplicasUnavailable",
+                       f"{ready} of {desired} replicas ready{detail}")
+    if problem:
+        return Verdict(Health.DEGRADED, problem[0], problem[1])
+    return None
+
+
+STATEFULSET_RULES: tuple[Rule, ...] = (being_deleted, statefulset_ready)
+
+
 # --- Service with ready endpoints (admission webhooks) ------------------------------------
 
 
@@ -397,6 +465,7 @@ NAMESPACE_LABEL_RULES: tuple[Rule, ...] = (being_deleted, namespace_label)
 RULES: dict[Judge, tuple[Rule, ...]] = {
     Judge.KNATIVE: KNATIVE_RULES,
     Judge.DEPLOYMENT: DEPLOYMENT_RULES,
+    Judge.STATEFULSET: STATEFULSET_RULES,
     Judge.APPLICATION: APPLICATION_RULES,
     Judge.SERVICE_INSTANCE: SERVICE_INSTANCE_RULES,
     Judge.EXISTS: EXISTS_RULES,
@@ -404,7 +473,7 @@ RULES: dict[Judge, tuple[Rule, ...]] = {
 }
 
 
-def _plainly_ready(obj: Obj) -> bool:
+def _plainly_ready(obj: Obj, observes_generation: bool) -> bool:
     """The common case, decided without the full rule list: not being deleted, latest
     generation observed, every condition well-formed and Ready True. Anything else (or
     anything odd) goes through the rules, which say exactly what is wrong."""
@@ -415,7 +484,7 @@ def _plainly_ready(obj: Obj) -> bool:
     if meta.get("deletionTimestamp") is not None:
         return False
     generation = meta.get("generation")
-    if generation is not None:
+    if observes_generation and generation is not None:
         observed = status.get("observedGeneration")
         if type(generation) is not int or type(observed) is not int or observed < generation:
             return False
@@ -434,6 +503,6 @@ def _plainly_ready(obj: Obj) -> bool:
 
 
 def judge(kind: Judge, obj: Obj, ctx: Context) -> Verdict:
-    if kind is Judge.KNATIVE and _plainly_ready(obj):
+    if kind is Judge.KNATIVE and _plainly_ready(obj, ctx.observes_generation):
         return HEALTHY
     return decide(RULES[kind], obj, ctx)

@@ -28,6 +28,10 @@ class Kind:
     # The fields the analysis reads beyond the common metadata: all a dump keeps of an
     # object (see sources/slim.py; `spec.services[].id` walks a list).
     fields: tuple[str, ...] = field(default=("status",), compare=False)
+    # Whether this kind's controller writes `status.observedGeneration`. Only then is a
+    # generation ahead of it "not yet observed" (as kstatus: no field, no comparison); a
+    # controller that never writes it would leave every changed object Progressing forever.
+    observed_generation: bool = field(default=False, compare=False)
     # Version-independent identity used to index objects (`Deployment.apps`).
     key: str = field(init=False, compare=False)
 
@@ -72,6 +76,7 @@ class Judge(StrEnum):
 
     KNATIVE = "knative"  # Ready condition + observedGeneration
     DEPLOYMENT = "deployment"  # availability, plus the state of its Pods
+    STATEFULSET = "statefulset"  # ready replicas, plus the state of its Pods
     APPLICATION = "application"  # status.installationStatus.status == DEPLOYED
     SERVICE_INSTANCE = "service-instance"  # status.provisionStatus == Provisioned
     EXISTS = "exists"  # no status to judge: existing (and not stuck deleting) is healthy
@@ -110,9 +115,16 @@ class ByOwner:
 
 
 @dataclass(frozen=True, slots=True)
-class BackingChannel:
-    """The channel that implements a parent Channel: `status.channel`, else the
-    same name with the kind of `spec.channelTemplate`."""
+class ByReference:
+    """The object the parent names in the reference its controller writes at `ref`
+    (`{apiVersion, kind, name}`); until it does, the object named `name` ({parent}: the
+    parent's name) with the kind of the parent's channel template at `template`. Always in
+    the parent's namespace. A Channel's backing channel (`status.channel`), a Broker's
+    trigger channel (`status.triggerChannel`)."""
+
+    ref: tuple[str, ...]
+    template: tuple[str, ...]
+    name: str = "{parent}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +141,7 @@ class ByServiceClass:
     )
 
 
-Finder = ByName | ByLabels | ByField | ByOwner | BackingChannel | ByServiceClass
+Finder = ByName | ByLabels | ByField | ByOwner | ByReference | ByServiceClass
 
 
 class Expect(StrEnum):
@@ -147,6 +159,12 @@ class Link:
     description: str
     # Links or components ("system:<id>") this link cannot work without.
     needs: tuple[str, ...] = ()
+    # Further needs that depend on the kind of the object found (or expected): a KafkaChannel
+    # needs the Kafka channel controller, a NatssChannel the NATSS one.
+    needs_by_kind: tuple[tuple[Kind, tuple[str, ...]], ...] = ()
+    # When the object is missing: the links whose failure explains why it was never made
+    # (its creator's creator, when the creator itself needs this link: no cycles).
+    created_by: tuple[str, ...] = ()
     # ALWAYS, OPTIONAL, or the id of a link that, once found, makes this one expected.
     expected: Expect | str = Expect.ALWAYS
     many: bool = False
@@ -157,20 +175,36 @@ class Link:
     # ...and only once this field has this value (e.g. provisionStatus: Provisioned).
     state_when: tuple[tuple[str, ...], str] | None = None
     label: tuple[str, str] | None = None  # for Judge.NAMESPACE_LABEL
+    # A judge per kind where the link's kinds are judged differently (the HTTP adapter: a
+    # Knative Service in Kyma 1.11-1.14, a Deployment from 1.15); others get `judge`.
+    judges: tuple[tuple[Kind, Judge], ...] = ()
+    # Not expected (missing is fine) when an object of link `[0]` has `[2]` at path `[1]`:
+    # e.g. no event-service when the Application's installation was skipped by design.
+    unexpected_when: tuple[str, tuple[str, ...], str] | None = None
+
+
+def judge_for(link: Link, kind_key: str) -> Judge:
+    """How `link` judges an object of `kind_key`."""
+    for kind, judge in link.judges:
+        if kind.key == kind_key:
+            return judge
+    return link.judge
 
 
 @dataclass(frozen=True, slots=True)
 class Component:
-    """A system Deployment the mesh depends on, judged by availability and its Pods."""
+    """A system workload the mesh depends on, judged by availability and its Pods."""
 
     id: str
     namespace: str
-    deployment: str
+    deployment: str  # the workload's name (a Deployment unless `workload` says otherwise)
     role: str
     # A Service that must have ready endpoints (admission webhooks).
     service: str | None = None
     # Only required when objects of one of these kinds exist (e.g. a channel's controller).
     required_if_any: tuple[Kind, ...] = ()
+    # The workload kind when it is not a Deployment (a StatefulSet).
+    workload: Kind | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,10 @@ from eventmesh_health.topology import Kind
 # Never a pod template: it holds env values.
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments",
                   fields=("spec.replicas", "spec.selector", "status"))
+# application-operator runs as a StatefulSet in every Kyma 1.x (kyma@1.11.0-1.20.0:
+# resources/application-connector/charts/application-operator/templates/controller.yaml).
+STATEFULSET = Kind("apps/v1", "StatefulSet", "statefulsets",
+                   fields=("spec.replicas", "spec.selector", "status"))
 # Never the spec (env values); of the status, what tells a failing container.
 POD = Kind("v1", "Pod", "pods", fields=(
     "status.phase", "status.reason", "status.message", "status.conditions",
@@ -41,6 +45,6 @@ CRD = Kind(
 )
 
 CORE_KINDS = (
-    DEPLOYMENT, POD, SERVICE, ENDPOINTS, ENDPOINT_SLICE, NAMESPACE,
+    DEPLOYMENT, STATEFULSET, POD, SERVICE, ENDPOINTS, ENDPOINT_SLICE, NAMESPACE,
     VALIDATING_WEBHOOK, MUTATING_WEBHOOK,
 )

@@ -8,11 +8,11 @@ Application's event flow, listed upstream first. The analysis resolves a link's
 from __future__ import annotations
 
 from eventmesh_health.topology import (
-    BackingChannel,
     ByField,
     ByLabels,
     ByName,
     ByOwner,
+    ByReference,
     ByServiceClass,
     Component,
     Expect,
@@ -28,6 +28,7 @@ from eventmesh_health.topology.core import (
     DEPLOYMENT,
     MUTATING_WEBHOOK,
     NAMESPACE,
+    STATEFULSET,
     VALIDATING_WEBHOOK,
 )
 
@@ -47,10 +48,17 @@ EVENT_ACTIVATION = Kind(
     "applicationconnector.kyma-project.io/v1alpha1", "EventActivation", "eventactivations",
     fields=("spec.sourceId", "spec.displayName"),
 )
+# Which controllers write status.observedGeneration (docs/reference/kyma1-knative-shapes.md,
+# "Who writes status.observedGeneration"; kyma1-kyma-shapes.md §3): Broker, Trigger,
+# Subscription (knative/eventing@v0.12.0:pkg/reconciler/{broker,trigger,subscription}) and the
+# Knative Service (knative/serving@v0.12.0, v0.14.0:pkg/reconciler/service/service.go) do;
+# Channel (eventing v0.12.0 pkg/reconciler/channel), NatssChannel (eventing-contrib@v0.12.0
+# natss/), KafkaChannel (knative-kafka@v0.12.0-v0.12.5) and HTTPSource (kyma@1.11.0-1.20.0
+# components/event-sources) never do.
 HTTP_SOURCE = Kind("sources.kyma-project.io/v1alpha1", "HTTPSource", "httpsources",
                    fields=("spec.source", "status"))
 # Its spec is a pod template (env values): only the status.
-KNATIVE_SERVICE = Kind("serving.knative.dev/v1", "Service", "services")
+KNATIVE_SERVICE = Kind("serving.knative.dev/v1", "Service", "services", observed_generation=True)
 # A channel template's `spec` may carry configuration: only which kind it makes.
 CHANNEL = Kind("messaging.knative.dev/v1alpha1", "Channel", "channels",
                fields=("spec.channelTemplate.apiVersion", "spec.channelTemplate.kind",
@@ -61,12 +69,13 @@ NATSS_CHANNEL = Kind("messaging.knative.dev/v1alpha1", "NatssChannel", "natsscha
                      fields=("spec.subscribable", "status"))
 SUBSCRIPTION = Kind("messaging.knative.dev/v1alpha1", "Subscription", "subscriptions",
                     fields=("spec.channel", "spec.subscriber", "spec.reply", "spec.delivery",
-                            "status"))
+                            "status"), observed_generation=True)
 BROKER = Kind("eventing.knative.dev/v1alpha1", "Broker", "brokers",
               fields=("spec.channelTemplateSpec.apiVersion", "spec.channelTemplateSpec.kind",
-                      "spec.delivery", "status"))
+                      "spec.delivery", "status"), observed_generation=True)
 TRIGGER = Kind("eventing.knative.dev/v1alpha1", "Trigger", "triggers",
-               fields=("spec.broker", "spec.filter", "spec.subscriber", "status"))
+               fields=("spec.broker", "spec.filter", "spec.subscriber", "status"),
+               observed_generation=True)
 # Never spec.parameters / parametersFrom, nor the properties in the status (the parameters
 # again): the class and plan it was made from, and how provisioning went.
 SERVICE_INSTANCE = Kind(
@@ -81,6 +90,23 @@ SERVICE_INSTANCE = Kind(
             "status.observedGeneration", "status.lastConditionState"),
 )
 BACKING_CHANNELS = (KAFKA_CHANNEL, NATSS_CHANNEL)
+# What reconciles each backing channel kind: knative-kafka's controller for a KafkaChannel;
+# for a NatssChannel the NATSS controller and the shared dispatcher, whose availability is its
+# DispatcherReady (eventing-contrib@v0.12.0 natss/pkg/reconciler/controller/natsschannel.go).
+# By kind: a KafkaChannel's TopicFailed is never blamed on a NATSS controller that is down.
+BACKING_CHANNEL_NEEDS: tuple[tuple[Kind, tuple[str, ...]], ...] = (
+    (KAFKA_CHANNEL, ("system:kafka-channel-controller",)),
+    (NATSS_CHANNEL, ("system:natss-channel-controller", "system:natss-channel-dispatcher")),
+)
+
+# With spec.skipInstallation application-operator writes INSTALLATION_SKIPPED and installs no
+# release, so nothing of the application chart exists (kyma@1.11.0-1.20.0
+# components/application-operator/pkg/application-controller/reconciler.go).
+NOT_INSTALLED = ("application", ("status", "installationStatus", "status"), "INSTALLATION_SKIPPED")
+
+# A Channel's backing channel: status.channel, else its own name with the kind of
+# spec.channelTemplate (knative/eventing@v0.12.0:pkg/reconciler/channel/channel.go).
+BACKING_CHANNEL = ByReference(("status", "channel"), ("spec", "channelTemplate"))
 
 # Knative objects are reconciled by eventing-controller and admitted by eventing-webhook:
 # when either is down, new or changed objects cannot become ready.
@@ -98,27 +124,37 @@ LINKS: tuple[Link, ...] = (
         ByName(INTEGRATION_NS, "{app}"),
         Judge.KNATIVE, "the application Channel the HTTP adapter posts events to",
         needs=("backing-channel", *KNATIVE_EVENTING),
+        # Made by the HTTPSource, which the Application's release makes.
+        created_by=("application",), unexpected_when=NOT_INSTALLED,
     ),
     Link(
-        "backing-channel", BACKING_CHANNELS, Scope.APPLICATION, BackingChannel(),
+        "backing-channel", BACKING_CHANNELS, Scope.APPLICATION, BACKING_CHANNEL,
         Judge.KNATIVE, "the KafkaChannel or NatssChannel that implements the application Channel",
-        needs=("system:kafka-channel-controller", "system:natss-channel-controller"),
-        parent="channel",
+        needs_by_kind=BACKING_CHANNEL_NEEDS, parent="channel",
     ),
     Link(
-        "adapter", (KNATIVE_SERVICE,), Scope.APPLICATION, ByName(INTEGRATION_NS, "{app}"),
-        Judge.KNATIVE, "the HTTP adapter (Knative Service) that turns events into CloudEvents",
+        # Kyma 1.11-1.14: a Knative Service; 1.15 on: a Deployment (plus a core Service) of
+        # the same name (kyma@1.14.0 / @1.15.0:components/event-sources/reconciler/httpsource/
+        # reconcile.go makeKnService / makeDeployment). Knative Serving is gone from 1.16.
+        "adapter", (KNATIVE_SERVICE, DEPLOYMENT), Scope.APPLICATION,
+        ByName(INTEGRATION_NS, "{app}"),
+        Judge.KNATIVE, "the HTTP adapter (Knative Service up to Kyma 1.14, Deployment from 1.15) "
+        "that turns events into CloudEvents",
+        judges=((KNATIVE_SERVICE, Judge.KNATIVE), (DEPLOYMENT, Judge.DEPLOYMENT)),
+        created_by=("application",), unexpected_when=NOT_INSTALLED,
     ),
     Link(
         "http-source", (HTTP_SOURCE,), Scope.APPLICATION, ByName(INTEGRATION_NS, "{app}"),
         Judge.KNATIVE, "the HTTPSource that deploys the adapter and sinks it into the Channel",
         needs=("application", "channel", "adapter", "system:event-sources-controller"),
+        unexpected_when=NOT_INSTALLED,
     ),
     Link(
         "event-service", (DEPLOYMENT,), Scope.APPLICATION,
         ByName(INTEGRATION_NS, "{app}-event-service"),
         Judge.DEPLOYMENT, "the event-service Deployment that accepts the application's events",
         needs=("application",),
+        unexpected_when=NOT_INSTALLED,
     ),
     # --- per bound namespace ----------------------------------------------------------------
     Link(
@@ -164,16 +200,14 @@ LINKS: tuple[Link, ...] = (
         expected="broker",
     ),
     Link(
-        "trigger-channel", (CHANNEL,), Scope.NAMESPACE,
-        ByName("{namespace}", "default-kne-trigger"),
-        Judge.KNATIVE, "the Broker's trigger Channel", expected="broker",
-        needs=("trigger-channel-backing", *KNATIVE_EVENTING),
-    ),
-    Link(
-        "trigger-channel-backing", BACKING_CHANNELS, Scope.NAMESPACE, BackingChannel(),
-        Judge.KNATIVE, "the channel that implements the Broker's trigger Channel",
-        needs=("system:kafka-channel-controller", "system:natss-channel-controller"),
-        parent="trigger-channel",
+        # Not a messaging Channel: the Broker creates `<broker>-kne-trigger` with the kind of
+        # its spec.channelTemplateSpec, owned by it, and names it in status.triggerChannel
+        # (knative/eventing@v0.12.0:pkg/reconciler/broker/resources/channel.go, broker.go).
+        "trigger-channel", BACKING_CHANNELS, Scope.NAMESPACE,
+        ByReference(("status", "triggerChannel"), ("spec", "channelTemplateSpec"),
+                    "{parent}-kne-trigger"),
+        Judge.KNATIVE, "the Broker's trigger channel (a KafkaChannel or NatssChannel)",
+        needs_by_kind=BACKING_CHANNEL_NEEDS, parent="broker",
     ),
     Link(
         "brokersub", (SUBSCRIPTION,), Scope.NAMESPACE,
@@ -203,7 +237,8 @@ LINKS: tuple[Link, ...] = (
 )
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("application-operator", INTEGRATION_NS, "application-operator", "controller"),
+    Component("application-operator", INTEGRATION_NS, "application-operator", "controller",
+              workload=STATEFULSET),
     Component("application-broker", INTEGRATION_NS, "application-broker", "controller"),
     Component(
         "event-sources-controller", "kyma-system", "event-sources-controller-manager", "controller"
@@ -245,6 +280,7 @@ PROFILE = Profile(
     ),
     system_namespaces=("knative-eventing", INTEGRATION_NS, "kyma-system"),
     webhook_kinds=(VALIDATING_WEBHOOK, MUTATING_WEBHOOK),
-    # Either channel implementation will do: a cluster without one of them is fine.
-    optional_kinds=BACKING_CHANNELS,
+    # Either channel implementation will do: a cluster without one of them is fine; Knative
+    # Serving is not installed from Kyma 1.16 (the adapter is a Deployment there).
+    optional_kinds=(*BACKING_CHANNELS, KNATIVE_SERVICE),
 )
