@@ -24,9 +24,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 
 import synthetic
-from eventmesh_health.analysis import KYMA_1, analyse
+from eventmesh_health.analysis import analyse
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.sources.files import load_snapshot
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 

@@ -48,9 +48,9 @@ from typing import Any
 import httpx
 import yaml
 
-from eventmesh_health.analysis import KYMA_1
 from eventmesh_health.snapshot import SNAPSHOT_INFO_API_VERSION, SNAPSHOT_INFO_KIND
 from eventmesh_health.sources.files import load_snapshot
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 from tests.envtest.controlplane import ControlPlane
 from tests.envtest.fixtures import load_test_crds
 

@@ -21,12 +21,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventmesh_health.analysis import KYMA_1, analyse
+from eventmesh_health.analysis import analyse
 from eventmesh_health.model import MeshReport
 from eventmesh_health.serve.api import create_app, embedded_server
 from eventmesh_health.serve.metrics import Metrics
 from eventmesh_health.serve.state import HealthState
 from eventmesh_health.sources.files import load_snapshot
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "kafka-quota-reached"
 TAKEN_AT = datetime(2020, 6, 15, 10, 0, tzinfo=UTC)
@@ -130,7 +131,8 @@ async def test_json_field_names_are_the_camel_case_aliases(report: MeshReport) -
     async with client(ready_state(report)) as http:
         mesh = (await http.get("/api/v1/health")).json()
         app = (await http.get("/api/v1/applications/commerce-mock")).json()
-    assert set(mesh["source"]) == {"takenAt", "objects", "skippedKinds"}
+    assert set(mesh["source"]) == {"takenAt", "objects", "skippedKinds", "profile"}
+    assert mesh["source"]["profile"] == "kyma-1"
     assert mesh["source"]["takenAt"] == "2020-06-15T10:00:00Z"
     finding = app["findings"][1]
     assert set(finding) == {
@@ -324,7 +326,7 @@ async def test_openapi_documents_the_report_models(report: MeshReport) -> None:
     schemas = doc["components"]["schemas"]
     assert {"rootCause", "causedBy", "reason", "object"} <= set(schemas["Finding"]["properties"])
     assert "apiVersion" in schemas["ObjectRef"]["properties"]
-    assert {"takenAt", "skippedKinds"} <= set(schemas["SourceInfo"]["properties"])
+    assert {"takenAt", "skippedKinds", "profile"} <= set(schemas["SourceInfo"]["properties"])
     assert "lastTransitionTime" in schemas["ApplicationDetail"]["properties"]
     assert schemas["Health"]["enum"] == [
         "Healthy", "Progressing", "Unknown", "Degraded", "Unhealthy"]

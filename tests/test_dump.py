@@ -14,11 +14,11 @@ import yaml
 from click.testing import CliRunner
 
 from eventmesh_health import cli
-from eventmesh_health.analysis import KYMA_1
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.sources import cluster
 from eventmesh_health.sources.dump import dump_documents, write_dump
 from eventmesh_health.sources.files import SnapshotError, load_snapshot
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 from tests.envtest.controlplane import ControlPlane
 from tests.live_objects import ApiServer, apply_example, clear_cluster, report_json, run_cli
 

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from eventmesh_health.analysis import KYMA_1, analyse
+from eventmesh_health.analysis import analyse
 from eventmesh_health.model import Health
 from eventmesh_health.snapshot import Snapshot
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 from tests.rulecases import BASE, TAKEN_AT
 
 CLI = [sys.executable, "-m", "eventmesh_health"]
@@ -353,7 +354,8 @@ def test_echoed_text_is_bounded_and_cannot_forge_lines(tmp_path: Path) -> None:
                     "metadata": {"name": "evil\nEvent mesh: ✓ Healthy" + "n" * 100_000}})
     path = write(tmp_path / "mesh.json", json.dumps(objects))
     for output in ("json", "table"):
-        result = run("check", "--snapshot", path, "-o", output)
+        # a bare JSON array is no List: nothing in it identifies the mesh, so name the profile
+        result = run("check", "--snapshot", path, "-o", output, "--profile", "kyma-1")
         assert result.returncode == EXIT_UNHEALTHY, result.stderr[-2000:]
         assert len(result.stdout) < 50_000, len(result.stdout)
         assert "\x1b" not in result.stdout

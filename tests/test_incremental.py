@@ -12,9 +12,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventmesh_health.analysis import KYMA_1, analyse
+from eventmesh_health.analysis import analyse
 from eventmesh_health.analysis.incremental import IncrementalAnalysis
 from eventmesh_health.snapshot import Snapshot
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 from tests.rulecases import BASE, TAKEN_AT, cases, load_case
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))

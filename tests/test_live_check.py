@@ -24,8 +24,8 @@ from click.testing import CliRunner
 from lightkube import Client, KubeConfig
 
 from eventmesh_health import cli
-from eventmesh_health.analysis import KYMA_1
 from eventmesh_health.sources import cluster
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 from tests.envtest.controlplane import ControlPlane, free_port
 from tests.envtest.fixtures import install_crds, load_test_crds
 from tests.live_objects import (
@@ -325,7 +325,14 @@ def bare_control_plane() -> Iterator[ControlPlane]:
 def test_cluster_without_the_crds_reports_them_and_is_not_healthy(
     bare_control_plane: ControlPlane, tmp_path: Path
 ) -> None:
-    result = check_live(bare_control_plane)
+    # Nothing tells which mesh this is: `--profile auto` (the default) says so, exit 2.
+    auto = check_live(bare_control_plane)
+    assert auto.returncode == 2, auto.stderr
+    assert "no known profile detected" in auto.stderr
+    assert "applications.applicationconnector.kyma-project.io" in auto.stderr
+    assert "--profile" in auto.stderr and "Traceback" not in auto.stderr
+
+    result = check_live(bare_control_plane, "--profile", "kyma-1")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     report = report_json(result)
@@ -344,13 +351,14 @@ def test_cluster_without_the_crds_reports_them_and_is_not_healthy(
 
     # The dump says which kinds could not be read, and why; the check of it is the same.
     dump = tmp_path / "dump"
-    assert run_cli("dump", "-o", dump, "--kubeconfig", bare_control_plane.kubeconfig_path
-                   ).returncode == 0
+    assert run_cli("dump", "-o", dump, "--kubeconfig", bare_control_plane.kubeconfig_path,
+                   "--profile", "kyma-1").returncode == 0
     info = yaml.safe_load((dump / "snapshot.yaml").read_text())
     assert set(info["unavailable"]) == missing
     assert set(info["collected"]) == {k.resource for k in KYMA_1.kinds} - missing
-    again = report_json(run_cli("check", "-o", "json", "--snapshot", dump))
-    live = report_json(check_live(bare_control_plane))
+    assert info["profile"] == "kyma-1"
+    again = report_json(run_cli("check", "-o", "json", "--snapshot", dump))  # auto: its info
+    live = report_json(check_live(bare_control_plane, "--profile", "kyma-1"))
     for r in (again, live):
         r["source"].pop("takenAt")
     assert again == live
@@ -363,7 +371,8 @@ def test_cluster_without_the_crds_reports_them_and_is_not_healthy(
     with Client(KubeConfig.from_file(bare_control_plane.kubeconfig_path),
                 trust_env=False) as client:
         install_crds(client, [trigger_crd])
-    message = next(f["message"] for f in findings(report_json(check_live(bare_control_plane)))
+    message = next(f["message"] for f in findings(report_json(
+        check_live(bare_control_plane, "--profile", "kyma-1")))
                    if f["object"]["name"] == "triggers.eventing.knative.dev")
     assert message == ("triggers.eventing.knative.dev is installed but does not serve v1alpha1 "
                        "(it serves v1beta1); this profile reads eventing.knative.dev/v1alpha1")

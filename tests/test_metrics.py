@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from eventmesh_health.analysis import KYMA_1, analyse
+from eventmesh_health.analysis import analyse
 from eventmesh_health.model import (
     Finding,
     Health,
@@ -29,6 +29,7 @@ from eventmesh_health.serve.metrics import (
     Metrics,
 )
 from eventmesh_health.sources.files import load_snapshot
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 TAKEN_AT = datetime(2020, 6, 15, 10, 0, tzinfo=UTC)

@@ -20,6 +20,7 @@ from eventmesh_health.probing.health import (
 )
 from eventmesh_health.probing.heartbeat import Hop, new_heartbeat
 from eventmesh_health.probing.tracker import HopStats, LatencySummary, RecentArrival, Tracker
+from eventmesh_health.topology.kyma1 import DATA_PLANE
 
 T0 = datetime(2020, 6, 15, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=10)
@@ -116,7 +117,7 @@ def figures(hop: Hop, spec: str) -> HopStats:
     raise AssertionError(spec)
 
 
-OBJECTS = HopObjects.kyma1(APP, NS, brokersub="brokersub-hlb7j")
+OBJECTS = HopObjects.of(DATA_PLANE, APP, NS, "brokersub-hlb7j")
 HTTP_SOURCE = OBJECTS.segment[IN]
 BROKERSUB = OBJECTS.segment[CH]
 BROKER = OBJECTS.segment[BR]
@@ -280,7 +281,7 @@ def test_not_meaningful_is_unknown_and_a_symptom_of_the_control_plane():
 
 
 def test_kyma1_objects():
-    objects = HopObjects.kyma1(APP, NS)
+    objects = HopObjects.of(DATA_PLANE, APP, NS)
     assert str(objects.segment[IN]) == "HTTPSource kyma-integration/commerce-mock"
     assert str(objects.segment[CH]) == "Subscription kyma-integration/<unnamed>"
     assert objects.segment[CH].name is None  # generated name unknown: null, as in the report

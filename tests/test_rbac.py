@@ -18,8 +18,8 @@ import yaml
 from click.testing import CliRunner
 
 from eventmesh_health import cli
-from eventmesh_health.analysis import KYMA_1
 from eventmesh_health.sources import cluster
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 from tests.envtest.controlplane import ControlPlane
 from tests.live_objects import (
     ApiServer,

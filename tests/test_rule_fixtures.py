@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from eventmesh_health.analysis import KYMA_1, Thresholds, analyse
+from eventmesh_health.analysis import Thresholds, analyse
 from eventmesh_health.snapshot import Snapshot
+from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 from tests.rulecases import cases, described_findings, load_case, states
 
 

@@ -19,7 +19,7 @@ import click
 import yaml
 from rich.console import Console
 
-from eventmesh_health.analysis import KYMA_1, Analysis, Thresholds, analyse_graph
+from eventmesh_health.analysis import Analysis, Thresholds, analyse_graph
 from eventmesh_health.outputs.text import print_check
 from eventmesh_health.outputs.tree import explain_json, explain_tree
 from eventmesh_health.snapshot import Snapshot
@@ -31,9 +31,12 @@ from eventmesh_health.sources.cluster import (
     ClusterUnauthorized,
     Connection,
     read_cluster,
+    served_resources,
 )
 from eventmesh_health.sources.dump import DumpError, check_target, write_dump
-from eventmesh_health.sources.files import SnapshotError, load_snapshot
+from eventmesh_health.sources.files import RawDump, SnapshotError, read_dump, snapshot_of
+from eventmesh_health.topology import Profile
+from eventmesh_health.topology.registry import AUTO, PROFILES, ProfileError, detect, lookup
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_INPUT, EXIT_CLUSTER = 0, 1, 2, 3
 
@@ -97,27 +100,73 @@ def _timeout(_ctx: click.Context, param: click.Parameter, value: str) -> float:
     return seconds
 
 
-def _read_cluster(connection: Connection) -> ClusterRead:
+def _cluster_failure(err: Exception) -> NoReturn:
+    """A failure reading the cluster: one line on stderr and an exit code."""
+    if isinstance(err, ClusterConfigError | ClusterForbidden | ClusterUnauthorized):
+        _fail(str(err), EXIT_INPUT)
+    if isinstance(err, ClusterError):
+        _fail(f"cannot read the cluster: {err}", EXIT_CLUSTER)
+    _fail(f"cannot read the cluster: {type(err).__name__}: {err}", EXIT_CLUSTER)
+
+
+def _read_cluster(connection: Connection, profile: Profile) -> ClusterRead:
     """Read the live cluster; every failure is one line on stderr and an exit code."""
     try:
-        return read_cluster(KYMA_1, connection)
-    except (ClusterConfigError, ClusterForbidden, ClusterUnauthorized) as err:
-        _fail(str(err), EXIT_INPUT)
-    except ClusterError as err:
-        _fail(f"cannot read the cluster: {err}", EXIT_CLUSTER)
+        return read_cluster(profile, connection)
     except Exception as err:  # never a traceback, never a report from a partial read
-        _fail(f"cannot read the cluster: {type(err).__name__}: {err}", EXIT_CLUSTER)
+        _cluster_failure(err)
 
 
-def _snapshot(path: Path | None, connection: Connection | None = None) -> Snapshot:
+def _live_profile(name: str, connection: Connection) -> Profile:
+    """`--profile NAME`, or for `auto` the profile whose marker kinds the cluster serves."""
+    try:
+        if name != AUTO:
+            return lookup(name)
+        markers = [kind for profile in PROFILES.values() for kind in profile.markers]
+        try:
+            served = served_resources(connection, markers)
+        except Exception as err:
+            _cluster_failure(err)
+        return detect(served, "the resources the cluster serves")
+    except ProfileError as err:
+        _fail(str(err), EXIT_INPUT)
+
+
+def _dump_profile(name: str, raw: RawDump, path: Path) -> Profile:
+    """`--profile NAME`; for `auto` the profile the dump names (`dump` writes it into
+    snapshot.yaml), else the one whose marker kinds are in the dump."""
+    if name != AUTO:
+        return lookup(name)
+    named = raw.profile_name()
+    if named is not None:
+        try:
+            return lookup(named)
+        except ProfileError as err:
+            raise ProfileError(f"{raw.info_file}: SnapshotInfo.profile: {err}") from None
+    try:
+        return detect(raw.kinds(), f"the dump {path}")
+    except ProfileError:
+        if raw.info is not None:  # a malformed SnapshotInfo says more: report it first
+            for profile in PROFILES.values():
+                snapshot_of(raw, profile, datetime.now(UTC))
+        raise
+
+
+def _snapshot(
+    path: Path | None, connection: Connection | None = None, profile_name: str = AUTO
+) -> tuple[Snapshot, Profile]:
     if path is None:
-        return _read_cluster(connection or Connection()).snapshot
+        connection = connection or Connection()
+        profile = _live_profile(profile_name, connection)
+        return _read_cluster(connection, profile).snapshot, profile
     if connection is not None and (connection.kubeconfig or connection.context):
         _fail("--snapshot reads a dump: --kubeconfig and --context only apply to a cluster",
               EXIT_INPUT)
     try:
-        return load_snapshot(path, KYMA_1, now=datetime.now(UTC))
-    except SnapshotError as err:
+        raw = read_dump(path)
+        profile = _dump_profile(profile_name, raw, path)
+        return snapshot_of(raw, profile, datetime.now(UTC)), profile
+    except (SnapshotError, ProfileError) as err:
         _fail(str(err), EXIT_INPUT)
 
 
@@ -133,6 +182,18 @@ _STUCK_OPTION = click.option(
 _DEADLINE_OPTION = click.option(
     "--progress-deadline", default="10m", show_default=True, callback=_duration,
     help="A controller that has not reported within this long is not progressing any more.",
+)
+
+
+_PROFILE_HELP = (
+    "The topology to judge by: " + "; ".join(f"{p.name}: {p.description}"
+                                             for p in PROFILES.values())
+    + f". {AUTO}: detected from the dump's kinds, or from the kinds the cluster serves "
+    "(an error if no known profile's kinds are present)."
+)
+_PROFILE_OPTION = click.option(
+    "--profile", "profile_name", default=AUTO, show_default=True,
+    type=click.Choice([AUTO, *PROFILES]), help=_PROFILE_HELP,
 )
 
 
@@ -152,17 +213,22 @@ def _cluster_options(command: Any) -> Any:
     return _KUBECONFIG_OPTION(_CONTEXT_OPTION(_TIMEOUT_OPTION(command)))
 
 
+def _input_options(command: Any) -> Any:
+    """--profile and the cluster options (check, explain, dump)."""
+    return _PROFILE_OPTION(_cluster_options(command))
+
+
 def _connection(kubeconfig: Path | None, context: str | None, timeout: float) -> Connection:
     return Connection(kubeconfig=kubeconfig, context=context, timeout=timeout)
 
 
 def _analysis(
     path: Path | None, stuck: timedelta, deadline: timedelta,
-    connection: Connection | None = None,
+    connection: Connection | None = None, profile_name: str = AUTO,
 ) -> Analysis:
-    snapshot = _snapshot(path, connection)
-    return analyse_graph(snapshot, KYMA_1, Thresholds(stuck_deletion=stuck,
-                                                      progress_deadline=deadline))
+    snapshot, profile = _snapshot(path, connection, profile_name)
+    return analyse_graph(snapshot, profile, Thresholds(stuck_deletion=stuck,
+                                                       progress_deadline=deadline))
 
 
 def _console(width: int = 160) -> Console:
@@ -184,11 +250,11 @@ def main() -> None:
               show_default=True)
 @_STUCK_OPTION
 @_DEADLINE_OPTION
-@_cluster_options
+@_input_options
 def check(
     snapshot: Path | None, output: str, stuck_deletion_after: timedelta,
     progress_deadline: timedelta, kubeconfig: Path | None, context: str | None,
-    request_timeout: float,
+    request_timeout: float, profile_name: str = AUTO,
 ) -> None:
     """Health per Application and bound namespace, with root causes and their symptoms.
 
@@ -206,7 +272,8 @@ def check(
       3  the cluster could not be read: API server unreachable, timed out or failing
     """
     connection = _connection(kubeconfig, context, request_timeout)
-    report = _analysis(snapshot, stuck_deletion_after, progress_deadline, connection).report
+    report = _analysis(snapshot, stuck_deletion_after, progress_deadline, connection,
+                       profile_name).report
     if output == "table":
         print_check(report, _console())
     else:
@@ -221,18 +288,19 @@ def check(
               show_default=True)
 @_STUCK_OPTION
 @_DEADLINE_OPTION
-@_cluster_options
+@_input_options
 def explain(
     application: str, snapshot: Path | None, output: str, stuck_deletion_after: timedelta,
     progress_deadline: timedelta, kubeconfig: Path | None, context: str | None,
-    request_timeout: float,
+    request_timeout: float, profile_name: str = AUTO,
 ) -> None:
     """One application's whole chain as a tree: every link, its status, where the flow breaks.
 
     Reads --snapshot, else the cluster; exit codes as for `check`.
     """
     connection = _connection(kubeconfig, context, request_timeout)
-    analysis = _analysis(snapshot, stuck_deletion_after, progress_deadline, connection)
+    analysis = _analysis(snapshot, stuck_deletion_after, progress_deadline, connection,
+                         profile_name)
     pairs = zip(analysis.graph.apps, analysis.report.applications, strict=True)
     found = next(((u, r) for u, r in pairs if u.name == application), None)
     if found is None:
@@ -251,9 +319,9 @@ def explain(
 @click.option("-o", "--output-dir", required=True,
               type=click.Path(path_type=Path, file_okay=False),
               help="New or empty folder to write the dump into.")
-@_cluster_options
+@_input_options
 def dump(output_dir: Path, kubeconfig: Path | None, context: str | None,
-         request_timeout: float) -> None:
+         request_timeout: float, profile_name: str = AUTO) -> None:
     """Save what `check` reads from the cluster, for `check --snapshot DIR` elsewhere.
 
     Writes one `<resource>.yaml` per kind the analysis reads (a `v1 List`, as
@@ -265,10 +333,13 @@ def dump(output_dir: Path, kubeconfig: Path | None, context: str | None,
         check_target(output_dir)  # before reading: fail fast
     except DumpError as err:
         _fail(str(err), EXIT_INPUT)
-    read = _read_cluster(_connection(kubeconfig, context, request_timeout))
-    source = f"eventmesh-health {_version()} dump of context {read.context} ({read.server})"
+    connection = _connection(kubeconfig, context, request_timeout)
+    profile = _live_profile(profile_name, connection)
+    read = _read_cluster(connection, profile)
+    source = (f"eventmesh-health {_version()} dump of context {read.context} ({read.server}), "
+              f"profile {profile.name}")
     try:
-        files = write_dump(read.snapshot, KYMA_1, output_dir, source)
+        files = write_dump(read.snapshot, profile, output_dir, source)
     except DumpError as err:
         _fail(str(err), EXIT_INPUT)
     snapshot = read.snapshot
@@ -292,6 +363,8 @@ def _env(name: str) -> str:
 
 @main.command()
 @_cluster_options
+@click.option("--profile", "profile_name", default=AUTO, show_default=True,
+              type=click.Choice([AUTO, *PROFILES]), envvar=_env("PROFILE"), help=_PROFILE_HELP)
 @click.option("--host", default="0.0.0.0", show_default=True, envvar=_env("HOST"),
               help="Address the REST API and /metrics listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
@@ -385,6 +458,7 @@ def serve(
     receiver_url_template: str | None = None, event_service_url_template: str | None = None,
     adapter_url_template: str | None = None, broker_url_template: str | None = None,
     channel_url_template: str | None = None, advertise_address: str | None = None,
+    profile_name: str = AUTO,
 ) -> None:
     """Always-on checker: watches the cluster, keeps every Application's health current, and
     serves it (REST API, /metrics, EventMeshHealth objects, annotations, Events).
@@ -456,7 +530,12 @@ def serve(
         config = load_config(connection)
     except ClusterError as err:
         _fail(str(err), EXIT_INPUT)
+    profile = _live_profile(profile_name, connection)
+    if probe_settings is not None and profile.data_plane is None:
+        _fail(f"--probe: profile {profile.name} has no data plane to probe", EXIT_INPUT)
+    logging.getLogger("eventmesh_health.serve").info("profile %s", profile.name)
     settings = Settings(
+        profile=profile,
         probe=probe_settings,
         host=host, port=port, receiver_port=receiver_port,
         leader_election=leader_election, lease_namespace=lease_namespace,

@@ -128,6 +128,9 @@ class SourceInfo(BaseModel):
     taken_at: str = Field(alias="takenAt")
     objects: int
     skipped_kinds: dict[str, int] = Field(default_factory=dict, alias="skippedKinds")
+    # The topology profile the objects were judged by (`--profile`, or detected).
+    profile: str = Field(default="", description="The topology profile the objects were "
+                         "judged by (e.g. kyma-1): given with --profile, or detected.")
 
 
 class MeshReport(BaseModel):

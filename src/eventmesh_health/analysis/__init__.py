@@ -12,9 +12,9 @@ from eventmesh_health.analysis.rules import Thresholds
 from eventmesh_health.model import MeshReport
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.topology import Profile
-from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
+from eventmesh_health.topology.registry import DEFAULT
 
-__all__ = ["KYMA_1", "Analysis", "Thresholds", "analyse", "analyse_graph"]
+__all__ = ["Analysis", "Thresholds", "analyse", "analyse_graph"]
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,10 @@ class Analysis:
 
 
 def analyse_graph(
-    snapshot: Snapshot, profile: Profile = KYMA_1, thresholds: Thresholds | None = None
+    snapshot: Snapshot, profile: Profile | None = None, thresholds: Thresholds | None = None
 ) -> Analysis:
+    """The analysis of `snapshot` by `profile` (default: `topology.registry.DEFAULT`)."""
+    profile = profile or DEFAULT
     # The analysis allocates many small containers and frees none of them until it ends;
     # letting the cyclic GC scan the whole snapshot again and again meanwhile costs a third
     # of the run. It is switched back on (if it was on) before returning.
@@ -44,6 +46,6 @@ def analyse_graph(
 
 
 def analyse(
-    snapshot: Snapshot, profile: Profile = KYMA_1, thresholds: Thresholds | None = None
+    snapshot: Snapshot, profile: Profile | None = None, thresholds: Thresholds | None = None
 ) -> MeshReport:
     return analyse_graph(snapshot, profile, thresholds).report

@@ -84,7 +84,8 @@ class IncrementalAnalysis:
 
     def report(self) -> MeshReport:
         applications = [self.reports[name] for name in sorted(self.reports)]
-        return mesh_report(self.system, applications, self.builder.index, self.builder.snapshot)
+        return mesh_report(self.system, applications, self.builder.index, self.builder.snapshot,
+                           self.profile.name)
 
     # --- changes -------------------------------------------------------------------------------
 

@@ -130,6 +130,7 @@ def mesh_report(
     applications: list[ApplicationReport],
     index: Index,
     snapshot: Snapshot,
+    profile: str = "",
 ) -> MeshReport:
     health = Health.worst([system.health, *(a.health for a in applications)])
     return MeshReport.model_construct(
@@ -141,6 +142,7 @@ def mesh_report(
             taken_at=snapshot.taken_at.isoformat().replace("+00:00", "Z"),
             objects=index.count(),
             skipped_kinds=dict(sorted({**snapshot.skipped, **index.skipped}.items())),
+            profile=profile,
         ),
     )
 
@@ -151,4 +153,4 @@ def build_report(
     causes = causes or Causes()
     system = system_report(graph, snapshot, profile, causes)
     applications = [application_report(app, causes) for app in graph.apps]
-    return mesh_report(system, applications, graph.index, snapshot)
+    return mesh_report(system, applications, graph.index, snapshot, profile.name)

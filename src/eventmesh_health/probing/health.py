@@ -62,13 +62,8 @@ from enum import StrEnum
 from eventmesh_health.model import Finding, Health, ObjectRef, severity_for
 from eventmesh_health.probing.heartbeat import Hop
 from eventmesh_health.probing.tracker import HopStats, RecentArrival, Tracker
-from eventmesh_health.topology.kyma1 import (
-    BROKER,
-    CHANNEL,
-    HTTP_SOURCE,
-    INTEGRATION_NS,
-    SUBSCRIPTION,
-)
+from eventmesh_health.topology import ByPairLabels, DataPlane, ObjectAt
+from eventmesh_health.topology.registry import DEFAULT
 
 __all__ = [
     "Culprit",
@@ -154,37 +149,40 @@ _PROBLEM_REASON = {
     Problem.DUPLICATES: REASON_DUPLICATES,
 }
 
-SEGMENTS = {
-    Hop.INGRESS: "the path event-service → HTTP adapter → application Channel",
-    Hop.CHANNEL: "the path application Channel → Broker (the brokersub- Subscription)",
-    Hop.BROKER: "the namespace's Broker (ingress → filter → Trigger → checker)",
-}
-_ENTRY = {
-    Hop.INGRESS: "the application's event-service",
-    Hop.CHANNEL: "the application Channel's address",
-    Hop.BROKER: "the namespace's broker ingress",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class HopObjects:
-    """The objects findings name: per hop, its path segment's and its entry's."""
+    """The objects findings name, per hop: its path segment's and its entry's, with the
+    words that describe them (all from the profile's `DataPlane`)."""
 
     segment: Mapping[Hop, ObjectRef]
     entry: Mapping[Hop, ObjectRef]
+    segment_text: Mapping[Hop, str] = field(default_factory=dict)
+    entry_text: Mapping[Hop, str] = field(default_factory=dict)
 
     @staticmethod
-    def kyma1(application: str, namespace: str, brokersub: str | None = None) -> HopObjects:
-        """Kyma 1.x: the HTTPSource, the `brokersub-` Subscription (its generated name if
-        known) and the namespace's Broker `default`."""
-        source = _ref(HTTP_SOURCE.api_version, HTTP_SOURCE.kind, INTEGRATION_NS, application)
-        channel = _ref(CHANNEL.api_version, CHANNEL.kind, INTEGRATION_NS, application)
-        sub = _ref(SUBSCRIPTION.api_version, SUBSCRIPTION.kind, INTEGRATION_NS, brokersub)
-        broker = _ref(BROKER.api_version, BROKER.kind, namespace, "default")
-        return HopObjects(
-            segment={Hop.INGRESS: source, Hop.CHANNEL: sub, Hop.BROKER: broker},
-            entry={Hop.INGRESS: source, Hop.CHANNEL: channel, Hop.BROKER: broker},
-        )
+    def of(data_plane: DataPlane, application: str, namespace: str,
+           generated: str | None = None) -> HopObjects:
+        """The pair's objects; `generated`: the name of a segment object whose name is
+        generated (the `brokersub-` Subscription on Kyma 1.x), if known (else null)."""
+        segment: dict[Hop, ObjectRef] = {}
+        entry: dict[Hop, ObjectRef] = {}
+        segment_text: dict[Hop, str] = {}
+        entry_text: dict[Hop, str] = {}
+        for data_hop in data_plane.hops:
+            hop = Hop(data_hop.id)
+            segment[hop] = _object(data_hop.segment, application, namespace, generated)
+            entry[hop] = _object(data_hop.entry, application, namespace, generated)
+            segment_text[hop] = data_hop.segment_text
+            entry_text[hop] = data_hop.entry_text
+        return HopObjects(segment, entry, segment_text, entry_text)
+
+
+def _object(where: ObjectAt | ByPairLabels, application: str, namespace: str,
+            generated: str | None) -> ObjectRef:
+    if isinstance(where, ObjectAt):
+        ns, name = where.place(application, namespace)
+        return _ref(where.kind.api_version, where.kind.kind, ns, name)
+    return _ref(where.kind.api_version, where.kind.kind, where.namespace, generated)
 
 
 def _ref(api_version: str, kind: str, namespace: str, name: str | None) -> ObjectRef:
@@ -274,7 +272,10 @@ def classify(
     messages of loss and silence.
     """
     limits = thresholds or ProbeThresholds()
-    refs = objects or HopObjects.kyma1(application, namespace)
+    if objects is None:
+        assert DEFAULT.data_plane is not None
+        objects = HopObjects.of(DEFAULT.data_plane, application, namespace)
+    refs = objects
     probed = [hop for hop in Hop if hop in set(hops if hops is not None else stats)]
     if not_meaningful is not None:
         finding = _finding(
@@ -467,14 +468,15 @@ def _problem_finding(
     hops_text = _hops(affected)
     s = verdicts[hop].stats
     assert s is not None
+    entry = refs.entry_text.get(hop) or str(refs.entry[hop])
     if injection:
         return _finding(
             Health.DEGRADED, refs.entry[hop], REASON_INJECTION,
-            f"probes injected at {_ENTRY[hop]} ({hop.value}) show {_problem_text(problem)} "
+            f"probes injected at {entry} ({hop.value}) show {_problem_text(problem)} "
             f"while those injected further upstream pass through the same path: the "
-            f"checker's way into {_ENTRY[hop]} (its URL) does not work. "
+            f"checker's way into {entry} (its URL) does not work. "
             f"{_figures(problem, s, now)}")
-    where = SEGMENTS[hop]
+    where = refs.segment_text.get(hop) or str(refs.segment[hop])
     if ambiguous:
         where += " (or a segment further down that is not probed)"
     note = f" Last dead letter: {dead_letter}" if dead_letter and problem in (

@@ -70,13 +70,8 @@ from eventmesh_health.probing.sender import (
 from eventmesh_health.probing.signing import Keyring, Verifier
 from eventmesh_health.probing.tracker import Arrival, ProbeMetrics, Tracker
 from eventmesh_health.probing.triggers import TriggerConfig, TriggerManager
-from eventmesh_health.topology.kyma1 import (
-    APPLICATION,
-    BROKER,
-    CHANNEL,
-    INTEGRATION_NS,
-    SUBSCRIPTION,
-)
+from eventmesh_health.topology import ByPairLabels, DataPlane, Profile
+from eventmesh_health.topology.registry import DEFAULT
 
 __all__ = ["PROBE_ANNOTATION", "ProbeRunner", "ProbeSettings", "Target", "merge_verdicts"]
 
@@ -176,19 +171,27 @@ def _opted_out(application: Mapping[str, Any] | None) -> bool:
     return str(annotations.get(PROBE_ANNOTATION, "")).strip().lower() == "false"
 
 
-def targets(report: MeshReport, index: _Index) -> dict[str, Target]:
-    """The applications to probe and their qualifying namespaces (state >= 3, Broker
-    `default` Ready), but none whose Application says `PROBE_ANNOTATION: "false"`."""
+def _data_plane(profile: Profile) -> DataPlane:
+    if profile.data_plane is None:
+        raise ValueError(f"profile {profile.name} has no data plane to probe")
+    return profile.data_plane
+
+
+def targets(report: MeshReport, index: _Index, profile: Profile = DEFAULT) -> dict[str, Target]:
+    """The applications to probe and their qualifying namespaces (state >= 3, the profile's
+    Broker Ready), but none whose Application says `PROBE_ANNOTATION: "false"`."""
+    plane = _data_plane(profile)
     out: dict[str, Target] = {}
     for app in report.applications:
-        if _opted_out(index.get(APPLICATION.key, None, app.name)):
+        if _opted_out(index.get(profile.application.key, None, app.name)):
             continue
         namespaces = tuple(sorted(
             ns.name for ns in app.namespaces
-            if ns.state >= 3 and _ready(index.get(BROKER.key, ns.name, "default"))))
+            if ns.state >= 3 and _ready(index.get(plane.broker.kind.key,
+                                                  *plane.broker.place(app.name, ns.name)))))
         if not namespaces:
             continue
-        channel = index.get(CHANNEL.key, INTEGRATION_NS, app.name)
+        channel = index.get(plane.channel.kind.key, *plane.channel.place(app.name, ""))
         address = ((channel or {}).get("status") or {}).get("address") or {}
         url = address.get("url") or (f"http://{address['hostname']}"
                                      if address.get("hostname") else None)
@@ -196,15 +199,25 @@ def targets(report: MeshReport, index: _Index) -> dict[str, Target]:
     return out
 
 
-def _brokersubs(index: _Index) -> dict[tuple[str, str], str]:
+def generated_names(index: _Index, data_plane: DataPlane) -> dict[tuple[str, str], str]:
+    """(application, namespace) -> the name of its generated segment object (the
+    `brokersub-` Subscription on Kyma 1.x), found by its labels."""
     out: dict[tuple[str, str], str] = {}
-    for sub in index.of_kind(SUBSCRIPTION.key):
-        meta = sub.get("metadata") or {}
+    for hop in data_plane.hops:
+        if isinstance(hop.segment, ByPairLabels):
+            out.update(_labelled(index, hop.segment))
+    return out
+
+
+def _labelled(index: _Index, where: ByPairLabels) -> dict[tuple[str, str], str]:
+    out: dict[tuple[str, str], str] = {}
+    for obj in index.of_kind(where.kind.key):
+        meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
-        if meta.get("namespace") != INTEGRATION_NS:
+        if meta.get("namespace") != where.namespace:
             continue
-        app, ns = labels.get("application-name"), labels.get("broker-namespace")
-        if app and ns and str(meta.get("name", "")).startswith("brokersub-"):
+        app, ns = labels.get(where.application_label), labels.get(where.namespace_label)
+        if app and ns and str(meta.get("name", "")).startswith(where.prefix):
             out[(str(app), str(ns))] = str(meta["name"])
     return out
 
@@ -257,6 +270,8 @@ class ProbeRunner:
     identity: str
     is_leader: Callable[[], bool]
     clock: Callable[[], datetime] | None = None
+    # What is probed and which objects findings name (its `data_plane`).
+    profile: Profile = DEFAULT
     tracker: Tracker = field(init=False)
     keys: KeySource = field(init=False)
     receiver: Receiver = field(init=False)
@@ -350,7 +365,7 @@ class ProbeRunner:
         """The current control-plane view (called by the orchestrator after each analysis)."""
         if report is not None and index is not None:
             had_targets = bool(self._targets)
-            self._targets = targets(report, index)
+            self._targets = targets(report, index, self.profile)
             self._probed_pairs = frozenset((ns, app) for app, ns in self.pairs())
             if self._targets and not had_targets:
                 # the first round ran before the first analysis: probe now, not an
@@ -531,7 +546,8 @@ class ProbeRunner:
                                                                     DataPlaneVerdict]:
         if not self.is_leader() or not self.since:
             return {}
-        subs = _brokersubs(index)
+        plane = _data_plane(self.profile)
+        subs = generated_names(index, plane)
         limits = self.settings.limits()
         now = self.tracker.clock()
         out: dict[tuple[str, str], DataPlaneVerdict] = {}
@@ -540,7 +556,7 @@ class ProbeRunner:
                 since = self.since.get((app.name, ns.name))
                 if since is None:
                     continue
-                objects = HopObjects.kyma1(app.name, ns.name, subs.get((app.name, ns.name)))
+                objects = HopObjects.of(plane, app.name, ns.name, subs.get((app.name, ns.name)))
                 letter = self.receiver.latest_dead_letter(app.name, ns.name)
                 not_meaningful = None
                 if ns.health is not Health.HEALTHY:

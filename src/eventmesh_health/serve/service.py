@@ -31,7 +31,7 @@ from typing import Any
 
 import lightkube
 
-from eventmesh_health.analysis import KYMA_1, Thresholds
+from eventmesh_health.analysis import Thresholds
 from eventmesh_health.analysis.incremental import IncrementalAnalysis
 from eventmesh_health.model import (
     ApplicationReport,
@@ -57,7 +57,8 @@ from eventmesh_health.serve.writer import (
     HEALTH_STATUS_RESOURCE,
     HealthWriter,
 )
-from eventmesh_health.topology.kyma1 import TRIGGER
+from eventmesh_health.topology import Profile
+from eventmesh_health.topology.registry import DEFAULT
 
 log = logging.getLogger("eventmesh_health.serve")
 
@@ -111,6 +112,8 @@ class Settings:
     log_level: str = "info"
     # Heartbeat probing of the data plane (`--probe`); None: off.
     probe: ProbeSettings | None = None
+    # What is watched and how it is judged (`--profile`; `auto` is resolved before).
+    profile: Profile = DEFAULT
 
 
 def _now() -> datetime:
@@ -125,15 +128,18 @@ class Service:
         self.settings = settings
         self.client = client
         self.now = now
+        profile = settings.profile
+        # The heartbeat Triggers' kind (a profile that cannot be probed has none to clean up).
+        self._trigger_key = profile.data_plane.trigger.key if profile.data_plane else ""
         self.state = HealthState(leader_election_running=not settings.leader_election)
         self.metrics = Metrics(
-            kinds=[k.key for k in KYMA_1.kinds],
+            kinds=[k.key for k in profile.kinds],
             writes=[(HEALTH_RESOURCE, "create"), (HEALTH_RESOURCE, "patch"),
                     (HEALTH_RESOURCE, "delete"), (HEALTH_STATUS_RESOURCE, "patch"),
                     (APPLICATION_RESOURCE, "patch"), (EVENT_RESOURCE, "create"),
                     (EVENT_RESOURCE, "patch")],
         )
-        self.cache = ClusterCache(client, KYMA_1.kinds, on_changes=self._on_changes)
+        self.cache = ClusterCache(client, profile.kinds, on_changes=self._on_changes)
         self.analysis: IncrementalAnalysis | None = None
         self.elector: LeaderElector | None = None
         if settings.leader_election:
@@ -146,16 +152,19 @@ class Service:
             )
         self.writer = HealthWriter(
             client, is_leader=self.is_leader, events_namespace=settings.events_namespace,
-            reporting_instance=settings.identity,
+            reporting_instance=settings.identity, application=profile.application,
         )
         self.prober: ProbeRunner | None = None
         self.leftovers: LeftoverTriggers | None = None
         if settings.probe is not None:
+            if profile.data_plane is None:
+                raise ValueError(f"profile {profile.name} has no data plane to probe")
             probe = settings.probe
             if probe.advertise_address is None:
                 probe = replace(probe, advertise_address=host_port(
                     settings.host, settings.receiver_port or settings.port))
-            self.prober = ProbeRunner(client, probe, settings.identity, self.is_leader)
+            self.prober = ProbeRunner(client, probe, settings.identity, self.is_leader,
+                                      profile=profile)
             self.metrics.add_collector(self.prober.metrics)
         else:
             self.leftovers = LeftoverTriggers(client)
@@ -247,12 +256,13 @@ class Service:
         snapshot = self.cache.snapshot(now)
         started = time.perf_counter()
         if self.analysis is None:
-            self.analysis = IncrementalAnalysis(snapshot, KYMA_1, self.settings.thresholds)
+            self.analysis = IncrementalAnalysis(snapshot, self.settings.profile,
+                                                self.settings.thresholds)
             self.state.caches_synced = True
         else:
             latest: dict[tuple[str, Any, Any], Change] = {}
             for change in changes:
-                if change.kind == TRIGGER.key:
+                if change.kind == self._trigger_key:
                     self._look_for_leftovers = True
                 meta = change.obj.get("metadata") or {}
                 latest[(change.kind, meta.get("namespace"), meta.get("name"))] = change
@@ -324,8 +334,8 @@ class Service:
         unavailable = self.analysis.builder.snapshot.unavailable
         self.metrics.set_cache(
             self.cache.synced,
-            {k.key: index.count_of(k.key) for k in KYMA_1.kinds},
-            {k.key: k.key not in unavailable for k in KYMA_1.kinds},
+            {k.key: index.count_of(k.key) for k in self.settings.profile.kinds},
+            {k.key: k.key not in unavailable for k in self.settings.profile.kinds},
         )
         for kind, stats in self.cache.stats.items():
             restarts, relists = self._stats_seen.get(kind, (0, 0))
@@ -350,7 +360,8 @@ class Service:
                 continue
             applications = {
                 str(obj["metadata"]["name"]): obj
-                for obj in self.analysis.builder.index.of_kind(KYMA_1.application.key)
+                for obj in self.analysis.builder.index.of_kind(
+                    self.settings.profile.application.key)
             }
             await self.writer.publish(report, applications, self.state.transitions)
             for (resource, verb), count in self.writer.write_counts.items():
@@ -369,7 +380,7 @@ class Service:
         elif self.elector is None:
             hold = ("serve runs without leader election, so it may not be the deployment "
                     "that made them, and deletes none")
-        triggers = list(self.analysis.builder.index.of_kind(TRIGGER.key))
+        triggers = list(self.analysis.builder.index.of_kind(self._trigger_key))
         if not await self.leftovers.remove(triggers, hold=hold):
             self._look_for_leftovers = True  # try again after the next change
 

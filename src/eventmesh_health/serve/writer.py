@@ -75,7 +75,7 @@ from lightkube.types import PatchType
 from eventmesh_health.model import ApplicationReport, Finding, Health, MeshReport, ObjectRef
 from eventmesh_health.sources.cluster import resource_class
 from eventmesh_health.topology import Kind
-from eventmesh_health.topology.kyma1 import APPLICATION
+from eventmesh_health.topology.registry import DEFAULT
 
 __all__ = [
     "ALL_HEALTHY",
@@ -327,12 +327,12 @@ def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return metadata if isinstance(metadata, Mapping) else {}
 
 
-def _owner_uid(obj: Mapping[str, Any]) -> str | None:
+def _owner_uid(obj: Mapping[str, Any], application: Kind) -> str | None:
     for ref in _metadata(obj).get("ownerReferences") or []:
         if (
             isinstance(ref, Mapping)
-            and ref.get("kind") == APPLICATION.kind
-            and str(ref.get("apiVersion", "")).startswith(f"{APPLICATION.group}/")
+            and ref.get("kind") == application.kind
+            and str(ref.get("apiVersion", "")).startswith(f"{application.group}/")
         ):
             uid = ref.get("uid")
             return str(uid) if uid else None
@@ -403,6 +403,7 @@ class HealthWriter:
         series_window: timedelta = timedelta(minutes=10),
         max_events_per_minute: int = 5,
         resync_period: timedelta = timedelta(minutes=10),
+        application: Kind = DEFAULT.application,
     ) -> None:
         if events_namespace not in EVENTS_NAMESPACES:
             raise ValueError(
@@ -425,7 +426,9 @@ class HealthWriter:
         self._resync_period = resync_period
 
         self._health_res = resource_class(HEALTH_KIND)
-        self._app_res = resource_class(APPLICATION)
+        # The profile's application kind: what health objects are owned by and annotate.
+        self._application = application
+        self._app_res = resource_class(application)
         self._event_res = resource_class(EVENT_KIND)
 
         self._lock = asyncio.Lock()
@@ -592,18 +595,17 @@ class HealthWriter:
         self._synced_at = now
         return True
 
-    @staticmethod
-    def _record(obj: Mapping[str, Any]) -> _HealthObject:
+    def _record(self, obj: Mapping[str, Any]) -> _HealthObject:
         status = obj.get("status")
         return _HealthObject(
-            owner_uid=_owner_uid(obj),
+            owner_uid=_owner_uid(obj, self._application),
             status=_comparable_status(status) if isinstance(status, Mapping) and status else None,
         )
 
     def _owner(self, name: str, uid: str) -> dict[str, Any]:
         return {
-            "apiVersion": APPLICATION.api_version,
-            "kind": APPLICATION.kind,
+            "apiVersion": self._application.api_version,
+            "kind": self._application.kind,
             "name": name,
             "uid": uid,
             "controller": False,
@@ -825,8 +827,8 @@ class HealthWriter:
             "action": EVENT_ACTION,
             "reason": series.reason,
             "regarding": {
-                "apiVersion": APPLICATION.api_version,
-                "kind": APPLICATION.kind,
+                "apiVersion": self._application.api_version,
+                "kind": self._application.kind,
                 "name": series.application,
                 "uid": series.uid,
             },

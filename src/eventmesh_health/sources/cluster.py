@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -498,3 +498,38 @@ def _served_versions(client: Client, kind: Kind) -> list[str] | None:
         if kind.plural in names:
             served.append(version)
     return served or None
+
+
+def served_resources(connection: Connection, kinds: Iterable[Kind]) -> frozenset[str]:
+    """Which of `kinds` the API server serves (any version), as resources (`plural.group`):
+    what `--profile auto` looks at on a live cluster. Asks discovery, which every
+    authenticated user may read (no RBAC beyond the reader role)."""
+    client = connect(connection)
+    server = client.config.cluster.server
+    served: set[str] = set()
+    try:
+        for kind in kinds:
+            if _served_versions(client, kind) is not None:
+                served.add(kind.resource)
+    except httpx2.HTTPStatusError as err:
+        code = err.response.status_code
+        if code == 401:
+            raise ClusterUnauthorized(
+                f"unauthorized: the API server at {server} does not accept these credentials "
+                "(token or client certificate expired or wrong?)") from None
+        raise ClusterUnreachable(f"the API server at {server} failed during API discovery "
+                                 f"(HTTP {code})") from None
+    except httpx2.TimeoutException:
+        raise ClusterUnreachable(f"the API server at {server} did not answer within the request "
+                                 "timeout during API discovery (--request-timeout)") from None
+    except httpx2.TransportError as err:
+        raise ClusterUnreachable(f"cannot reach the API server at {server}: "
+                                 f"{_transport_reason(err)}") from None
+    except (ConfigError, OSError) as err:
+        raise ClusterConfigError(f"credentials for {server}: {_describe(err)}") from None
+    except ValueError as err:
+        raise ClusterUnreachable(f"unexpected discovery answer from {server}: "
+                                 f"{_describe(err)}") from None
+    finally:
+        client.close()
+    return frozenset(served)

@@ -71,6 +71,8 @@ def snapshot_info(snapshot: Snapshot, profile: Profile, source: str) -> dict[str
         "metadata": {"name": "snapshot"},
         "takenAt": format_time(snapshot.taken_at),
         "source": source,
+        # The profile the dump was read with: what `check --snapshot --profile auto` uses.
+        "profile": profile.name,
         "collected": [
             kind.resource for kind in profile.kinds
             if collected is not None and kind.key in collected

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from eventmesh_health.snapshot import (
     Snapshot,
 )
 from eventmesh_health.sources.parse import ParseError, parse_json, parse_yaml
-from eventmesh_health.topology import Profile
+from eventmesh_health.topology import Profile, kind_key
 
 SUFFIXES = {".yaml", ".yml", ".json"}
 
@@ -102,32 +103,64 @@ def _is_info(obj: Any) -> bool:
     )
 
 
-def load_snapshot(path: Path, profile: Profile, now: datetime) -> Snapshot:
-    """All objects under `path`. `now` is used when the dump does not say when it was taken."""
-    objects: list[Any] = []
-    problems: list[InputProblem] = []
+@dataclass
+class RawDump:
+    """A dump as read, before a profile gives meaning to its `SnapshotInfo`."""
+
+    objects: list[Any] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
     info: dict[str, Any] | None = None
     info_file: Path | None = None
+
+    def kinds(self) -> frozenset[str]:
+        """Kind keys of the objects, and the resources SnapshotInfo says were collected
+        (a dump of an empty mesh still names its kinds there): what detection looks at."""
+        present = {kind_key(obj["apiVersion"], obj["kind"]) for obj in self.objects
+                   if isinstance(obj.get("apiVersion"), str) and isinstance(obj.get("kind"), str)}
+        collected = (self.info or {}).get("collected")
+        if isinstance(collected, list):
+            present.update(r for r in collected if isinstance(r, str))
+        return frozenset(present)
+
+    def profile_name(self) -> str | None:
+        """The profile SnapshotInfo says the dump was read with (`dump` writes it)."""
+        name = (self.info or {}).get("profile")
+        return name if isinstance(name, str) and name else None
+
+
+def read_dump(path: Path) -> RawDump:
+    """Every object under `path`, and our SnapshotInfo if there is one."""
+    raw = RawDump()
     for file in dump_files(path):
         for number, document in enumerate(_documents(file), start=1):
             for item in _items(document):
                 if _is_info(item):
-                    info, info_file = item, file
+                    raw.info, raw.info_file = item, file
                 elif isinstance(item, dict):
-                    objects.append(item)
+                    raw.objects.append(item)
                 else:
-                    problems.append(InputProblem(
+                    raw.problems.append(InputProblem(
                         f"{file} (document {number})",
                         f"a {type(item).__name__} where an object was expected: {item!r:.60}",
                     ))
+    return raw
+
+
+def load_snapshot(path: Path, profile: Profile, now: datetime) -> Snapshot:
+    """All objects under `path`. `now` is used when the dump does not say when it was taken."""
+    return snapshot_of(read_dump(path), profile, now)
+
+
+def snapshot_of(raw: RawDump, profile: Profile, now: datetime) -> Snapshot:
+    """The snapshot of a dump read with `read_dump`, its SnapshotInfo read for `profile`."""
     taken_at = now
     collected: frozenset[str] | None = None
     unavailable: dict[str, str] = {}
-    if info is not None:
-        taken_at, collected = _read_info(info, info_file, profile)
-        unavailable = _read_unavailable(info, info_file, profile, collected)
-    return Snapshot(objects=objects, taken_at=taken_at, collected=collected,
-                    unavailable=unavailable, problems=problems)
+    if raw.info is not None:
+        taken_at, collected = _read_info(raw.info, raw.info_file, profile)
+        unavailable = _read_unavailable(raw.info, raw.info_file, profile, collected)
+    return Snapshot(objects=raw.objects, taken_at=taken_at, collected=collected,
+                    unavailable=unavailable, problems=raw.problems)
 
 
 def _read_unavailable(

@@ -214,6 +214,68 @@ class NamespaceSource:
     link: str
 
 
+# --- the data plane: the hops heartbeats cross, and the objects findings about them name.
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectAt:
+    """One object by kind, namespace and name; strings may hold {app} and {namespace}."""
+
+    kind: Kind
+    namespace: str
+    name: str
+
+    def place(self, app: str, namespace: str) -> tuple[str, str]:
+        """(namespace, name) of the object for this application and namespace."""
+        return (self.namespace.format(app=app, namespace=namespace),
+                self.name.format(app=app, namespace=namespace))
+
+
+@dataclass(frozen=True, slots=True)
+class ByPairLabels:
+    """Objects with generated names (a `brokersub-` Subscription), one per (application,
+    namespace): in `namespace`, named `prefix...`, labelled with the application and the
+    namespace they serve."""
+
+    kind: Kind
+    namespace: str
+    application_label: str
+    namespace_label: str
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataHop:
+    """One probed hop, upstream first. `id` is a `probing.heartbeat.Hop` value (`ingress`,
+    `channel`, `broker`): the place heartbeats are injected. A probe injected at a hop
+    crosses its `segment` (named by findings that blame the path) and every hop below it;
+    a failing injection names the `entry`."""
+
+    id: str
+    segment: ObjectAt | ByPairLabels
+    segment_text: str
+    entry: ObjectAt
+    entry_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlane:
+    """What probing needs of a profile: its hops, the Broker a namespace must have Ready to
+    be probed, the Channel whose `status.address` is the channel hop's URL, and the kind of
+    the heartbeat Triggers."""
+
+    hops: tuple[DataHop, ...]
+    broker: ObjectAt
+    channel: ObjectAt
+    trigger: Kind
+
+    def hop(self, hop_id: str) -> DataHop:
+        for hop in self.hops:
+            if hop.id == hop_id:
+                return hop
+        raise KeyError(hop_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
@@ -229,6 +291,13 @@ class Profile:
     webhook_kinds: tuple[Kind, ...] = field(default_factory=tuple)
     # Kinds a cluster may lack without harm (alternatives, like two channel implementations).
     optional_kinds: tuple[Kind, ...] = field(default_factory=tuple)
+    # What probing injects into and blames (None: the profile cannot be probed).
+    data_plane: DataPlane | None = None
+    # Kinds whose presence (objects in a dump, served resources on a cluster) tells that a
+    # cluster runs this mesh: what `--profile auto` looks for.
+    markers: tuple[Kind, ...] = field(default_factory=tuple)
+    # One line for `--profile` help and detection messages.
+    description: str = ""
 
     def link(self, link_id: str) -> Link:
         for link in self.links:

@@ -12,14 +12,18 @@ from eventmesh_health.topology import (
     ByLabels,
     ByName,
     ByOwner,
+    ByPairLabels,
     ByReference,
     ByServiceClass,
     Component,
+    DataHop,
+    DataPlane,
     Expect,
     Judge,
     Kind,
     Link,
     NamespaceSource,
+    ObjectAt,
     Profile,
     Scope,
 )
@@ -262,8 +266,36 @@ COMPONENTS: tuple[Component, ...] = (
     ),
 )
 
+# --- the data plane (probing/health.py: hop localisation) --------------------------------------
+# Heartbeats enter at the event-service (ingress), the application Channel's address (channel)
+# and the namespace's broker ingress (broker). The brokersub- Subscription's name is generated
+# (application-broker: brokersub-<random>); it is found by its two labels.
+HTTP_SOURCE_OF_APP = ObjectAt(HTTP_SOURCE, INTEGRATION_NS, "{app}")
+APPLICATION_CHANNEL = ObjectAt(CHANNEL, INTEGRATION_NS, "{app}")
+DEFAULT_BROKER = ObjectAt(BROKER, "{namespace}", "default")
+BROKERSUB = ByPairLabels(SUBSCRIPTION, INTEGRATION_NS, "application-name", "broker-namespace",
+                         "brokersub-")
+
+DATA_PLANE = DataPlane(
+    hops=(
+        DataHop("ingress", HTTP_SOURCE_OF_APP,
+                "the path event-service → HTTP adapter → application Channel",
+                HTTP_SOURCE_OF_APP, "the application's event-service"),
+        DataHop("channel", BROKERSUB,
+                "the path application Channel → Broker (the brokersub- Subscription)",
+                APPLICATION_CHANNEL, "the application Channel's address"),
+        DataHop("broker", DEFAULT_BROKER,
+                "the namespace's Broker (ingress → filter → Trigger → checker)",
+                DEFAULT_BROKER, "the namespace's broker ingress"),
+    ),
+    broker=DEFAULT_BROKER,
+    channel=APPLICATION_CHANNEL,
+    trigger=TRIGGER,
+)
+
 PROFILE = Profile(
-    name="kyma-1.x",
+    name="kyma-1",
+    description="Kyma 1.11-1.20 (Knative Eventing v0.12, application-connector, event-sources)",
     application=APPLICATION,
     kinds=(
         APPLICATION, APPLICATION_MAPPING, EVENT_ACTIVATION, HTTP_SOURCE, KNATIVE_SERVICE, CHANNEL,
@@ -283,4 +315,8 @@ PROFILE = Profile(
     # Either channel implementation will do: a cluster without one of them is fine; Knative
     # Serving is not installed from Kyma 1.16 (the adapter is a Deployment there).
     optional_kinds=(*BACKING_CHANNELS, KNATIVE_SERVICE),
+    data_plane=DATA_PLANE,
+    # Kyma's own application-connector and event-sources kinds: a plain Knative cluster has
+    # none of them.
+    markers=(APPLICATION, APPLICATION_MAPPING, EVENT_ACTIVATION, HTTP_SOURCE),
 )
