@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from eventmesh_health import reasons
 from eventmesh_health.analysis.graph import Node
 from eventmesh_health.analysis.rules import Verdict
 from eventmesh_health.model import Health
@@ -50,10 +51,11 @@ def settle_missing(nodes: Iterable[Node], causes: Causes) -> None:
         if node.absent is None:
             continue
         node.verdict = node.absent  # settle afresh: the upstream may have changed since
-        if node.absent.reason != "NotFound":
+        if node.absent.reason != reasons.NOT_FOUND:
             continue
         roots = causes.roots(node)
         if roots != [node] and any(r.verdict.health is Health.PROGRESSING for r in roots):
             node.verdict = Verdict(
-                Health.PROGRESSING, "NotYetCreated", f"{node.absent.message} (not yet created)"
+                Health.PROGRESSING, reasons.NOT_YET_CREATED,
+                f"{node.absent.message} (not yet created)"
             )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from eventmesh_health import reasons
 from eventmesh_health.analysis.fields import Malformed, Obj, get_list, get_map, get_str
 from eventmesh_health.analysis.index import Index
 from eventmesh_health.analysis.rules import (
@@ -215,7 +216,7 @@ class _Builder:
             try:
                 ctx = self._context(obj, link_judge, label)
             except Malformed as err:
-                verdict = Verdict(Health.UNKNOWN, "MalformedObject", str(err))
+                verdict = Verdict(Health.UNKNOWN, reasons.MALFORMED_OBJECT, str(err))
             else:
                 verdict = judge(link_judge, obj, ctx)
             self.verdicts[key] = verdict
@@ -246,21 +247,22 @@ class _Builder:
         """The verdict on an expected object that is not in the snapshot."""
         key = kind_key(ref.api_version, ref.kind)
         if key in self.snapshot.unavailable:
-            return Verdict(Health.UNKNOWN, "KindNotAvailable", self.snapshot.unavailable[key])
+            return Verdict(Health.UNKNOWN, reasons.KIND_NOT_AVAILABLE,
+                           self.snapshot.unavailable[key])
         if not self._collected(key):
             return Verdict(
                 Health.UNKNOWN,
-                "NotCollected",
+                reasons.NOT_COLLECTED,
                 f"the snapshot holds no {ref.kind} objects, so it cannot tell whether "
                 f"{description} exists",
             )
         if self.index.bad_place(key, ref.namespace):
             return Verdict(
                 Health.UNKNOWN,
-                "MalformedCandidate",
+                reasons.MALFORMED_CANDIDATE,
                 f"not found, but a malformed {ref.kind} object here may be it",
             )
-        return Verdict(Health.UNHEALTHY, "NotFound", f"missing: {description}")
+        return Verdict(Health.UNHEALTHY, reasons.NOT_FOUND, f"missing: {description}")
 
     # --- system components -------------------------------------------------------------------
 
@@ -332,7 +334,7 @@ class _Builder:
                     targets.append((str(get_str(hook, "name")), namespace, name, policy))
         except Malformed as err:
             node = Node("webhook", "an admission webhook configuration", None, config,
-                        Verdict(Health.UNKNOWN, "MalformedObject", str(err)))
+                        Verdict(Health.UNKNOWN, reasons.MALFORMED_OBJECT, str(err)))
             self.system.append(node)
             return
         if not targets:
@@ -354,7 +356,7 @@ class _Builder:
                 rejects = policy == "Fail"
                 node.verdict = Verdict(
                     Health.UNHEALTHY if rejects else Health.DEGRADED,
-                    "WebhookUnavailable",
+                    reasons.WEBHOOK_UNAVAILABLE,
                     f"webhook {hook_name} calls Service {namespace}/{name}, which cannot answer: "
                     + ("the API server rejects the objects it admits (failurePolicy Fail)"
                        if rejects else "admission is skipped (failurePolicy Ignore)"),
@@ -377,7 +379,7 @@ class _Builder:
             for node in app_nodes:
                 if node.obj is app_obj and not node.failing:
                     node.verdict = Verdict(
-                        Health.UNKNOWN, "MalformedObject",
+                        Health.UNKNOWN, reasons.MALFORMED_OBJECT,
                         f"cannot tell its Events services: {services_problem}",
                     )
         namespaces = []
@@ -481,7 +483,7 @@ class _Builder:
         except Malformed as err:
             assert parent is not None and parent.obj is not None  # only parents' fields are read
             return [Node(link.id, link.description, _obj_ref(parent.obj), None,
-                         Verdict(Health.UNKNOWN, "MalformedObject", str(err)), link.needs,
+                         Verdict(Health.UNKNOWN, reasons.MALFORMED_OBJECT, str(err)), link.needs,
                          parent)]
         if len(found) > 1:  # a stable order, whatever order the objects arrived in
             found.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))

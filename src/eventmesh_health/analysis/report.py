@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from eventmesh_health import reasons
 from eventmesh_health.analysis.causes import Causes, settle_missing
 from eventmesh_health.analysis.graph import AppUnit, Graph, Node
 from eventmesh_health.analysis.index import Index
@@ -63,13 +64,13 @@ def input_findings(graph: Graph, snapshot: Snapshot, profile: Profile) -> list[F
             severity=Severity.WARNING, health=Health.UNKNOWN,
             object=ObjectRef(api_version=bad.api_version, kind=bad.kind, namespace=bad.namespace,
                              name=bad.name),
-            reason="MalformedObject", message=bad.message, root_cause=True, caused_by=None,
+            reason=reasons.MALFORMED_OBJECT, message=bad.message, root_cause=True, caused_by=None,
         ))
     for problem in snapshot.problems:
         findings.append(Finding.model_construct(
             severity=Severity.WARNING, health=Health.UNKNOWN,
             object=ObjectRef(api_version="", kind="", namespace=None, name=None),
-            reason="UnusableInput", message=f"{problem.where}: {problem.message}",
+            reason=reasons.UNUSABLE_INPUT, message=f"{problem.where}: {problem.message}",
             root_cause=True, caused_by=None,
         ))
     optional = {k.key for k in profile.optional_kinds}
@@ -81,7 +82,7 @@ def input_findings(graph: Graph, snapshot: Snapshot, profile: Profile) -> list[F
             severity=Severity.WARNING, health=Health.UNKNOWN,
             object=ObjectRef(api_version=CRD.api_version, kind=CRD.kind, namespace=None,
                              name=kind.resource),
-            reason="KindNotAvailable", message=message, root_cause=True, caused_by=None,
+            reason=reasons.KIND_NOT_AVAILABLE, message=message, root_cause=True, caused_by=None,
         ))
     return findings
 

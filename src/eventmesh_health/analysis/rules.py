@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from eventmesh_health import reasons
 from eventmesh_health.analysis.fields import (
     Malformed,
     Obj,
@@ -54,7 +55,7 @@ class Verdict:
         object.__setattr__(self, "message", printable(self.message, MAX_MESSAGE))
 
 
-HEALTHY = Verdict(Health.HEALTHY, "Ready", "")
+HEALTHY = Verdict(Health.HEALTHY, reasons.READY, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ def decide(rules: Sequence[Rule], obj: Obj, ctx: Context) -> Verdict:
             if verdict is not None:
                 return verdict
     except Malformed as err:
-        return Verdict(Health.UNKNOWN, "MalformedObject", str(err))
+        return Verdict(Health.UNKNOWN, reasons.MALFORMED_OBJECT, str(err))
     return HEALTHY
 
 
@@ -107,10 +108,10 @@ def being_deleted(obj: Obj, ctx: Context) -> Verdict | None:
     if finalizers and age > ctx.thresholds.stuck_deletion:
         return Verdict(
             Health.UNHEALTHY,
-            "StuckInDeletion",
+            reasons.STUCK_IN_DELETION,
             f"deletion requested {duration(age.total_seconds())} ago,{held}",
         )
-    return Verdict(Health.PROGRESSING, "Terminating", f"being deleted{held}")
+    return Verdict(Health.PROGRESSING, reasons.TERMINATING, f"being deleted{held}")
 
 
 def _young(obj: Obj, ctx: Context) -> bool:
@@ -120,10 +121,10 @@ def _young(obj: Obj, ctx: Context) -> bool:
 
 def _no_status(obj: Obj, ctx: Context, what: str) -> Verdict:
     if _young(obj, ctx):
-        return Verdict(Health.PROGRESSING, "NotYetReconciled", f"no {what} reported yet")
+        return Verdict(Health.PROGRESSING, reasons.NOT_YET_RECONCILED, f"no {what} reported yet")
     return Verdict(
         Health.UNKNOWN,
-        "NoStatus",
+        reasons.NO_STATUS,
         f"no {what} reported: its controller has never reconciled it",
     )
 
@@ -151,7 +152,7 @@ def generation_observed(obj: Obj, ctx: Context) -> Verdict | None:
         return _no_status(obj, ctx, "status")
     return Verdict(
         Health.PROGRESSING,
-        "GenerationNotObserved",
+        reasons.GENERATION_NOT_OBSERVED,
         f"generation {generation} not yet observed by its controller "
         f"(observedGeneration {observed if observed is not None else 'unset'})",
     )
@@ -174,7 +175,8 @@ def ready_condition(obj: Obj, ctx: Context) -> Verdict | None:
         return _no_status(obj, ctx, "conditions")
     ready = next((c for c in conds if c.get("type") == "Ready"), None)
     if ready is None:
-        return Verdict(Health.UNKNOWN, "ReadyConditionMissing", "status has no Ready condition")
+        return Verdict(Health.UNKNOWN, reasons.READY_CONDITION_MISSING,
+                       "status has no Ready condition")
     status = ready.get("status")
     if status == "True":
         return None
@@ -222,14 +224,14 @@ def installation_status(obj: Obj, ctx: Context) -> Verdict | None:
     if status in _HELM_DEPLOYED:
         return None
     if status == INSTALLATION_SKIPPED:
-        return Verdict(Health.HEALTHY, "InstallationSkipped",
+        return Verdict(Health.HEALTHY, reasons.INSTALLATION_SKIPPED,
                        "spec.skipInstallation: application-operator installs no release")
     if status is None:
         return _no_status(obj, ctx, "installationStatus")
     detail = f"installationStatus.status is {status}" + (f": {description}" if description else "")
     if status in _HELM_PENDING:
-        return Verdict(Health.PROGRESSING, "InstallationPending", detail)
-    reason = "InstallationFailed" if status in _HELM_FAILED else "NotDeployed"
+        return Verdict(Health.PROGRESSING, reasons.INSTALLATION_PENDING, detail)
+    reason = reasons.INSTALLATION_FAILED if status in _HELM_FAILED else reasons.NOT_DEPLOYED
     return Verdict(Health.UNHEALTHY, reason, detail)
 
 
@@ -256,24 +258,24 @@ def provision_status(obj: Obj, ctx: Context) -> Verdict | None:
         if generation is not None and reconciled is not None and reconciled < generation:
             return Verdict(
                 Health.PROGRESSING,
-                "UpdateInProgress",
+                reasons.UPDATE_IN_PROGRESS,
                 f"generation {generation} not yet reconciled (reconciledGeneration {reconciled})",
             )
         return None
     if failed is not None and failed.get("status") == "True":
         return Verdict(
             Health.UNHEALTHY,
-            str(failed.get("reason") or "ProvisionFailed"),
+            str(failed.get("reason") or reasons.PROVISION_FAILED),
             str(failed.get("message") or "provisioning failed"),
         )
     if get_bool(obj, "status", "asyncOpInProgress") or get_str(
         obj, "status", "currentOperation"
     ) in ("Provision", "Update"):
-        return Verdict(Health.PROGRESSING, "Provisioning", "provisioning in progress")
+        return Verdict(Health.PROGRESSING, reasons.PROVISIONING, "provisioning in progress")
     if ready is not None and ready.get("status") == "False":
         return Verdict(
             Health.UNHEALTHY,
-            str(ready.get("reason") or "NotProvisioned"),
+            str(ready.get("reason") or reasons.NOT_PROVISIONED),
             str(ready.get("message") or f"provisionStatus is {provision}"),
         )
     if provision in (None, "") and ready is None:
@@ -281,7 +283,7 @@ def provision_status(obj: Obj, ctx: Context) -> Verdict | None:
         # `conditions: []` (service-catalog v0.3 initializeServiceInstanceStatus).
         return _no_status(obj, ctx, "provisioning")
     return Verdict(
-        Health.UNHEALTHY, "NotProvisioned", f"provisionStatus is {provision or 'unset'}"
+        Health.UNHEALTHY, reasons.NOT_PROVISIONED, f"provisionStatus is {provision or 'unset'}"
     )
 
 
@@ -306,7 +308,8 @@ def _pod_problem(pods: Sequence[Obj]) -> tuple[str, str] | None:
     for pod in pods:
         name = get_str(pod, "metadata", "name") or "<unnamed>"
         if get_str(pod, "status", "phase") == "Failed":
-            return "PodFailed", f"pod {name} failed: {get_str(pod, 'status', 'message') or ''}"
+            message = get_str(pod, "status", "message") or ""
+            return reasons.POD_FAILED, f"pod {name} failed: {message}"
         for status in get_list(pod, "status", "containerStatuses") or []:
             if not isinstance(status, dict):
                 raise Malformed(("status", "containerStatuses"), "a list of maps", status)
@@ -331,7 +334,7 @@ def _pod_problem(pods: Sequence[Obj]) -> tuple[str, str] | None:
 def deployment_available(obj: Obj, ctx: Context) -> Verdict | None:
     replicas = get_int(obj, "spec", "replicas")
     if replicas == 0:
-        return Verdict(Health.UNHEALTHY, "ScaledToZero", "spec.replicas is 0")
+        return Verdict(Health.UNHEALTHY, reasons.SCALED_TO_ZERO, "spec.replicas is 0")
     generation = get_int(obj, "metadata", "generation")
     observed = get_int(obj, "status", "observedGeneration")
     if get_map(obj, "status") is None:
@@ -346,23 +349,26 @@ def deployment_available(obj: Obj, ctx: Context) -> Verdict | None:
         if problem:
             return Verdict(Health.UNHEALTHY, problem[0], f"no replica available; {problem[1]}")
         if generation is not None and observed is not None and observed < generation:
-            return Verdict(Health.PROGRESSING, "GenerationNotObserved", "rollout not yet observed")
+            return Verdict(Health.PROGRESSING, reasons.GENERATION_NOT_OBSERVED,
+                           "rollout not yet observed")
         avail = next((c for c in conditions(obj) if c.get("type") == "Available"), None)
         message = str((avail or {}).get("message") or f"0 of {desired} replicas available")
-        if progressing is not None and progressing.get("reason") != "ProgressDeadlineExceeded" and (
+        deadline = reasons.PROGRESS_DEADLINE_EXCEEDED
+        if progressing is not None and progressing.get("reason") != deadline and (
             _young(obj, ctx)
         ):
-            return Verdict(Health.PROGRESSING, "RolloutInProgress", message)
-        return Verdict(Health.UNHEALTHY, "DeploymentUnavailable", message)
-    if progressing is not None and progressing.get("reason") == "ProgressDeadlineExceeded":
+            return Verdict(Health.PROGRESSING, reasons.ROLLOUT_IN_PROGRESS, message)
+        return Verdict(Health.UNHEALTHY, reasons.DEPLOYMENT_UNAVAILABLE, message)
+    if progressing is not None and progressing.get("reason") == reasons.PROGRESS_DEADLINE_EXCEEDED:
         return Verdict(
-            Health.DEGRADED, "ProgressDeadlineExceeded", str(progressing.get("message") or "")
+            Health.DEGRADED, reasons.PROGRESS_DEADLINE_EXCEEDED,
+            str(progressing.get("message") or ""),
         )
     if available < desired:
         detail = f"; {problem[1]}" if problem else ""
         return Verdict(
             Health.DEGRADED,
-            problem[0] if problem else "ReplicasUnavailable",
+            problem[0] if problem else reasons.REPLICAS_UNAVAILABLE,
             f"{available} of {desired} replicas available{detail}",
         )
     if problem:
@@ -378,7 +384,7 @@ def statefulset_ready(obj: Obj, ctx: Context) -> Verdict | None:
     replicas against spec.replicas, with the state of its Pods."""
     replicas = get_int(obj, "spec", "replicas")
     if replicas == 0:
-        return Verdict(Health.UNHEALTHY, "ScaledToZero", "spec.replicas is 0")
+        return Verdict(Health.UNHEALTHY, reasons.SCALED_TO_ZERO, "spec.replicas is 0")
     if get_map(obj, "status") is None:
         return _no_status(obj, ctx, "status")
     generation = get_int(obj, "metadata", "generation")
@@ -390,14 +396,16 @@ def statefulset_ready(obj: Obj, ctx: Context) -> Verdict | None:
         if problem:
             return Verdict(Health.UNHEALTHY, problem[0], f"no replica ready; {problem[1]}")
         if generation is not None and observed is not None and observed < generation:
-            return Verdict(Health.PROGRESSING, "GenerationNotObserved", "rollout not yet observed")
+            return Verdict(Health.PROGRESSING, reasons.GENERATION_NOT_OBSERVED,
+                           "rollout not yet observed")
         if _young(obj, ctx):
-            return Verdict(Health.PROGRESSING, "RolloutInProgress",
+            return Verdict(Health.PROGRESSING, reasons.ROLLOUT_IN_PROGRESS,
                            f"0 of {desired} replicas ready")
-        return Verdict(Health.UNHEALTHY, "ReplicasUnavailable", f"0 of {desired} replicas ready")
+        return Verdict(Health.UNHEALTHY, reasons.REPLICAS_UNAVAILABLE,
+                       f"0 of {desired} replicas ready")
     if ready < desired:
         detail = f"; {problem[1]}" if problem else ""
-        return Verdict(Health.DEGRADED, problem[0] if problem else "ReplicasUnavailable",
+        return Verdict(Health.DEGRADED, problem[0] if problem else reasons.REPLICAS_UNAVAILABLE,
                        f"{ready} of {desired} replicas ready{detail}")
     if problem:
         return Verdict(Health.DEGRADED, problem[0], problem[1])
@@ -426,12 +434,13 @@ def _ready_addresses(endpoints: Obj) -> int:
 def service_endpoints(obj: Obj, ctx: Context) -> Verdict | None:
     if not ctx.endpoints:
         return Verdict(
-            Health.UNHEALTHY, "NoReadyEndpoints", "no Endpoints or EndpointSlices for the Service"
+            Health.UNHEALTHY, reasons.NO_READY_ENDPOINTS,
+            "no Endpoints or EndpointSlices for the Service",
         )
     if sum(_ready_addresses(e) for e in ctx.endpoints) == 0:
         return Verdict(
             Health.UNHEALTHY,
-            "NoReadyEndpoints",
+            reasons.NO_READY_ENDPOINTS,
             "the Service has no ready endpoint: calls to it (e.g. admission) fail",
         )
     return None
@@ -454,7 +463,7 @@ def namespace_label(obj: Obj, ctx: Context) -> Verdict | None:
     shown = "absent" if actual is None else f"{actual!r}"
     return Verdict(
         Health.UNHEALTHY,
-        "InjectionLabelMissing",
+        reasons.INJECTION_LABEL_MISSING,
         f"label {key}={value} is {shown}, so Knative creates no Broker in the namespace",
     )
 

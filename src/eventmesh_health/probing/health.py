@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from eventmesh_health import reasons
 from eventmesh_health.model import Finding, Health, ObjectRef, severity_for
 from eventmesh_health.probing.heartbeat import Hop
 from eventmesh_health.probing.tracker import HopStats, RecentArrival, Tracker
@@ -77,13 +78,13 @@ __all__ = [
     "evaluate",
 ]
 
-REASON_NO_HEARTBEAT = "NoHeartbeat"
-REASON_LOST = "HeartbeatsLost"
-REASON_LATENCY = "HeartbeatLatencyHigh"
-REASON_DUPLICATES = "HeartbeatDuplicates"
-REASON_INJECTION = "HeartbeatInjectionFailed"
-REASON_PENDING = "HeartbeatPending"
-REASON_NOT_PROBED = "DataPlaneNotProbed"
+REASON_NO_HEARTBEAT = reasons.NO_HEARTBEAT
+REASON_LOST = reasons.HEARTBEATS_LOST
+REASON_LATENCY = reasons.HEARTBEAT_LATENCY_HIGH
+REASON_DUPLICATES = reasons.HEARTBEAT_DUPLICATES
+REASON_INJECTION = reasons.HEARTBEAT_INJECTION_FAILED
+REASON_PENDING = reasons.HEARTBEAT_PENDING
+REASON_NOT_PROBED = reasons.DATA_PLANE_NOT_PROBED
 
 
 @dataclass(frozen=True, slots=True)

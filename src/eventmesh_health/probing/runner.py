@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from eventmesh_health import reasons
 from eventmesh_health.model import Finding, Health, MeshReport, NamespaceReport, ObjectRef
 from eventmesh_health.probing.health import DataPlaneVerdict, HopObjects, ProbeThresholds, evaluate
 from eventmesh_health.probing.heartbeat import DEFAULT_TYPE, Heartbeat, Hop, new_run_id
@@ -578,8 +579,5 @@ class ProbeRunner:
 
 def data_plane_findings(report: MeshReport) -> list[tuple[str, str, Finding]]:
     """(application, namespace, finding) for every data-plane finding in `report`."""
-    reasons = {"NoHeartbeat", "HeartbeatsLost", "HeartbeatLatencyHigh",
-               "HeartbeatDuplicates", "HeartbeatInjectionFailed", "HeartbeatPending",
-               "DataPlaneNotProbed"}
     return [(app.name, ns.name, f) for app in report.applications for ns in app.namespaces
-            for f in ns.findings if f.reason in reasons]
+            for f in ns.findings if f.reason in reasons.DATA_PLANE]

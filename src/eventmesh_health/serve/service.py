@@ -31,6 +31,7 @@ from typing import Any
 
 import lightkube
 
+from eventmesh_health import reasons
 from eventmesh_health.analysis import Thresholds
 from eventmesh_health.analysis.incremental import IncrementalAnalysis
 from eventmesh_health.model import (
@@ -390,7 +391,7 @@ def outage_report(report: MeshReport, reason: str) -> MeshReport:
     finding = Finding.model_construct(
         severity=Severity.ERROR, health=Health.UNKNOWN,
         object=ObjectRef(api_version="v1", kind="APIServer", namespace=None, name=None),
-        reason="ClusterUnreachable", message=reason, root_cause=True, caused_by=None,
+        reason=reasons.CLUSTER_UNREACHABLE, message=reason, root_cause=True, caused_by=None,
     )
     applications = [
         ApplicationReport.model_construct(
