@@ -1,7 +1,9 @@
-"""The shipped ClusterRole (`deploy/rbac/clusterrole-reader.yaml`) is exactly what `check` and
-`dump` need: `list` on the resources of the profile, no more (compared with rules generated
-from `PROFILE.kinds`, and with what a reader actually does per the audit log), no less (a user
-bound to it alone can run `check`; without `list` on triggers it is a clear Forbidden, exit 2).
+"""The shipped ClusterRoles are generated from the profiles (`topology.rbac`; the committed files
+are what the generator writes), and the reader (`deploy/rbac/clusterrole-reader.yaml`) is
+exactly what `check` and `dump` need: `list` on the resources of the profiles, no more
+(compared with rules made from the profiles' kinds, and with what a reader actually does per the
+audit log), no less (a user bound to it alone can run `check`; without `list` on triggers it is
+a clear Forbidden, exit 2).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from click.testing import CliRunner
 
 from eventmesh_health import cli
 from eventmesh_health.sources import cluster
+from eventmesh_health.topology import rbac
 from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
+from eventmesh_health.topology.registry import PROFILES
 from tests.envtest.controlplane import ControlPlane
 from tests.live_objects import (
     ApiServer,
@@ -38,8 +42,8 @@ Rule = tuple[str, str, str]  # (API group, resource, verb)
 
 
 def expected_rules() -> set[Rule]:
-    """What the profile reads: `list`, cluster-wide, on each of its kinds."""
-    return {(kind.group, kind.plural, "list") for kind in KYMA_1.kinds}
+    """What the profiles read: `list`, cluster-wide, on each of their kinds."""
+    return {(kind.group, kind.plural, "list") for p in PROFILES.values() for kind in p.kinds}
 
 
 def granted(role: dict[str, Any]) -> set[Rule]:
@@ -63,6 +67,21 @@ def test_shipped_clusterrole_grants_exactly_list_on_the_profile_kinds() -> None:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no names, no URLs
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
     assert not any(resource.startswith("secrets") for _, resource, _ in granted(role))
+
+
+@pytest.mark.parametrize("name", [rbac.READER_FILE, rbac.SERVE_FILE])
+def test_committed_roles_are_the_generated_ones(name: str) -> None:
+    assert (RBAC / name).read_text(encoding="utf-8") == rbac.generate()[name], (
+        f"deploy/rbac/{name} is stale: python -m eventmesh_health.topology.rbac")
+
+
+def test_serve_role_lists_and_watches_the_profile_kinds_and_patches_applications() -> None:
+    role = next(yaml.safe_load_all((RBAC / rbac.SERVE_FILE).read_text()))
+    rules = granted(role)
+    for group, resource, _ in expected_rules():
+        assert {(group, resource, "list"), (group, resource, "watch")} <= rules
+    assert (KYMA_1.application.group, KYMA_1.application.plural, "patch") in rules
+    assert ("", "secrets", "list") not in rules and ("", "secrets", "get") not in rules
 
 
 def test_shipped_binding_binds_the_shipped_role() -> None:
