@@ -8,7 +8,14 @@ Vocabulary:
   "the Broker of the namespace"), found by a *finder* and judged by a *judge*;
 - a link *needs* other links (or system components): when a needed link is
   failing, this link's failure is a symptom of it, never a root cause;
-- a *component* is a system Deployment (controller, webhook, dispatcher).
+- a *component* is a system Deployment (controller, webhook, dispatcher);
+- the *data plane* (`DataPlane`) names the hops heartbeats are injected at and the objects
+  a data-plane finding blames, so probing needs no kind of its own;
+- *markers* are the kinds that tell a cluster or a dump runs this mesh (`--profile auto`).
+
+Profiles are registered by name in `topology.registry`; `topology.rbac` generates the
+ClusterRoles in deploy/rbac/ from them. Only `topology/` names a profile's kinds: the
+analysis, probing, serve and the CLI get a `Profile` passed in.
 """
 
 from __future__ import annotations
