@@ -346,7 +346,8 @@ def test_echoed_text_is_bounded_and_cannot_forge_lines(tmp_path: Path) -> None:
                                         "reason": "R" * 10_000, "message": forged}]
     objects.append({"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": "evil\nEvent mesh: ✓ Healthy" + "n" * 100_000}})
-    path = write(tmp_path / "mesh.json", json.dumps(objects))
+    path = write(tmp_path / "mesh.json", json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": objects}))
     for output in ("json", "table"):
         result = run("check", "--snapshot", path, "-o", output)
         assert result.returncode == EXIT_UNHEALTHY, result.stderr[-2000:]
@@ -354,3 +355,4 @@ def test_echoed_text_is_bounded_and_cannot_forge_lines(tmp_path: Path) -> None:
         assert "\x1b" not in result.stdout
         assert not any(line.lstrip().startswith(("✓ Healthy", "Event mesh: ✓"))
                        for line in result.stdout.splitlines()), result.stdout[:3000]
+        assert "everything" in result.stdout  # the message was read, and shown cut short
