@@ -16,6 +16,10 @@ EXPECTED: dict[str, tuple[str, set[tuple[str, str | None, str | None, str]]]] = 
     "healthy-mesh": ("Healthy", set()),
     "healthy-mesh-kyma-1.13": ("Healthy", set()),
     "healthy-mesh-kyma-1.15": ("Healthy", set()),
+    "healthy-mesh-kyma-1.18": ("Healthy", set()),
+    "healthy-mesh-natss": ("Healthy", set()),
+    "natss-dispatcher-down": ("Unhealthy", {
+        ("Deployment", "knative-eventing", "natss-ch-dispatcher", "CrashLoopBackOff")}),
     "kafka-quota-reached": ("Unhealthy", {
         ("KafkaChannel", "kyma-integration", "commerce-mock", "TopicFailed")}),
     "adapter-revision-missing": ("Unhealthy", {
@@ -92,7 +96,8 @@ def test_example_root_causes(example: str) -> None:
 
 
 @pytest.mark.parametrize("example", ["healthy-mesh", "healthy-mesh-kyma-1.13",
-                                     "healthy-mesh-kyma-1.15"])
+                                     "healthy-mesh-kyma-1.15", "healthy-mesh-kyma-1.18",
+                                     "healthy-mesh-natss"])
 def test_healthy_mesh_states_and_skipped_kinds(example: str) -> None:
     _, report = check(example)
     states = {a["name"]: a["state"] for a in report["applications"]}  # type: ignore[attr-defined]
@@ -130,3 +135,41 @@ def test_each_version_variant_has_its_shape() -> None:
     adapters = {d["metadata"]["name"] for d in items("healthy-mesh-kyma-1.15", "deployments.yaml")  # type: ignore[index]
                 if d["metadata"].get("namespace") == "kyma-integration"}  # type: ignore[union-attr]
     assert {"commerce-mock", "marketing", "crm-legacy"} <= adapters
+
+
+def test_natss_variants_have_their_shape() -> None:
+    """NATSS (the Kyma default without the Event Hubs overrides): NatssChannels only, written as
+    eventing-contrib v0.12.0 writes them; 1.18: 1.16+ HTTPSource conditions and no Serving."""
+    import yaml
+
+    def items(example: str, name: str) -> list[dict]:  # type: ignore[type-arg]
+        return list(yaml.safe_load((EXAMPLES / example / name).read_text())["items"])
+
+    for example in ("healthy-mesh-natss", "natss-dispatcher-down", "healthy-mesh-kyma-1.18"):
+        assert items(example, "kafkachannels.knativekafka.kyma-project.io.yaml") == []
+        channels = items(example, "natsschannels.messaging.knative.dev.yaml")
+        assert len(channels) == 5
+        for nc in channels:
+            meta, status = nc["metadata"], nc["status"]
+            assert meta["finalizers"] == ["natss-ch-dispatcher"]
+            assert "observedGeneration" not in status
+            assert status["address"]["hostname"] == (
+                f"{meta['name']}-kn-channel.{meta['namespace']}.svc.cluster.local")
+            assert [c["type"] for c in status["conditions"]] == [
+                "Addressable", "ChannelServiceReady", "DispatcherReady", "EndpointsReady",
+                "Ready", "ServiceReady"]
+        deployments = {d["metadata"]["name"] for d in items(example, "deployments.yaml")}
+        assert {"natss-ch-controller", "natss-ch-dispatcher"} <= deployments
+        assert "knative-eventing-kafka-channel-controller" not in deployments
+    down = {(c["type"], c["status"], c.get("reason"))
+            for nc in items("natss-dispatcher-down", "natsschannels.messaging.knative.dev.yaml")
+            for c in nc["status"]["conditions"] if c["status"] != "True"}
+    assert down == {("DispatcherReady", "False", "DispatcherNotReady"),
+                    ("Ready", "False", "DispatcherNotReady")}
+    assert not (EXAMPLES / "healthy-mesh-kyma-1.18" / "services.serving.knative.dev.yaml").exists()
+    info = yaml.safe_load((EXAMPLES / "healthy-mesh-kyma-1.18" / "snapshot.yaml").read_text())
+    assert "services.serving.knative.dev" not in info["collected"]
+    assert "not installed" in info["unavailable"]["services.serving.knative.dev"]
+    for source in items("healthy-mesh-kyma-1.18", "httpsources.yaml"):
+        assert [c["type"] for c in source["status"]["conditions"]] == [
+            "Deployed", "PeerAuthenticationCreated", "Ready", "ServiceCreated", "SinkProvided"]

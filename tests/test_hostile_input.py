@@ -135,28 +135,23 @@ def test_the_billion_laughs_is_refused_in_a_folder_too(tmp_path: Path) -> None:
     assert_one_line_error(run("check", "--snapshot", tmp_path), "z.yaml", "aliases")
 
 
-def test_an_unreadable_sub_folder_is_an_error_not_skipped(tmp_path: Path) -> None:
-    """A failing object hidden in a folder we may not read must not leave a Healthy mesh."""
+@pytest.mark.parametrize("hidden", ["folder", "file"])
+def test_what_cannot_be_read_is_an_error_not_skipped(tmp_path: Path, hidden: str) -> None:
+    """A failing object in a folder or file we may not read must not leave a Healthy mesh."""
     write(tmp_path / "mesh.yaml", yaml.safe_dump_all(base_objects()))
-    hidden = tmp_path / "hidden"
-    hidden.mkdir()
-    write(hidden / "broken.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
-    hidden.chmod(0o000)
+    locked = tmp_path / "hidden"
+    if hidden == "folder":
+        locked.mkdir()
+        write(locked / "broken.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+    else:
+        locked = write(tmp_path / "hidden.yaml", "apiVersion: v1\nkind: Namespace\n")
+    mode = locked.stat().st_mode
+    locked.chmod(0o000)
     try:
         result = run("check", "--snapshot", tmp_path, obey_modes=True)
     finally:
-        hidden.chmod(0o755)
+        locked.chmod(mode)
     assert_one_line_error(result, "hidden", "cannot read")
-
-
-def test_an_unreadable_file_is_an_error(tmp_path: Path) -> None:
-    path = write(tmp_path / "mesh.yaml", yaml.safe_dump_all(base_objects()))
-    path.chmod(0o000)
-    try:
-        result = run("check", "--snapshot", tmp_path, obey_modes=True)
-    finally:
-        path.chmod(0o644)
-    assert_one_line_error(result, "mesh.yaml", "cannot read")
 
 
 def test_a_symlink_loop_is_an_error(tmp_path: Path) -> None:
@@ -352,7 +347,8 @@ def test_echoed_text_is_bounded_and_cannot_forge_lines(tmp_path: Path) -> None:
                                         "reason": "R" * 10_000, "message": forged}]
     objects.append({"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": "evil\nEvent mesh: ✓ Healthy" + "n" * 100_000}})
-    path = write(tmp_path / "mesh.json", json.dumps(objects))
+    path = write(tmp_path / "mesh.json", json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": objects}))
     for output in ("json", "table"):
         # a bare JSON array is no List: nothing in it identifies the mesh, so name the profile
         result = run("check", "--snapshot", path, "-o", output, "--profile", "kyma-1")
@@ -361,3 +357,4 @@ def test_echoed_text_is_bounded_and_cannot_forge_lines(tmp_path: Path) -> None:
         assert "\x1b" not in result.stdout
         assert not any(line.lstrip().startswith(("✓ Healthy", "Event mesh: ✓"))
                        for line in result.stdout.splitlines()), result.stdout[:3000]
+        assert "everything" in result.stdout  # the message was read, and shown cut short

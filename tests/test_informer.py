@@ -170,7 +170,9 @@ async def test_sync_then_changes_arrive_within_a_second(
                                 LATENCY)
         assert all(c.type == "ADDED" for c in recorder.batches[0])
         assert len(recorder.batches[0]) == len(cache.objects())
-        assert cache.disconnected_since is None
+        # A watch opened right after its CRD was established may get 429 "storage is
+        # (re)initializing" once; it is retried at once, and nothing is failing after that.
+        await wait_until("no kind failing", lambda: cache.disconnected_since is None, 5)
 
         written = time.monotonic()
         await aclient.create(trigger("after", namespace))
@@ -201,7 +203,9 @@ async def test_sync_then_changes_arrive_within_a_second(
         stats = cache.stats[TRIGGER.key]
         assert stats.lists == 1 and stats.relists == 0
         assert stats.events >= 3
-        assert cache.last_error is None
+        # nothing went wrong but, at most, the API server's own transient 429 above
+        assert cache.last_error is None or "storage is (re)initializing" in cache.last_error
+        assert cache.disconnected_since is None
 
 
 @pytest.mark.envtest

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import count
@@ -62,14 +63,9 @@ class Served:
         self.http = httpx.Client(base_url=url, timeout=10)
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    """serve's API app with the receiver's router, under uvicorn in a thread."""
-    clock = Clock()
-    tracker = Tracker(window=timedelta(minutes=5), grace=timedelta(seconds=30), clock=clock)
-    verifier = Verifier(RING, Freshness(max_age=timedelta(minutes=5),
-                                        max_skew=timedelta(seconds=30)))
-    receiver = Receiver(tracker, verifier, config=ReceiverConfig(max_body=MAX_BODY))
+@contextlib.contextmanager
+def serving(receiver: Receiver) -> Iterator[str]:
+    """serve's API app with the receiver's router, under uvicorn in a thread: its URL."""
     app = create_app(HealthState(), Metrics())
     app.include_router(receiver.router)
     server = embedded_server(app, host="127.0.0.1", port=0, log_level="warning")
@@ -79,14 +75,29 @@ def served() -> Iterator[Served]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    result = Served(receiver, clock, f"http://127.0.0.1:{port}")
     try:
-        yield result
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
-        result.http.close()
         server.should_exit = True
         thread.join(10)
+
+
+def verifier_of(keyring: Keyring | Callable[[], Keyring]) -> Verifier:
+    return Verifier(keyring, Freshness(max_age=timedelta(minutes=5),
+                                       max_skew=timedelta(seconds=30)))
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    clock = Clock()
+    tracker = Tracker(window=timedelta(minutes=5), grace=timedelta(seconds=30), clock=clock)
+    receiver = Receiver(tracker, verifier_of(RING), config=ReceiverConfig(max_body=MAX_BODY))
+    with serving(receiver) as url:
+        result = Served(receiver, clock, url)
+        try:
+            yield result
+        finally:
+            result.http.close()
 
 
 def new_app() -> str:

@@ -5,11 +5,8 @@ token), dead letters age-limited, unsigned dead-letter fields harmless in logs, 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from itertools import count
@@ -20,13 +17,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from eventmesh_health.probing.heartbeat import Hop, to_binary
 from eventmesh_health.probing.receiver import Receiver
-from eventmesh_health.probing.signing import Freshness, Keyring, Verifier
+from eventmesh_health.probing.signing import Keyring
 from eventmesh_health.probing.tracker import ProbeMetrics, Tracker
 from eventmesh_health.probing.triggers import new_pair_token
-from eventmesh_health.serve.api import create_app, embedded_server
-from eventmesh_health.serve.metrics import Metrics
-from eventmesh_health.serve.state import HealthState
-from tests.test_probing_receiver import RING, T0, Clock, signed
+from tests.test_probing_receiver import RING, T0, Clock, serving, signed, verifier_of
 
 # the pairs being probed, with the tokens their heartbeat Triggers' URLs carry
 TOKENS = {("prod", "commerce"): new_pair_token(), ("stage", "commerce"): new_pair_token()}
@@ -59,26 +53,14 @@ def guarded() -> Iterator[Guarded]:
             raise LookupError("no keys yet")  # what the runner's KeySource does
         return ring
 
-    verifier = Verifier(keyring, Freshness(max_age=timedelta(minutes=5),
-                                           max_skew=timedelta(seconds=30)))
-    receiver = Receiver(tracker, verifier, pair_tokens=lambda ns, app: TOKENS.get((ns, app)))
-    app = create_app(HealthState(), Metrics())
-    app.include_router(receiver.router)
-    server = embedded_server(app, host="127.0.0.1", port=0, log_level="warning")
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    holder.append(Guarded(receiver, clock, f"http://127.0.0.1:{port}"))
-    try:
-        yield holder[0]
-    finally:
-        holder[0].http.close()
-        server.should_exit = True
-        thread.join(10)
+    receiver = Receiver(tracker, verifier_of(keyring),
+                        pair_tokens=lambda ns, app: TOKENS.get((ns, app)))
+    with serving(receiver) as url:
+        holder.append(Guarded(receiver, clock, url))
+        try:
+            yield holder[0]
+        finally:
+            holder[0].http.close()
 
 
 def token(ns: str, app: str = "commerce") -> str:

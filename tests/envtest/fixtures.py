@@ -80,6 +80,23 @@ def install_crds(client: Client, crds: list[dict[str, Any]], timeout: float = 30
             time.sleep(0.1)
 
 
+def wait_served(cp: ControlPlane, crds: list[dict[str, Any]], timeout: float = 30.0) -> None:
+    """Wait until the API server's watch cache serves every CRD's resource: `Established`
+    comes first, and a watch opened before its storage is ready is answered 429 "storage is
+    (re)initializing" (a LIST with resourceVersion=0 is served from that cache too)."""
+    deadline = time.monotonic() + timeout
+    with cp.http_client(timeout=5) as http:
+        for crd in crds:
+            group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
+            version = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
+            url = f"/apis/{group}/{version}/{plural}?resourceVersion=0&limit=1"
+            while (answer := http.get(url)).status_code != 200:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"envtest: {plural}.{group} not served after "
+                                       f"{timeout:.0f}s: {answer.status_code} {answer.text}")
+                time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     """A running kube-apiserver + etcd for the whole session, with the test CRDs installed."""
@@ -88,6 +105,7 @@ def control_plane() -> Iterator[ControlPlane]:
         cp.start()
         with Client(KubeConfig.from_file(cp.kubeconfig_path), trust_env=False) as client:
             install_crds(client, load_test_crds(), CRD_ESTABLISH_TIMEOUT)
+        wait_served(cp, load_test_crds(), CRD_ESTABLISH_TIMEOUT)
         yield cp
     finally:
         cp.stop()

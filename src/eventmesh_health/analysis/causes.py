@@ -44,18 +44,41 @@ class Causes:
         return result
 
 
-def settle_missing(nodes: Iterable[Node], causes: Causes) -> None:
-    """An expected object that is missing only because something upstream is still being
-    set up is not yet created (Progressing), not lost (Unhealthy)."""
+def settle(nodes: Iterable[Node], causes: Causes) -> None:
+    """Soften what only follows from something upstream that is still being set up:
+
+    - an expected object that is missing is not yet created (Progressing), not lost;
+    - a found object that fails only because of it (a HTTPSource's `SinkNotFound` while
+      its young Channel gets its address) is Progressing too, with its own reason: the
+      echo of a start must not make an application Unhealthy. Once the upstream is past
+      its progress deadline (Degraded), the echo counts again.
+    """
+    nodes = list(nodes)
+    for node in nodes:  # afresh: the upstream may have changed since the last settling
+        if node.absent is not None:
+            node.verdict = node.absent
+        elif node.obj is not None:
+            if node.judged is None:
+                node.judged = node.verdict
+            node.verdict = node.judged
     for node in nodes:
-        if node.absent is None:
+        own = node.verdict
+        if own.health not in _SOFTENED:
             continue
-        node.verdict = node.absent  # settle afresh: the upstream may have changed since
-        if node.absent.reason != reasons.NOT_FOUND:
+        if node.absent is not None and own.reason != reasons.NOT_FOUND:
             continue
         roots = causes.roots(node)
-        if roots != [node] and any(r.verdict.health is Health.PROGRESSING for r in roots):
+        if roots == [node] or not roots:
+            continue
+        if node.absent is not None:
+            if any(r.verdict.health is Health.PROGRESSING for r in roots):
+                node.verdict = Verdict(Health.PROGRESSING, reasons.NOT_YET_CREATED,
+                                       f"{own.message} (not yet created)")
+        elif all(r.verdict.health is Health.PROGRESSING for r in roots):
             node.verdict = Verdict(
-                Health.PROGRESSING, reasons.NOT_YET_CREATED,
-                f"{node.absent.message} (not yet created)"
-            )
+                Health.PROGRESSING, own.reason,
+                f"{own.message} (while {roots[0].ref} is still being set up)")
+
+
+# What `settle` may soften: failures, not "cannot tell".
+_SOFTENED = frozenset({Health.UNHEALTHY, Health.DEGRADED})

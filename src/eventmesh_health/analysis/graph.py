@@ -74,6 +74,9 @@ class Node:
     # For an expected object that is missing: the verdict on its absence, before causes
     # may soften it to NotYetCreated.
     absent: Verdict | None = None
+    # For a found object: its own verdict, before causes may soften a failure that only
+    # echoes something still starting upstream (`causes.settle`).
+    judged: Verdict | None = None
 
     @property
     def failing(self) -> bool:
@@ -187,8 +190,10 @@ class _Builder:
             return True, True
         changed = False
         for old, new in zip(old_system, self.system, strict=True):
-            changed = changed or old.verdict != new.verdict
-            old.obj, old.verdict, old.absent = new.obj, new.verdict, new.absent
+            # compared before any settling softened it; settled afresh at the next report
+            before = old.absent or old.judged or old.verdict
+            changed = changed or before != (new.absent or new.verdict)
+            old.obj, old.verdict, old.absent, old.judged = new.obj, new.verdict, new.absent, None
         self.system, self.components = old_system, old_components
         return changed, False
 

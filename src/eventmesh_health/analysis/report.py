@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from eventmesh_health import reasons
-from eventmesh_health.analysis.causes import Causes, settle_missing
+from eventmesh_health.analysis.causes import Causes, settle
 from eventmesh_health.analysis.graph import AppUnit, Graph, Node
 from eventmesh_health.analysis.index import Index
 from eventmesh_health.model import (
@@ -97,7 +97,7 @@ def nodes_of(app: AppUnit) -> list[Node]:
 def system_report(
     graph: Graph, snapshot: Snapshot, profile: Profile, causes: Causes
 ) -> SystemReport:
-    settle_missing(graph.system, causes)
+    settle(graph.system, causes)
     extra = input_findings(graph, snapshot, profile)
     return SystemReport.model_construct(
         health=_health(graph.system, (f.health for f in extra)),
@@ -106,7 +106,7 @@ def system_report(
 
 
 def application_report(app: AppUnit, causes: Causes) -> ApplicationReport:
-    settle_missing(nodes_of(app), causes)
+    settle(nodes_of(app), causes)
     app_health = _health(app.nodes)
     namespaces = [
         NamespaceReport.model_construct(
