@@ -113,3 +113,21 @@ def test_tick_reevaluates_what_depends_on_time() -> None:
     later = NOW + timedelta(minutes=6)
     assert incremental.tick(later) == {"commerce"}
     assert incremental.report().health.value == "Unhealthy"
+
+
+def test_the_last_object_of_a_kind_going_reaches_every_application() -> None:
+    """Found by hypothesis in CI: without a list of collected kinds, deleting the only
+    HTTPSource makes the kind 'not collected', which changes another application's missing
+    HTTPSource from NotFound to NotCollected: every application must be judged again."""
+    broken = next(o for o in EDITS if identity(o) == ("Application", None, "broken"))
+    source = next(o for o in BASE_OBJECTS if o["kind"] == "HTTPSource")
+    assert sum(o["kind"] == "HTTPSource" for o in BASE_OBJECTS) == 1
+    current = {identity(o): o for o in copy.deepcopy(BASE_OBJECTS)}
+    incremental = IncrementalAnalysis(Snapshot(list(current.values()), NOW), KYMA_1)
+    current[identity(broken)] = copy.deepcopy(broken)
+    incremental.apply([copy.deepcopy(broken)], [], NOW)
+    incremental.apply([], [current.pop(identity(source))], NOW)
+    assert incremental.report().to_json_dict() == full(list(current.values()))
+    current[identity(source)] = copy.deepcopy(source)  # and back
+    incremental.apply([copy.deepcopy(source)], [], NOW)
+    assert incremental.report().to_json_dict() == full(list(current.values()))

@@ -112,6 +112,7 @@ class IncrementalAnalysis:
     ) -> set[str]:
         index = self.builder.index
         snapshot = self.builder.snapshot
+        upserts, deletions = list(upserts), list(deletions)
         coverage_changed = (
             (collected is not None and collected != snapshot.collected)
             or (unavailable is not None and dict(unavailable) != dict(snapshot.unavailable))
@@ -123,6 +124,12 @@ class IncrementalAnalysis:
             collected=snapshot.collected if collected is None else collected,
             unavailable=snapshot.unavailable if unavailable is None else unavailable,
         ))
+        # Without a list of collected kinds, a kind with no object at all counts as not
+        # collected: its first object arriving or its last one going changes what every
+        # application's missing objects mean (NotFound or NotCollected).
+        inferred = self.builder.snapshot.collected is None
+        touched = {index.key_of(obj) for obj in (*deletions, *upserts)} - {None}
+        present = {key[0]: index.has_kind(key[0]) for key in touched if key is not None}
         affected: set[str] = set()
         for obj in deletions:
             key = index.key_of(obj)
@@ -138,6 +145,8 @@ class IncrementalAnalysis:
                 affected |= self._candidates(old)
             index.add(obj)
             affected |= self._candidates(obj)
+        if inferred and any(index.has_kind(kind) != had for kind, had in present.items()):
+            coverage_changed = True
         if coverage_changed:
             affected |= set(self.units)
         return self._reevaluate(affected)
