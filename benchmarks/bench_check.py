@@ -184,14 +184,16 @@ def main() -> None:
                         if code != 0:
                             sys.exit(f"{' '.join(command)} exited {code} (the mesh is healthy: "
                                      f"expected 0); its output is lost with {folder}")
+                        inside = ""
                         if key[0] == "kstatus":
-                            counted = out.read_text().splitlines()[0]
-                            if counted != f"{objects} objects":
-                                sys.exit(f"kstatus: {counted!r}, expected {objects} objects")
+                            lines = out.read_text().splitlines()
+                            if lines[0] != f"{objects} objects":
+                                sys.exit(f"kstatus: {lines[0]!r}, expected {objects} objects")
+                            inside = f"  (inside: {lines[-1]})"
                         runs[key].walls.append(wall)
                         runs[key].peaks.append(peak)
                         print(f"  {key[0]:8} {key[1]:5} run {attempt + 1}: {wall:7.2f} s "
-                              f"{peak:7,.0f} MiB", flush=True)
+                              f"{peak:7,.0f} MiB{inside}", flush=True)
                 kstatus_wall = runs["kstatus", "json"].best()[0]
                 for (tool, fmt), result in runs.items():
                     wall, peak = result.best()

@@ -5,7 +5,8 @@
 #
 # Built once from the pinned module (benchmarks/kstatus/go.mod, go.sum committed) into
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/eventmesh-health/kstatus/<cli-utils version>/kstatus
-# and reused while that file exists (delete it to rebuild after changing main.go).
+# and reused while benchmarks/kstatus (go.mod, go.sum, main.go) is what it was built from
+# (a hash of those files is kept next to it, in kstatus.source).
 set -euo pipefail
 
 trap 'exit 130' INT
@@ -28,8 +29,9 @@ out="${XDG_CACHE_HOME:-$HOME/.cache}/eventmesh-health/kstatus/$version"
 mkdir -p "$out"
 out="$(cd "$out" && pwd -P)"
 bin="$out/kstatus"
+source_hash="$(cd "$src" && cat go.mod go.sum main.go | sha256sum | cut -d' ' -f1)"
 
-if [[ -x "$bin" ]]; then
+if [[ -x "$bin" && "$(cat "$out/kstatus.source" 2>/dev/null)" == "$source_hash" ]]; then
   log "cached ($bin)"
 else
   command -v go >/dev/null 2>&1 || die "the 'go' toolchain is not on PATH (needed to build kstatus)"
@@ -40,6 +42,7 @@ else
   (cd "$src" && CGO_ENABLED=0 go build -mod=readonly -buildvcs=false -trimpath \
     -ldflags "-s -w" -o "$tmp" .) >&2 || die "building kstatus failed (see the go output above)"
   mv -f "$tmp" "$bin"
+  printf '%s\n' "$source_hash" > "$out/kstatus.source"
   trap - EXIT
   log "built in $((SECONDS - start))s"
 fi
