@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test envtest lint typecheck unit bench bench-probe bench-detection bench-yaml clean
+.PHONY: demo test envtest kstatus lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -26,6 +26,10 @@ demo: $(BIN)/eventmesh-health
 envtest:
 	@bash hack/envtest/build.sh
 
+# Builds (once, cached outside the repo) the kstatus benchmark peer; last line = its path.
+kstatus:
+	@bash hack/kstatus/build.sh
+
 lint: $(BIN)/eventmesh-health
 	$(BIN)/ruff check src tests benchmarks
 
@@ -40,8 +44,19 @@ unit: $(BIN)/eventmesh-health envtest
 # Everything CI runs: install, build the control-plane binaries, lint, types, all tests.
 test: $(BIN)/eventmesh-health envtest lint typecheck unit
 
-bench: $(BIN)/eventmesh-health
+# Both, one after the other (never in parallel: each measures the machine).
+bench:
+	$(MAKE) bench-analysis
+	$(MAKE) bench-check
+
+# The analysis alone, in-process: CPU time and allocation per size.
+bench-analysis: $(BIN)/eventmesh-health
 	$(BIN)/python benchmarks/bench_analysis.py
+
+# Whole processes on the same dump: check (JSON, YAML) against kstatus (JSON), 1,000 and 10,000
+# applications x 3 namespaces; needs Go to build kstatus once.
+bench-check: $(BIN)/eventmesh-health kstatus
+	$(BIN)/python benchmarks/bench_check.py
 
 # Heartbeat receiver (one core) and sender throughput on loopback; needs 2 CPUs, ~2 min.
 bench-probe: $(BIN)/eventmesh-health

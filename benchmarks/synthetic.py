@@ -67,6 +67,16 @@ def _deployment(name: str, namespace: str, uid: str, app_label: str) -> list[Obj
     ]
 
 
+def _statefulset(name: str, namespace: str, uid: str, app_label: str) -> list[Obj]:
+    """A StatefulSet with its one Pod (application-operator runs as one in every Kyma 1.x)."""
+    workload, pod = _deployment(name, namespace, uid, app_label)
+    workload = {**workload, "kind": "StatefulSet", "status": {
+        "observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "currentReplicas": 1,
+        "updatedReplicas": 1}}
+    pod["metadata"]["name"] = f"{name}-0"
+    return [workload, pod]
+
+
 def _kafka_channel_pair(name: str, namespace: str, uid: str, labels: Obj) -> list[Obj]:
     channel: Obj = {
         "apiVersion": "messaging.knative.dev/v1alpha1", "kind": "Channel",
@@ -89,9 +99,9 @@ def _kafka_channel_pair(name: str, namespace: str, uid: str, labels: Obj) -> lis
 
 
 def system() -> list[Obj]:
-    objects: list[Obj] = []
+    objects: list[Obj] = _statefulset("application-operator", "kyma-integration",
+                                      "sys-application-operator", "application-operator")
     for namespace, name in (
-        ("kyma-integration", "application-operator"),
         ("kyma-integration", "application-broker"),
         ("kyma-system", "event-sources-controller-manager"),
         ("knative-eventing", "eventing-controller"),
