@@ -17,13 +17,16 @@ import yaml
 from eventmesh_health.probing.health import HopObjects
 from eventmesh_health.probing.heartbeat import Hop
 from eventmesh_health.topology import Kind
+from eventmesh_health.topology.knative1 import PROFILE as KNATIVE_V1
 from eventmesh_health.topology.kyma1 import DATA_PLANE
 from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 from eventmesh_health.topology.registry import (
     AUTO,
+    CHOICES,
     DEFAULT,
     PROFILES,
     ProfileError,
+    combine,
     detect,
     lookup,
 )
@@ -43,21 +46,29 @@ def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
 # --- the registry ---------------------------------------------------------------------------
 
 
-def test_the_registry_holds_kyma_1_by_name() -> None:
-    assert PROFILES == {"kyma-1": KYMA_1} and DEFAULT is KYMA_1
-    assert lookup("kyma-1") is KYMA_1
+def test_the_registry_holds_the_profiles_by_name() -> None:
+    assert PROFILES == {"kyma-1": KYMA_1, "knative-v1": KNATIVE_V1} and DEFAULT is KYMA_1
+    assert lookup("kyma-1") is KYMA_1 and lookup("knative-v1") is KNATIVE_V1
     with pytest.raises(ProfileError, match=r"unknown profile 'knative-v9' \(known: auto, kyma-1"):
         lookup("knative-v9")
     assert AUTO not in PROFILES
+    assert CHOICES == ("auto", "kyma-1", "knative-v1", "kyma-1+knative-v1")
+    assert lookup("kyma-1+knative-v1").name == "kyma-1+knative-v1"
 
 
 def test_every_profile_is_complete_data() -> None:
     for name, profile in PROFILES.items():
         assert profile.name == name and profile.description
         assert profile.markers and set(profile.markers) <= set(profile.kinds)
-        assert profile.application in profile.kinds
+        assert profile.application in profile.kinds or (
+            profile.application is None and profile.flows), name
+        ids = [link.id for link in profile.all_links]
+        assert len(ids) == len(set(ids)), name
+        for flow in profile.flows:
+            assert set(flow.roots) <= set(flow.links[0].kinds) <= set(profile.kinds)
         plane = profile.data_plane
-        assert plane is not None
+        if plane is None:  # heartbeats through Knative v1 flows: not yet
+            continue
         assert [h.id for h in plane.hops] == [h.value for h in Hop]  # upstream first
         for kind in (plane.broker.kind, plane.channel.kind, plane.trigger,
                      *(h.segment.kind for h in plane.hops), *(h.entry.kind for h in plane.hops)):
@@ -69,28 +80,52 @@ def test_detection_by_kind_keys_or_resources() -> None:
     assert detect({"httpsources.sources.kyma-project.io", "pods"}, "x") is KYMA_1
 
 
+def test_knative_v1_is_told_from_v0_12_by_the_version() -> None:
+    # Kyma 1.x runs Knative v0.12: the same Broker kind, at v1alpha1; only v1 means Knative v1.
+    assert detect({"Broker.eventing.knative.dev/v1"}, "x") is KNATIVE_V1
+    assert detect({"brokers.eventing.knative.dev/v1", "brokers.eventing.knative.dev"},
+                  "x") is KNATIVE_V1
+    with pytest.raises(ProfileError):
+        detect({"Broker.eventing.knative.dev", "Broker.eventing.knative.dev/v1alpha1"}, "x")
+
+
+def test_several_profiles_present_are_combined_into_one() -> None:
+    both = detect({"Application.applicationconnector.kyma-project.io",
+                   "Trigger.eventing.knative.dev/v1"}, "x")
+    assert both.name == "kyma-1+knative-v1"
+    assert both.application == KYMA_1.application and both.flows == KNATIVE_V1.flows
+    assert both.data_plane == KYMA_1.data_plane
+    # A kind both read is read at the version the marker pinned.
+    broker = next(k for k in both.kinds if k.kind == "Broker")
+    assert broker.api_version == "eventing.knative.dev/v1"
+    # Components named alike (Knative's eventing-controller) are one.
+    names = [(c.namespace, c.deployment) for c in both.components]
+    assert len(names) == len(set(names))
+    clash = replace(KNATIVE_V1, name="other", flows=(), links=KYMA_1.links[:1])
+    with pytest.raises(ProfileError, match="both define links application"):
+        combine([KYMA_1, clash])
+
+
 def test_detection_says_clearly_when_nothing_is_known() -> None:
     with pytest.raises(ProfileError) as err:
         detect({"Pod", "ConfigMap", "Broker.eventing.knative.dev"}, "the dump d")
     message = str(err.value)
     assert message.startswith("no known profile detected in the dump d")
     assert "kyma-1: applications.applicationconnector.kyma-project.io" in message
-    assert "choose one with --profile (kyma-1)" in message
+    assert "knative-v1: brokers.eventing.knative.dev/v1" in message
+    assert "choose one with --profile (kyma-1, knative-v1)" in message
 
 
-# A second profile is a new module and one registry entry; detection picks it by its markers.
-_SOURCE_KIND = Kind("sources.knative.dev/v1", "PingSource", "pingsources")
-_OTHER = replace(KYMA_1, name="knative-v1", markers=(_SOURCE_KIND,),
+# A further profile is a new module and one registry entry; detection picks it by its markers.
+_SOURCE_KIND = Kind("sources.example.dev/v1", "ExampleSource", "examplesources")
+_OTHER = replace(KYMA_1, name="example", markers=(_SOURCE_KIND,),
                  kinds=(*KYMA_1.kinds, _SOURCE_KIND))
 
 
-def test_a_second_profile_is_told_apart_by_its_markers() -> None:
+def test_a_further_profile_is_told_apart_by_its_markers() -> None:
     both = (KYMA_1, _OTHER)
-    assert detect({"pingsources.sources.knative.dev"}, "x", both) is _OTHER
+    assert detect({"examplesources.sources.example.dev"}, "x", both) is _OTHER
     assert detect({"applications.applicationconnector.kyma-project.io"}, "x", both) is KYMA_1
-    with pytest.raises(ProfileError, match="matches several profiles equally"):
-        detect({"pingsources.sources.knative.dev",
-                "applications.applicationconnector.kyma-project.io"}, "x", both)
 
 
 # --- the data plane is the profile's ----------------------------------------------------------

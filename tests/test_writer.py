@@ -49,6 +49,7 @@ from eventmesh_health.serve.writer import (
 from eventmesh_health.sources.cluster import Connection, load_config, resource_class
 from eventmesh_health.topology import Kind
 from eventmesh_health.topology.kyma1 import PROFILE
+from eventmesh_health.topology.registry import PROFILES
 from tests.envtest.controlplane import ControlPlane
 from tests.envtest.fixtures import install_crds
 
@@ -705,7 +706,8 @@ def test_serve_clusterrole_reads_exactly_the_profiles_kinds() -> None:
         for rule in cluster_role["rules"] if set(rule["verbs"]) == {"list", "watch"}
         for group in rule["apiGroups"] for resource in rule["resources"]
     }
-    assert read == {(kind.group, kind.plural) for kind in PROFILE.kinds}
+    assert read == {(kind.group, kind.plural) for profile in PROFILES.values()
+                    for kind in profile.kinds}
 
 
 def _bind(docs: list[dict[str, Any]], suffix: str, user: str, lease_namespace: str,

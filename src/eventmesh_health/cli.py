@@ -36,7 +36,14 @@ from eventmesh_health.sources.cluster import (
 from eventmesh_health.sources.dump import DumpError, check_target, write_dump
 from eventmesh_health.sources.files import RawDump, SnapshotError, read_dump, snapshot_of
 from eventmesh_health.topology import Profile
-from eventmesh_health.topology.registry import AUTO, PROFILES, ProfileError, detect, lookup
+from eventmesh_health.topology.registry import (
+    AUTO,
+    CHOICES,
+    PROFILES,
+    ProfileError,
+    detect,
+    lookup,
+)
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_INPUT, EXIT_CLUSTER = 0, 1, 2, 3
 
@@ -193,7 +200,7 @@ _PROFILE_HELP = (
 )
 _PROFILE_OPTION = click.option(
     "--profile", "profile_name", default=AUTO, show_default=True,
-    type=click.Choice([AUTO, *PROFILES]), help=_PROFILE_HELP,
+    type=click.Choice(CHOICES), help=_PROFILE_HELP,
 )
 
 
@@ -364,7 +371,7 @@ def _env(name: str) -> str:
 @main.command()
 @_cluster_options
 @click.option("--profile", "profile_name", default=AUTO, show_default=True,
-              type=click.Choice([AUTO, *PROFILES]), envvar=_env("PROFILE"), help=_PROFILE_HELP)
+              type=click.Choice(CHOICES), envvar=_env("PROFILE"), help=_PROFILE_HELP)
 @click.option("--host", default="0.0.0.0", show_default=True, envvar=_env("HOST"),
               help="Address the REST API and /metrics listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),

@@ -115,6 +115,18 @@ class ApplicationReport(BaseModel):
     namespaces: list[NamespaceReport] = Field(default_factory=list)
 
 
+class FlowReport(BaseModel):
+    """A flow: a root object (a Broker, a Channel, a source) with what it delivers to, in
+    one namespace: the unit of health where the mesh has no Application (Knative v1)."""
+
+    flow: str = Field(description="What kind of flow: broker, channel, source.")
+    kind: str = Field(description="The root object's kind (Broker, Channel, PingSource, ...).")
+    namespace: str
+    name: str
+    health: Health
+    findings: list[Finding] = Field(default_factory=list)
+
+
 class SystemReport(BaseModel):
     health: Health
     findings: list[Finding] = Field(default_factory=list)
@@ -138,6 +150,7 @@ class MeshReport(BaseModel):
     health: Health
     system: SystemReport
     applications: list[ApplicationReport] = Field(default_factory=list)
+    flows: list[FlowReport] = Field(default_factory=list)
     source: SourceInfo | None = None
 
     def to_json_dict(self) -> dict[str, object]:

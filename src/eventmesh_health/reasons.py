@@ -79,6 +79,9 @@ WEBHOOK_UNAVAILABLE = _reason(
     "WebhookUnavailable", "an admission webhook calls a Service that cannot answer")
 INJECTION_LABEL_MISSING = _reason(
     "InjectionLabelMissing", "the namespace lacks the label that makes Knative create its Broker")
+CLASS_NOT_JUDGED = _reason(
+    "ClassNotJudged", "an object of a class the profile cannot judge (a Broker of an unknown "
+    "class): Ready, but what serves it is unknown")
 
 # --- the data plane (probing.health) -----------------------------------------------------------
 NO_HEARTBEAT = _reason("NoHeartbeat", "heartbeats injected at a hop stopped arriving")

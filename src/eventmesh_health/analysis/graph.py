@@ -31,10 +31,12 @@ from eventmesh_health.topology import (
     ByLabels,
     ByName,
     ByOwner,
+    ByRef,
     ByReference,
     ByServiceClass,
     Component,
     Expect,
+    Flow,
     Judge,
     Kind,
     Link,
@@ -105,10 +107,26 @@ class AppUnit:
 
 
 @dataclass(slots=True)
+class FlowUnit:
+    """One flow (`topology.Flow`): its root object's kind, place, and the judged nodes."""
+
+    flow: str
+    kind: str
+    namespace: str
+    name: str
+    nodes: list[Node]
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
+
+
+@dataclass(slots=True)
 class Graph:
     system: list[Node]
     apps: list[AppUnit]
     index: Index
+    flows: list[FlowUnit] = field(default_factory=list)
 
 
 def build_graph(profile: Profile, snapshot: Snapshot, thresholds: Thresholds) -> Graph:
@@ -145,12 +163,18 @@ class _Builder:
         self.ns_links = _resolution_order(
             [link for link in profile.links if link.scope is Scope.NAMESPACE]
         )
+        self.flow_links = {
+            flow.id: _resolution_order(list(flow.links)) for flow in profile.flows
+        }
+        # A flow's root is made by a user: when it is missing, nothing it needs explains that.
+        self.user_made = {flow.links[0].id for flow in profile.flows}
         self.edges = _edges(profile)
-        self.order = {link.id: position for position, link in enumerate(profile.links)}
+        self.order = {link.id: position for position, link in enumerate(profile.all_links)}
         self.base_context = Context(now=snapshot.taken_at, thresholds=thresholds)
         self.unobserved_context = replace(self.base_context, observes_generation=False)
         # Per kind key: does its controller write status.observedGeneration (the profile says).
         self.observes_generation = {k.key: k.observed_generation for k in profile.kinds}
+        self.classes = {k.key: k.classes for k in profile.kinds if k.classes}
         self.states = {
             link.id: (link.state, link.state_when) for link in profile.links
             if link.state is not None
@@ -161,12 +185,74 @@ class _Builder:
     def build(self) -> Graph:
         self._system()
         apps = []
-        for obj in sorted(
-            self.index.of_kind(self.profile.application.key),
-            key=lambda o: str(o["metadata"]["name"]),
-        ):
-            apps.append(self._application(obj))
-        return Graph(self.system, apps, self.index)
+        if self.profile.application is not None:
+            for obj in sorted(
+                self.index.of_kind(self.profile.application.key),
+                key=lambda o: str(o["metadata"]["name"]),
+            ):
+                apps.append(self._application(obj))
+        flows = [self.flow(flow, obj) for flow, obj in self.flow_roots()]
+        return Graph(self.system, apps, self.index, flows)
+
+    def flow_roots(self, namespaces: set[str] | None = None) -> list[tuple[Flow, FlowRoot]]:
+        """Every flow root (in `namespaces` only, if given), and every root that objects
+        name but that does not exist (`Flow.referrers`), in report order: by flow, then
+        namespace and name."""
+        roots: list[tuple[Flow, FlowRoot]] = []
+        for flow in self.profile.flows:
+            owners = {k.kind for k in flow.not_if_owned_by}
+            found: list[FlowRoot] = []
+            present: set[tuple[str, str]] = set()
+            for kind in flow.roots:
+                for obj in self.index.of_kind(kind.key):
+                    meta = obj["metadata"]
+                    if namespaces is not None and meta.get("namespace") not in namespaces:
+                        continue
+                    present.add((str(meta.get("namespace")), str(meta["name"])))
+                    if owners and any(isinstance(ref, dict) and ref.get("kind") in owners
+                                      for ref in meta.get("ownerReferences") or []):
+                        continue
+                    found.append(obj)
+            missing: set[tuple[str, str]] = set()
+            for kind, path in flow.referrers:
+                for obj in self.index.of_kind(kind.key):
+                    namespace = obj["metadata"].get("namespace")
+                    if namespaces is not None and namespace not in namespaces:
+                        continue
+                    # A controlled object (a Trigger's Subscription) is its owner's business.
+                    if any(isinstance(ref, dict) and ref.get("controller")
+                           for ref in obj["metadata"].get("ownerReferences") or []):
+                        continue
+                    name = _string_at(obj, path)
+                    if name and (str(namespace), name) not in present:
+                        missing.add((str(namespace), name))
+            found.extend(_ref(flow.roots[0], ns, name) for ns, name in missing)
+            found.sort(key=_root_order)
+            roots.extend((flow, root) for root in found)
+        return roots
+
+    def flow(self, flow: Flow, root: FlowRoot) -> FlowUnit:
+        """The flow rooted at `root`: an object, or the reference of one that is named but
+        missing (its Triggers or Subscriptions are then its symptoms)."""
+        root_link, *links = self.flow_links[flow.id]
+        assert root_link is flow.links[0], "a flow's first link is its root"
+        if isinstance(root, ObjectRef):
+            namespace, name = str(root.namespace), str(root.name)
+            values = {"flow": name, "namespace": namespace}
+            absent = self._absent(root, root_link.description)
+            node = Node(root_link.id, root_link.description, root, None, absent,
+                        root_link.needs, None, values, absent=absent)
+            kind = root.kind
+        else:
+            meta = root["metadata"]
+            name, namespace = str(meta["name"]), str(meta.get("namespace"))
+            values = {"flow": name, "namespace": namespace}
+            node = Node(root_link.id, root_link.description, None, root,
+                        self._judge(root, self._judge_of(root_link, root), root_link.label),
+                        root_link.needs, None, values)
+            kind = str(root["kind"])
+        nodes = self._resolve(links, values, [], None, seed={root_link.id: [node]})
+        return FlowUnit(flow.id, kind, namespace, name, nodes)
 
     def set_input(self, snapshot: Snapshot) -> None:
         """New time and kind coverage (the objects live in the index): judge afresh."""
@@ -208,11 +294,25 @@ class _Builder:
                            pods=self._pods(obj))
         if label is not None:
             return Context(now=self.snapshot.taken_at, thresholds=self.thresholds, label=label)
-        if link_judge is Judge.KNATIVE and not self.observes_generation.get(
-            kind_key(str(obj.get("apiVersion")), str(obj.get("kind"))), False
-        ):
-            return self.unobserved_context
+        if link_judge is Judge.SERVICE:
+            meta = obj["metadata"]
+            return Context(now=self.snapshot.taken_at, thresholds=self.thresholds,
+                           endpoints=self._endpoints(meta.get("namespace"), str(meta["name"])))
+        if link_judge is Judge.KNATIVE:
+            key = kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
+            classes = self.classes.get(key)
+            context = (self.base_context if self.observes_generation.get(key, False)
+                       else self.unobserved_context)
+            return replace(context, classes=classes) if classes else context
         return self.base_context
+
+    def _endpoints(self, namespace: str | None, name: str) -> list[Obj]:
+        """A Service's Endpoints and EndpointSlices."""
+        return [
+            *([e] if (e := self.index.get(ENDPOINTS.key, namespace, name)) else []),
+            *self.index.with_label(ENDPOINT_SLICE.key, "kubernetes.io/service-name", name,
+                                   namespace),
+        ]
 
     def _judge(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None = None) -> Verdict:
         key = (id(obj), link_judge)
@@ -279,9 +379,9 @@ class _Builder:
                 self._webhook_configuration(config)
 
     def _component(self, component: Component) -> None:
-        required = not component.required_if_any or any(
+        required = component.required and (not component.required_if_any or any(
             self.index.has_kind(k.key) for k in component.required_if_any
-        )
+        ))
         workload = component.workload or DEPLOYMENT
         obj = self.index.get(workload.key, component.namespace, component.deployment)
         if obj is None and not required:
@@ -311,14 +411,8 @@ class _Builder:
         if obj is None:
             verdict = absent = self._absent(ref, description)
         else:
-            endpoints = [
-                *([e] if (e := self.index.get(ENDPOINTS.key, namespace, name)) else []),
-                *self.index.with_label(
-                    ENDPOINT_SLICE.key, "kubernetes.io/service-name", name, namespace
-                ),
-            ]
             ctx = Context(now=self.snapshot.taken_at, thresholds=self.thresholds,
-                          endpoints=endpoints)
+                          endpoints=self._endpoints(namespace, name))
             verdict = decide(SERVICE_RULES, obj, ctx)
         node = Node(role, description, ref, obj, verdict, absent=absent)
         if backend is not None:
@@ -434,9 +528,11 @@ class _Builder:
         values: dict[str, str],
         service_ids: list[str],
         app_nodes: list[Node] | None,
+        seed: dict[str, list[Node]] | None = None,
     ) -> list[Node]:
-        nodes: list[Node] = []
-        by_link: dict[str, list[Node]] = {}
+        """The nodes of `links`; `seed` holds nodes already made (a flow's root)."""
+        nodes: list[Node] = [n for made in (seed or {}).values() for n in made]
+        by_link: dict[str, list[Node]] = dict(seed or {})
         for link in links:
             made: list[Node] = []
             if link.parent is not None:
@@ -444,7 +540,8 @@ class _Builder:
                     if parent.obj is None:
                         continue
                     scoped = {**values, **parent.values}
-                    children = self._nodes_for(link, scoped, service_ids, parent, expected=True)
+                    children = self._nodes_for(link, scoped, service_ids, parent,
+                                               expected=self._expected(link, by_link))
                     parent.children.extend(children)
                     made.extend(children)
             else:
@@ -468,6 +565,11 @@ class _Builder:
                         return False
                 except Malformed:
                     continue  # its own judgement says what is wrong with it
+        if link.only_when is not None:
+            gate, path, value = link.only_when
+            if not any(node.obj is not None and _field_is(node.obj, path, value)
+                       for node in by_link.get(gate, [])):
+                return False
         if link.expected is Expect.ALWAYS:
             return True
         return any(node.obj is not None for node in by_link.get(link.expected, []))
@@ -482,6 +584,16 @@ class _Builder:
     ) -> list[Node]:
         if link.expected is Expect.OPTIONAL:
             expected = False
+        if isinstance(link.find, ByRef) and expected:
+            # Expected only where the parent refers to an object of a kind this link judges
+            # (a subscriber given as a URI, or a kind the profile does not read: nothing).
+            assert parent is not None and parent.obj is not None
+            try:
+                api_version, kind_name, _, _ = _kref(parent.obj, link.find)
+            except Malformed:
+                api_version = kind_name = None
+            expected = api_version is not None and kind_name is not None and any(
+                k.key == kind_key(api_version, kind_name) for k in link.kinds)
         nodes = []
         try:
             found = self._find(link, values, service_ids, parent, anywhere=False)
@@ -523,6 +635,10 @@ class _Builder:
         if isinstance(finder, ByName):
             namespace = finder.namespace.format(**values) if finder.namespace else None
             return _ref(kind, namespace, finder.name.format(**values))
+        if isinstance(finder, ByRef) and parent is not None and parent.obj is not None:
+            api_version, kind_name, namespace, name = _kref(parent.obj, finder)
+            if api_version and kind_name:
+                return _ref((api_version, kind_name), namespace, name)
         if isinstance(finder, ByReference) and parent is not None and parent.obj is not None:
             api_version, kind_name, name = _referenced(parent.obj, finder)
             namespace = parent.obj["metadata"].get("namespace")
@@ -601,6 +717,16 @@ class _Builder:
                 obj = self.index.get(kind.key, parent.obj["metadata"].get("namespace"), name)
                 if obj is not None:
                     found.append(obj)
+            elif isinstance(finder, ByRef):
+                if parent is None or parent.obj is None:
+                    continue
+                api_version, kind_name, namespace, name = _kref(parent.obj, finder)
+                if (kind_name != kind.kind or api_version is None
+                        or kind_key(api_version, kind_name) != kind.key):
+                    continue
+                obj = self.index.get(kind.key, namespace if kind.namespaced else None, name)
+                if obj is not None:
+                    found.append(obj)
         return found
 
     # --- edges -------------------------------------------------------------------------------
@@ -614,6 +740,8 @@ class _Builder:
         for node in nodes:
             plan = self.edges[node.role]
             steps = plan.always
+            if node.obj is None and node.role in self.user_made:
+                steps = []
             if plan.by_kind:
                 obj = node.obj
                 key = (kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
@@ -621,6 +749,10 @@ class _Builder:
                 steps = steps + plan.by_kind.get(key, [])
             if node.obj is None and plan.absent:
                 steps = steps + plan.absent
+            if plan.when and node.obj is not None:
+                for path, value, more in plan.when:
+                    if _field_is(node.obj, path, value):
+                        steps = steps + more
             for edge, target in steps:
                 if edge is _Edge.SYSTEM:
                     component = self.components.get(target)
@@ -652,11 +784,13 @@ class _Plan:
     always: list[_Step]
     by_kind: dict[str, list[_Step]]
     absent: list[_Step]
+    # (path, value, steps): further needs when the object has `value` at `path`.
+    when: list[tuple[tuple[str, ...], str, list[_Step]]] = field(default_factory=list)
 
 
 def _edges(profile: Profile) -> dict[str, _Plan]:
     """How each link's needs are wired, decided once per profile rather than per node."""
-    parents = {link.id: link.parent for link in profile.links}
+    parents = {link.id: link.parent for link in profile.all_links}
 
     def steps(link: Link, needs: Iterable[str]) -> list[_Step]:
         plan = []
@@ -676,8 +810,9 @@ def _edges(profile: Profile) -> dict[str, _Plan]:
             steps(link, link.needs),
             {kind.key: steps(link, needs) for kind, needs in link.needs_by_kind},
             steps(link, link.created_by),
+            [(path, value, steps(link, needs)) for path, value, needs in link.needs_when],
         )
-        for link in profile.links
+        for link in profile.all_links
     }
 
 
@@ -723,6 +858,46 @@ def _matched_service_id(obj: Obj, finder: ByServiceClass, service_ids: list[str]
         if value in service_ids:
             return value
     return ""
+
+
+FlowRoot = Obj | ObjectRef  # a root object, or a missing one that others name
+
+
+def _root_order(root: FlowRoot) -> tuple[str, str, str]:
+    if isinstance(root, ObjectRef):
+        return (str(root.namespace), str(root.name), root.kind)
+    return (str(root["metadata"].get("namespace")), str(root["metadata"]["name"]),
+            str(root["kind"]))
+
+
+def _string_at(obj: Obj, path: tuple[str, ...]) -> str | None:
+    current: Any = obj
+    for part in path:
+        if not isinstance(current, dict):
+            return None
+        current = current.get(part)
+    return current if isinstance(current, str) else None
+
+
+def _field_is(obj: Obj, path: tuple[str, ...], value: str) -> bool:
+    current: Any = obj
+    for part in path:
+        if not isinstance(current, dict):
+            return False
+        current = current.get(part)
+    return bool(current == value)
+
+
+def _kref(parent: Obj, finder: ByRef) -> tuple[str | None, str | None, str | None, str]:
+    """(apiVersion, kind, namespace, name) of the `KReference` at the finder's path; the
+    parent's namespace when it names none. Nones when the parent has no ref there."""
+    ref = get_map(parent, *finder.path)
+    own = parent["metadata"].get("namespace")
+    if not ref:
+        return None, None, own, ""
+    name = get_str(ref, "name") or ""
+    return (get_str(ref, "apiVersion"), get_str(ref, "kind"),
+            get_str(ref, "namespace") or own, name)
 
 
 def _referenced(parent: Obj, finder: ByReference) -> tuple[str | None, str | None, str]:

@@ -4,7 +4,9 @@
 applications could include it — those whose chain held it (or expected it and found it
 missing), and those the profile's finders would match it to (an object called `<app>`,
 labelled `application-name: <app>`, in a namespace bound to the app, ...) — and runs the
-same per-application analysis as `check` for those alone. The system components are
+same per-application analysis as `check` for those alone. Flows (`topology.Flow`) live in
+one namespace: a change re-judges the flows of its namespace and those whose chain held
+it (a subscriber in another namespace). The system components are
 judged again on every batch (a handful of objects); when one of them changes, the causes
 of every application with a failing link are worked out again.
 
@@ -24,16 +26,17 @@ from typing import Any
 
 from eventmesh_health.analysis.causes import Causes
 from eventmesh_health.analysis.fields import Obj
-from eventmesh_health.analysis.graph import AppUnit, Graph, Node, _Builder
+from eventmesh_health.analysis.graph import AppUnit, FlowUnit, Graph, Node, _Builder
 from eventmesh_health.analysis.index import NameKey
 from eventmesh_health.analysis.report import (
     application_report,
+    flow_report,
     mesh_report,
     nodes_of,
     system_report,
 )
 from eventmesh_health.analysis.rules import Thresholds
-from eventmesh_health.model import ApplicationReport, MeshReport, SystemReport
+from eventmesh_health.model import ApplicationReport, FlowReport, MeshReport, SystemReport
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.topology import (
     ByField,
@@ -47,6 +50,7 @@ from eventmesh_health.topology import (
 )
 from eventmesh_health.topology.core import DEPLOYMENT, POD
 
+_FlowKey = tuple[str, str, str]  # (root kind, namespace, name)
 _ANY = re.compile(r"\{(\w+)\}")
 
 
@@ -73,19 +77,28 @@ class IncrementalAnalysis:
         self._apps_by_service: dict[str, set[str]] = defaultdict(set)
         self._apps_by_uid: dict[str, set[str]] = defaultdict(set)
         self._inverse = self._inverse_finders()
+        self.flows: dict[_FlowKey, FlowUnit] = {}
+        self.flow_reports: dict[_FlowKey, FlowReport] = {}
+        self._flow_refs: dict[_FlowKey, set[Any]] = {}
+        self._flows_by_ref: dict[Any, set[_FlowKey]] = defaultdict(set)
         with _no_cyclic_gc():
             graph = self.builder.build()
             causes = Causes()
             self.system: SystemReport = system_report(graph, snapshot, profile, causes)
             for unit in graph.apps:
                 self._store(unit, causes)
+            for flow in graph.flows:
+                self._store_flow(flow, causes)
 
     # --- the report ----------------------------------------------------------------------------
 
     def report(self) -> MeshReport:
         applications = [self.reports[name] for name in sorted(self.reports)]
+        order = {flow.id: i for i, flow in enumerate(self.profile.flows)}
+        flows = sorted(self.flow_reports.values(),
+                       key=lambda f: (order.get(f.flow, 0), f.namespace, f.name, f.kind))
         return mesh_report(self.system, applications, self.builder.index, self.builder.snapshot,
-                           self.profile.name)
+                           self.profile.name, flows)
 
     # --- changes -------------------------------------------------------------------------------
 
@@ -131,11 +144,13 @@ class IncrementalAnalysis:
         touched = {index.key_of(obj) for obj in (*deletions, *upserts)} - {None}
         present = {key[0]: index.has_kind(key[0]) for key in touched if key is not None}
         affected: set[str] = set()
+        flow_spaces: set[str] = set()  # namespaces whose flows are judged again
         for obj in deletions:
             key = index.key_of(obj)
             if key is not None:
                 old = index.remove(key)
                 affected |= self._candidates(obj)
+                flow_spaces |= self._flow_namespaces(key)
                 if old is not None:
                     affected |= self._candidates(old)
         for obj in upserts:
@@ -145,11 +160,14 @@ class IncrementalAnalysis:
                 affected |= self._candidates(old)
             index.add(obj)
             affected |= self._candidates(obj)
+            if key is not None:
+                flow_spaces |= self._flow_namespaces(key)
         if inferred and any(index.has_kind(kind) != had for kind, had in present.items()):
             coverage_changed = True
         if coverage_changed:
             affected |= set(self.units)
-        return self._reevaluate(affected)
+            flow_spaces |= {key[1] for key in self.flows}
+        return self._reevaluate(affected, flow_spaces)
 
     def tick(self, now: datetime) -> set[str]:
         """Judge again what depends on the clock (how long something has been Progressing,
@@ -157,26 +175,42 @@ class IncrementalAnalysis:
         snapshot = self.builder.snapshot
         self.builder.set_input(replace(snapshot, taken_at=now))
         with _no_cyclic_gc():
-            return self._reevaluate({name for name, unit in self.units.items()
-                                     if any(node.failing for node in nodes_of(unit))})
+            return self._reevaluate(
+                {name for name, unit in self.units.items()
+                 if any(node.failing for node in nodes_of(unit))},
+                {key[1] for key, flow in self.flows.items()
+                 if any(node.failing for node in flow.nodes)},
+            )
 
-    def _reevaluate(self, affected: set[str]) -> set[str]:
+    def _reevaluate(self, affected: set[str], flow_spaces: set[str] | None = None) -> set[str]:
         system_changed, restructured = self.builder.refresh_system()
+        flow_spaces = set(flow_spaces or ())
         if restructured:
             affected |= set(self.units)
+            flow_spaces |= {key[1] for key in self.flows}
         causes = Causes()
-        app_key = self.profile.application.key
+        application = self.profile.application
         for name in sorted(affected):
-            app_obj = self.builder.index.get(app_key, None, name)
+            app_obj = (self.builder.index.get(application.key, None, name)
+                       if application is not None else None)
             self._forget(name)
             if app_obj is not None:
                 self._store(self.builder.application(app_obj), causes)
+        if flow_spaces:
+            for key in [k for k in self.flows if k[1] in flow_spaces]:
+                self._forget_flow(key)
+            for kind, root in self.builder.flow_roots(flow_spaces):
+                self._store_flow(self.builder.flow(kind, root), causes)
         if system_changed:
             # Causes may now lead to (or away from) a system component.
             for name, unit in self.units.items():
                 if name not in affected and any(n.failing for n in nodes_of(unit)):
                     self.reports[name] = application_report(unit, causes)
                     affected.add(name)
+            # A flow carries the failing components it needs (`flow_report`): all of them.
+            for key, flow_unit in self.flows.items():
+                if key[1] not in flow_spaces:
+                    self.flow_reports[key] = flow_report(flow_unit, causes)
         graph = Graph(self.builder.system, [], self.builder.index)
         self.system = system_report(graph, self.builder.snapshot, self.profile, causes)
         return affected
@@ -206,6 +240,39 @@ class IncrementalAnalysis:
             if ref[0] not in ("uid", "service", "ns"):
                 self._apps_by_ref[ref].add(name)
         self._refs[name] = refs
+
+    def _store_flow(self, flow: FlowUnit, causes: Causes) -> None:
+        key = flow.key
+        self.flows[key] = flow
+        self.flow_reports[key] = flow_report(flow, causes)
+        refs: set[Any] = set()
+        for node in flow.nodes:
+            ref = self._node_key(node)
+            refs.add(ref)
+            refs.add((ref[0], ref[1], None))
+        for ref in refs:
+            self._flows_by_ref[ref].add(key)
+        self._flow_refs[key] = refs
+
+    def _forget_flow(self, key: tuple[str, str, str]) -> None:
+        self.flows.pop(key, None)
+        self.flow_reports.pop(key, None)
+        for ref in self._flow_refs.pop(key, set()):
+            keys = self._flows_by_ref.get(ref)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._flows_by_ref[ref]
+
+    def _flow_namespaces(self, key: NameKey) -> set[str]:
+        """The namespaces whose flows a change of the object `key` may touch: its own, and
+        those of flows whose chain held it (or missed it)."""
+        if not self.profile.flows:
+            return set()
+        spaces = {key[1]} if key[1] is not None else set()
+        for ref in (key, (key[0], key[1], None)):
+            spaces |= {flow_key[1] for flow_key in self._flows_by_ref.get(ref, ())}
+        return spaces
 
     def _forget(self, name: str) -> None:
         self.units.pop(name, None)
@@ -237,7 +304,7 @@ class IncrementalAnalysis:
     def _inverse_finders(self) -> dict[str, list[Any]]:
         """Per kind key, the finders that can match objects of that kind, precompiled."""
         inverse: dict[str, list[Any]] = defaultdict(list)
-        for link in self.profile.links:
+        for link in self.profile.links:  # flows are found by namespace (`_flow_namespaces`)
             finder = link.find
             for kind in link.kinds:
                 if isinstance(finder, ByName):

@@ -46,7 +46,7 @@ class Index:
         # application happened to look it up.
         self._field_paths: set[tuple[str, tuple[str, ...]]] = {
             (kind.key, path)
-            for link in profile.links
+            for link in profile.all_links
             for path in _field_paths_of(link.find)
             for kind in link.kinds
         }

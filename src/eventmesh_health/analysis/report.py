@@ -6,11 +6,12 @@ from collections.abc import Iterable, Sequence
 
 from eventmesh_health import reasons
 from eventmesh_health.analysis.causes import Causes, settle
-from eventmesh_health.analysis.graph import AppUnit, Graph, Node
+from eventmesh_health.analysis.graph import AppUnit, FlowUnit, Graph, Node
 from eventmesh_health.analysis.index import Index
 from eventmesh_health.model import (
     ApplicationReport,
     Finding,
+    FlowReport,
     Health,
     MeshReport,
     NamespaceReport,
@@ -126,19 +127,46 @@ def application_report(app: AppUnit, causes: Causes) -> ApplicationReport:
     )
 
 
+def flow_report(flow: FlowUnit, causes: Causes) -> FlowReport:
+    """A flow's health and findings. Unlike an application's, they include the failing
+    system components the flow's objects need: a dead dispatcher leaves every Knative v1
+    InMemoryChannel Ready (DispatcherReady does not gate it), yet no event gets through."""
+    settle(flow.nodes, causes)
+    seen = {id(node) for node in flow.nodes}
+    pending = [need for node in flow.nodes for need in node.needs]
+    system = []
+    while pending:  # a component's Service needs its Deployment: follow needs all the way
+        need = pending.pop()
+        if id(need) in seen:
+            continue
+        seen.add(id(need))
+        if need.failing:
+            system.append(need)
+        pending.extend(need.needs)
+    every = [*flow.nodes, *system]
+    return FlowReport.model_construct(
+        flow=flow.flow, kind=flow.kind, namespace=flow.namespace, name=flow.name,
+        health=_health(every), findings=_findings(every, causes),
+    )
+
+
 def mesh_report(
     system: SystemReport,
     applications: list[ApplicationReport],
     index: Index,
     snapshot: Snapshot,
     profile: str = "",
+    flows: list[FlowReport] | None = None,
 ) -> MeshReport:
-    health = Health.worst([system.health, *(a.health for a in applications)])
+    flows = flows or []
+    health = Health.worst([system.health, *(a.health for a in applications),
+                           *(f.health for f in flows)])
     return MeshReport.model_construct(
         healthy=health is Health.HEALTHY,
         health=health,
         system=system,
         applications=applications,
+        flows=flows,
         source=SourceInfo.model_construct(
             taken_at=snapshot.taken_at.isoformat().replace("+00:00", "Z"),
             objects=index.count(),
@@ -154,4 +182,5 @@ def build_report(
     causes = causes or Causes()
     system = system_report(graph, snapshot, profile, causes)
     applications = [application_report(app, causes) for app in graph.apps]
-    return mesh_report(system, applications, graph.index, snapshot, profile.name)
+    flows = [flow_report(flow, causes) for flow in graph.flows]
+    return mesh_report(system, applications, graph.index, snapshot, profile.name, flows)

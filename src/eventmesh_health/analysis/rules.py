@@ -69,6 +69,8 @@ class Context:
     # Whether the object's controller writes status.observedGeneration (the profile's
     # `Kind.observed_generation`): without it, generations are not compared.
     observes_generation: bool = True
+    # For a kind judged per class (`Kind.classes`): the annotation and the known classes.
+    classes: tuple[str, tuple[str, ...]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def age(self, since: datetime) -> timedelta:
@@ -199,8 +201,24 @@ def ready_condition(obj: Obj, ctx: Context) -> Verdict | None:
     return Verdict(Health.PROGRESSING, reason, message or "Ready is Unknown")
 
 
+def known_class(obj: Obj, ctx: Context) -> Verdict | None:
+    """A Ready object of a class this profile cannot judge further (a Broker whose class
+    is neither channel-based nor Kafka): its own Ready says little about its data plane."""
+    if ctx.classes is None:
+        return None
+    annotation, known = ctx.classes
+    value = get_str(obj, "metadata", "annotations", annotation)
+    if value is None or value in known:  # unset: the webhook defaults it to the first
+        return None
+    return Verdict(
+        Health.UNKNOWN, reasons.CLASS_NOT_JUDGED,
+        f"{annotation}={value!r}: only {', '.join(known)} can be judged; its own Ready is "
+        "True, but what serves it (ingress, dispatch) is not known to this profile",
+    )
+
+
 KNATIVE_RULES: tuple[Rule, ...] = (
-    being_deleted, ready_false, generation_observed, ready_condition,
+    being_deleted, ready_false, generation_observed, ready_condition, known_class,
 )
 
 
@@ -479,6 +497,7 @@ RULES: dict[Judge, tuple[Rule, ...]] = {
     Judge.SERVICE_INSTANCE: SERVICE_INSTANCE_RULES,
     Judge.EXISTS: EXISTS_RULES,
     Judge.NAMESPACE_LABEL: NAMESPACE_LABEL_RULES,
+    Judge.SERVICE: SERVICE_RULES,
 }
 
 
@@ -512,6 +531,7 @@ def _plainly_ready(obj: Obj, observes_generation: bool) -> bool:
 
 
 def judge(kind: Judge, obj: Obj, ctx: Context) -> Verdict:
-    if kind is Judge.KNATIVE and _plainly_ready(obj, ctx.observes_generation):
+    if (kind is Judge.KNATIVE and ctx.classes is None
+            and _plainly_ready(obj, ctx.observes_generation)):
         return HEALTHY
     return decide(RULES[kind], obj, ctx)

@@ -31,12 +31,15 @@ def health_text(health: Health) -> Text:
 
 
 def _located(report: MeshReport) -> list[tuple[str, Finding]]:
-    """Every finding with where it was reported ('system', 'app', 'app/ns')."""
+    """Every finding with where it was reported ('system', 'app', 'app/ns', 'Kind ns/name'
+    for a flow)."""
     located = [("system", f) for f in report.system.findings]
     for app in report.applications:
         located.extend((app.name, f) for f in app.findings)
         for ns in app.namespaces:
             located.extend((f"{app.name}/{ns.name}", f) for f in ns.findings)
+    for flow in report.flows:
+        located.extend((f"{flow.kind} {flow.namespace}/{flow.name}", f) for f in flow.findings)
     return located
 
 
@@ -61,6 +64,7 @@ def render_check(report: MeshReport) -> RenderableType:
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for column in ("APPLICATION", "NAMESPACE", "HEALTH", "STATE", "ROOT CAUSE"):
         table.add_column(column)
+    # A mesh without applications (Knative v1) has the system row here, its flows below.
     table.add_row("(system)", "", health_text(report.system.health), "", _cause(
         report.system.findings))
     for app in report.applications:
@@ -72,6 +76,15 @@ def render_check(report: MeshReport) -> RenderableType:
                           _cause(ns.findings, app.findings))
     parts.append(Text(""))
     parts.append(table)
+    if report.flows:
+        flows = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+        for column in ("FLOW", "NAMESPACE", "NAME", "HEALTH", "ROOT CAUSE"):
+            flows.add_column(column)
+        for flow in report.flows:
+            flows.add_row(flow.kind, flow.namespace, flow.name, health_text(flow.health),
+                          _cause(flow.findings))
+        parts.append(Text(""))
+        parts.append(flows)
 
     located = _located(report)
     roots = [(where, f) for where, f in located if f.root_cause]

@@ -183,6 +183,8 @@ def targets(report: MeshReport, index: _Index, profile: Profile = DEFAULT) -> di
     Broker Ready), but none whose Application says `PROBE_ANNOTATION: "false"`."""
     plane = _data_plane(profile)
     out: dict[str, Target] = {}
+    if profile.application is None:
+        return out
     for app in report.applications:
         if _opted_out(index.get(profile.application.key, None, app.name)):
             continue

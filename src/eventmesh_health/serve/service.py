@@ -58,10 +58,15 @@ from eventmesh_health.serve.writer import (
     HEALTH_STATUS_RESOURCE,
     HealthWriter,
 )
-from eventmesh_health.topology import Profile
-from eventmesh_health.topology.registry import DEFAULT
+from eventmesh_health.topology import Kind, Profile
+from eventmesh_health.topology.registry import DEFAULT, PROFILES
 
 log = logging.getLogger("eventmesh_health.serve")
+
+
+def _any_application() -> Kind:
+    """The application kind of a profile that has one (what HealthWriter is built for)."""
+    return next(p.application for p in PROFILES.values() if p.application is not None)
 
 
 def host_port(host: str, port: int) -> str:
@@ -153,7 +158,10 @@ class Service:
             )
         self.writer = HealthWriter(
             client, is_leader=self.is_leader, events_namespace=settings.events_namespace,
-            reporting_instance=settings.identity, application=profile.application,
+            reporting_instance=settings.identity,
+            # Flows have no health object of their own yet: a flows-only profile writes
+            # the mesh-wide parts alone (no application is ever in its report).
+            application=profile.application or _any_application(),
         )
         self.prober: ProbeRunner | None = None
         self.leftovers: LeftoverTriggers | None = None
@@ -359,10 +367,11 @@ class Service:
                 await self._remove_leftovers()
             if not self.settings.write:
                 continue
+            application = self.settings.profile.application
             applications = {
                 str(obj["metadata"]["name"]): obj
-                for obj in self.analysis.builder.index.of_kind(
-                    self.settings.profile.application.key)
+                for obj in (self.analysis.builder.index.of_kind(application.key)
+                            if application is not None else ())
             }
             await self.writer.publish(report, applications, self.state.transitions)
             for (resource, verb), count in self.writer.write_counts.items():

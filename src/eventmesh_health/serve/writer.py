@@ -403,7 +403,7 @@ class HealthWriter:
         series_window: timedelta = timedelta(minutes=10),
         max_events_per_minute: int = 5,
         resync_period: timedelta = timedelta(minutes=10),
-        application: Kind = DEFAULT.application,
+        application: Kind | None = DEFAULT.application,
     ) -> None:
         if events_namespace not in EVENTS_NAMESPACES:
             raise ValueError(
@@ -427,6 +427,8 @@ class HealthWriter:
 
         self._health_res = resource_class(HEALTH_KIND)
         # The profile's application kind: what health objects are owned by and annotate.
+        if application is None:
+            raise ValueError("HealthWriter needs the kind health objects are owned by")
         self._application = application
         self._app_res = resource_class(application)
         self._event_res = resource_class(EVENT_KIND)

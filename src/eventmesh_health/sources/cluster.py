@@ -501,7 +501,8 @@ def _served_versions(client: Client, kind: Kind) -> list[str] | None:
 
 
 def served_resources(connection: Connection, kinds: Iterable[Kind]) -> frozenset[str]:
-    """Which of `kinds` the API server serves (any version), as resources (`plural.group`):
+    """Which of `kinds` the API server serves, as resources (`plural.group`, and
+    `plural.group/version` for each version served):
     what `--profile auto` looks at on a live cluster. Asks discovery, which every
     authenticated user may read (no RBAC beyond the reader role)."""
     client = connect(connection)
@@ -509,8 +510,10 @@ def served_resources(connection: Connection, kinds: Iterable[Kind]) -> frozenset
     served: set[str] = set()
     try:
         for kind in kinds:
-            if _served_versions(client, kind) is not None:
+            versions = _served_versions(client, kind)
+            if versions is not None:
                 served.add(kind.resource)
+                served.update(f"{kind.resource}/{version}" for version in versions)
     except httpx2.HTTPStatusError as err:
         code = err.response.status_code
         if code == 401:

@@ -94,10 +94,11 @@ def dump_documents(snapshot: Snapshot, profile: Profile, source: str) -> dict[st
     ]
     items: dict[str, list[dict[str, Any]]] = {kind.key: [] for kind in kinds}
     fields = {kind.key: kind.fields for kind in kinds}
+    annotations = {kind.key: kind.annotations for kind in kinds}
     for obj in snapshot.objects:
         key = kind_key(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
         if key in items:
-            items[key].append(slim(obj, fields[key]))
+            items[key].append(slim(obj, fields[key], annotations[key]))
     documents: dict[str, Any] = {
         dump_file_name(kind): {
             "apiVersion": "v1",

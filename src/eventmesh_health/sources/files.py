@@ -115,8 +115,13 @@ class RawDump:
     def kinds(self) -> frozenset[str]:
         """Kind keys of the objects, and the resources SnapshotInfo says were collected
         (a dump of an empty mesh still names its kinds there): what detection looks at."""
-        present = {kind_key(obj["apiVersion"], obj["kind"]) for obj in self.objects
-                   if isinstance(obj.get("apiVersion"), str) and isinstance(obj.get("kind"), str)}
+        present: set[str] = set()
+        for obj in self.objects:
+            api_version, kind = obj.get("apiVersion"), obj.get("kind")
+            if isinstance(api_version, str) and isinstance(kind, str):
+                key = kind_key(api_version, kind)
+                # and at its version: what tells Knative v1 from v0.12 (`Kind.versioned`)
+                present.update((key, f"{key}/{api_version.rpartition('/')[2]}"))
         collected = (self.info or {}).get("collected")
         if isinstance(collected, list):
             present.update(r for r in collected if isinstance(r, str))

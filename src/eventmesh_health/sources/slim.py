@@ -30,13 +30,16 @@ _Tree = dict[str, "_Node"]
 _Node = tuple[bool, "_Tree | None"]  # (a list to walk, the fields below; None: keep all)
 
 
-def slim(obj: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
-    """A copy of `obj` with only COMMON_FIELDS, `fields` and our own annotations."""
+def slim(obj: dict[str, Any], fields: Iterable[str],
+         annotations_read: Iterable[str] = ()) -> dict[str, Any]:
+    """A copy of `obj` with only COMMON_FIELDS, `fields`, our own annotations and those the
+    analysis reads (`annotations_read`)."""
     kept = _copy(obj, _tree((*COMMON_FIELDS, *fields)))
     annotations = (obj.get("metadata") or {}).get("annotations")
+    read = frozenset(annotations_read)
     if isinstance(annotations, dict):
         own = {k: v for k, v in annotations.items()
-               if isinstance(k, str) and k.startswith(OWN_ANNOTATION_PREFIX)}
+               if isinstance(k, str) and (k.startswith(OWN_ANNOTATION_PREFIX) or k in read)}
         if own:
             kept.setdefault("metadata", {})["annotations"] = own
     return kept

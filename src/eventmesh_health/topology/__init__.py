@@ -11,7 +11,9 @@ Vocabulary:
 - a *component* is a system Deployment (controller, webhook, dispatcher);
 - the *data plane* (`DataPlane`) names the hops heartbeats are injected at and the objects
   a data-plane finding blames, so probing needs no kind of its own;
-- *markers* are the kinds that tell a cluster or a dump runs this mesh (`--profile auto`).
+- *markers* are the kinds that tell a cluster or a dump runs this mesh (`--profile auto`);
+- a *flow* is the unit of health of a mesh without Applications (Knative v1): one root
+  object (a Broker, a Channel, a source) and the links found from it, in its namespace.
 
 Profiles are registered by name in `topology.registry`; `topology.rbac` generates the
 ClusterRoles in deploy/rbac/ from them. Only `topology/` names a profile's kinds: the
@@ -39,6 +41,14 @@ class Kind:
     # generation ahead of it "not yet observed" (as kstatus: no field, no comparison); a
     # controller that never writes it would leave every changed object Progressing forever.
     observed_generation: bool = field(default=False, compare=False)
+    # (annotation, the values this profile can judge): a kind whose implementation is
+    # chosen per object (a Broker's class). Another value is judged Unknown, the class named.
+    classes: tuple[str, tuple[str, ...]] | None = field(default=None, compare=False)
+    # Annotations the analysis reads (a Broker's class); a dump keeps only these and ours.
+    annotations: tuple[str, ...] = field(default=(), compare=False)
+    # Markers only: match this apiVersion exactly, not any version of the kind. Knative
+    # v0.12 (Kyma 1.x) and v1 share kinds and resources; only the version tells them apart.
+    versioned: bool = field(default=False, compare=False)
     # Version-independent identity used to index objects (`Deployment.apps`).
     key: str = field(init=False, compare=False)
 
@@ -58,6 +68,16 @@ class Kind:
         """`plural.group` as kubectl and RBAC name it (`deployments.apps`, `pods`)."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
+    @property
+    def versioned_key(self) -> str:
+        """`Broker.eventing.knative.dev/v1`: the kind at this version (marker matching)."""
+        return f"{self.key}/{self.version}"
+
+    @property
+    def versioned_resource(self) -> str:
+        """`brokers.eventing.knative.dev/v1`: the resource at this version."""
+        return f"{self.resource}/{self.version}"
+
 
 _KIND_KEYS: dict[tuple[str, str], str] = {}
 
@@ -76,6 +96,7 @@ def kind_key(api_version: str, kind: str) -> str:
 class Scope(StrEnum):
     APPLICATION = "application"
     NAMESPACE = "namespace"
+    FLOW = "flow"  # a link of a `Flow`: found from the flow's root, in its namespace
 
 
 class Judge(StrEnum):
@@ -87,6 +108,7 @@ class Judge(StrEnum):
     APPLICATION = "application"  # status.installationStatus.status == DEPLOYED
     SERVICE_INSTANCE = "service-instance"  # status.provisionStatus == Provisioned
     EXISTS = "exists"  # no status to judge: existing (and not stuck deleting) is healthy
+    SERVICE = "service"  # a core Service: it has a ready endpoint
     NAMESPACE_LABEL = "namespace-label"  # the Namespace carries a given label
 
 
@@ -148,7 +170,16 @@ class ByServiceClass:
     )
 
 
-Finder = ByName | ByLabels | ByField | ByOwner | ByReference | ByServiceClass
+@dataclass(frozen=True, slots=True)
+class ByRef:
+    """The object the parent names at `path` as a Knative `KReference`/`Destination.ref`
+    (`{apiVersion, kind, name, namespace?}`; the parent's namespace when none): a Trigger's
+    subscriber, a source's sink. Nothing when the parent gives a URI instead of a ref."""
+
+    path: tuple[str, ...]
+
+
+Finder = ByName | ByLabels | ByField | ByOwner | ByReference | ByServiceClass | ByRef
 
 
 class Expect(StrEnum):
@@ -188,6 +219,12 @@ class Link:
     # Not expected (missing is fine) when an object of link `[0]` has `[2]` at path `[1]`:
     # e.g. no event-service when the Application's installation was skipped by design.
     unexpected_when: tuple[str, tuple[str, ...], str] | None = None
+    # Expected only when an object of link `[0]` has `[2]` at path `[1]`: a Broker's trigger
+    # channel exists only for the channel-based Broker class.
+    only_when: tuple[str, tuple[str, ...], str] | None = None
+    # Further needs when the object found has `[1]` at path `[0]` (a Broker's class
+    # annotation says which data plane serves it).
+    needs_when: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = ()
 
 
 def judge_for(link: Link, kind_key: str) -> Judge:
@@ -212,6 +249,8 @@ class Component:
     required_if_any: tuple[Kind, ...] = ()
     # The workload kind when it is not a Deployment (a StatefulSet).
     workload: Kind | None = None
+    # False: judged when present, never missed (what only some objects' class needs).
+    required: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,9 +323,30 @@ class DataPlane:
 
 
 @dataclass(frozen=True, slots=True)
+class Flow:
+    """A unit of health rooted at one object (Knative has no Application): a Broker with
+    its Triggers, a Channel with its Subscriptions, a source with its sink. The first link
+    is the root itself (the builder binds it to the root object); the others are found from
+    it with {flow} = the root's name and {namespace} = its namespace."""
+
+    id: str
+    roots: tuple[Kind, ...]
+    links: tuple[Link, ...]
+    description: str
+    # A root owned by an object of one of these kinds is part of its owner's flow, not one
+    # of its own (the InMemoryChannel a Channel or Broker made).
+    not_if_owned_by: tuple[Kind, ...] = ()
+    # (kind, path): objects naming a root of this flow by name at `path` in their own
+    # namespace (a Trigger's spec.broker). A root they name that does not exist is reported
+    # as a flow whose root is missing: it is the root cause of what they cannot do.
+    referrers: tuple[tuple[Kind, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     name: str
-    application: Kind
+    # The unit of health when the mesh has one (Kyma's Application); None: flows only.
+    application: Kind | None
     kinds: tuple[Kind, ...]
     links: tuple[Link, ...]
     components: tuple[Component, ...]
@@ -305,9 +365,16 @@ class Profile:
     markers: tuple[Kind, ...] = field(default_factory=tuple)
     # One line for `--profile` help and detection messages.
     description: str = ""
+    # The units of health rooted at an object (flows[] of the report).
+    flows: tuple[Flow, ...] = field(default_factory=tuple)
+
+    @property
+    def all_links(self) -> tuple[Link, ...]:
+        """The application links, then every flow's."""
+        return (*self.links, *(link for flow in self.flows for link in flow.links))
 
     def link(self, link_id: str) -> Link:
-        for link in self.links:
+        for link in self.all_links:
             if link.id == link_id:
                 return link
         raise KeyError(link_id)

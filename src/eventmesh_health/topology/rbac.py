@@ -163,7 +163,7 @@ def serve_role(profiles: Iterable[Profile]) -> str:
     needs, `patch` on the profiles' application kinds; its two namespaced Roles."""
     chosen = list(profiles)
     head = "# --- read: the profile's kinds (list + watch) " + "-" * 47 + "\n"
-    patch = read_rules([p.application for p in chosen], ("patch",))
+    patch = read_rules([p.application for p in chosen if p.application is not None], ("patch",))
     return (_GENERATED + _SERVE_HEADER + _METADATA.format(name="eventmesh-health-serve")
             + head + read_rules(_kinds(chosen), ("list", "watch")) + _SERVE_FIXED + patch
             + _SERVE_ROLES)
