@@ -21,7 +21,12 @@ from rich.console import Console
 
 from eventmesh_health.analysis import Analysis, Thresholds, analyse_graph
 from eventmesh_health.outputs.text import print_check
-from eventmesh_health.outputs.tree import explain_json, explain_tree
+from eventmesh_health.outputs.tree import (
+    explain_flow_json,
+    explain_flow_tree,
+    explain_json,
+    explain_tree,
+)
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.sources.cluster import (
     ClusterConfigError,
@@ -289,7 +294,7 @@ def check(
 
 
 @main.command()
-@click.argument("application")
+@click.argument("name")
 @_SNAPSHOT_OPTION
 @click.option("-o", "--output", type=click.Choice(["tree", "json", "yaml"]), default="tree",
               show_default=True)
@@ -297,22 +302,28 @@ def check(
 @_DEADLINE_OPTION
 @_input_options
 def explain(
-    application: str, snapshot: Path | None, output: str, stuck_deletion_after: timedelta,
+    name: str, snapshot: Path | None, output: str, stuck_deletion_after: timedelta,
     progress_deadline: timedelta, kubeconfig: Path | None, context: str | None,
     request_timeout: float, profile_name: str = AUTO,
 ) -> None:
-    """One application's whole chain as a tree: every link, its status, where the flow breaks.
+    """One application's or flow's whole chain as a tree: every link, its status, where
+    events stop. NAME is an application, or a flow as NAMESPACE/NAME (KIND/NAMESPACE/NAME
+    when a Broker and a Channel share the name).
 
     Reads --snapshot, else the cluster; exit codes as for `check`.
     """
     connection = _connection(kubeconfig, context, request_timeout)
     analysis = _analysis(snapshot, stuck_deletion_after, progress_deadline, connection,
                          profile_name)
+    if "/" in name:
+        _explain_flow(analysis, name, output)
     pairs = zip(analysis.graph.apps, analysis.report.applications, strict=True)
-    found = next(((u, r) for u, r in pairs if u.name == application), None)
+    found = next(((u, r) for u, r in pairs if u.name == name), None)
     if found is None:
         known = ", ".join(a.name for a in analysis.report.applications) or "none"
-        _fail(f"no Application {application!r} in the snapshot (applications: {known})",
+        flows = f"; flows are named NAMESPACE/NAME ({len(analysis.report.flows)} here)" \
+            if analysis.report.flows else ""
+        _fail(f"no Application {name[:200]!r} in the snapshot (applications: {known}){flows}",
               EXIT_INPUT)
     unit, app_report = found
     if output == "tree":
@@ -320,6 +331,27 @@ def explain(
     else:
         _emit(explain_json(unit, app_report, analysis.causes), output)
     sys.exit(EXIT_HEALTHY if app_report.health.value == "Healthy" else EXIT_UNHEALTHY)
+
+
+def _explain_flow(analysis: Analysis, name: str, output: str) -> NoReturn:
+    parts = name.split("/")
+    kind = parts[0] if len(parts) == 3 else None
+    namespace, flow_name = parts[-2], parts[-1]
+    pairs = zip(analysis.graph.flows, analysis.report.flows, strict=True)
+    found = [(u, r) for u, r in pairs if (u.namespace, u.name) == (namespace, flow_name)
+             and (kind is None or u.kind == kind)]
+    if len(found) != 1:
+        what = "no flow" if not found else "several flows: prefix the kind, e.g. " + \
+            ", ".join(f"{u.kind}/{namespace}/{flow_name}" for u, _ in found) + ";"
+        known = ", ".join(f"{u.kind}/{u.namespace}/{u.name}"
+                          for u in analysis.graph.flows[:20]) or "none"
+        _fail(f"{what} {name[:200]!r} in the snapshot (flows: {known})", EXIT_INPUT)
+    unit, flow_report = found[0]
+    if output == "tree":
+        _console(width=1000).print(explain_flow_tree(unit, flow_report, analysis.causes))
+    else:
+        _emit(explain_flow_json(unit, flow_report, analysis.causes), output)
+    sys.exit(EXIT_HEALTHY if flow_report.health.value == "Healthy" else EXIT_UNHEALTHY)
 
 
 @main.command()

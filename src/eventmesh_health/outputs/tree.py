@@ -1,4 +1,4 @@
-"""`explain`: one application's whole chain as a tree, each link with its status."""
+"""`explain`: one application's or flow's whole chain as a tree, each link with its status."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from eventmesh_health.analysis.causes import Causes
-from eventmesh_health.analysis.graph import AppUnit, Node
-from eventmesh_health.model import ApplicationReport, Health
+from eventmesh_health.analysis.graph import AppUnit, FlowUnit, Node
+from eventmesh_health.model import ApplicationReport, FlowReport, Health
 from eventmesh_health.outputs.text import MARK, STYLE, health_text
 
 
@@ -86,4 +86,40 @@ def explain_json(unit: AppUnit, report: ApplicationReport, causes: Causes) -> di
             }
             for ns_unit, ns_report in zip(unit.namespaces, report.namespaces, strict=True)
         ],
+    }
+
+
+def _system_needs(unit: FlowUnit) -> list[Node]:
+    """The system components the flow's objects need directly (dispatcher, ingress, ...)."""
+    own = {id(node) for node in unit.nodes}
+    found: dict[int, Node] = {}
+    for node in unit.nodes:
+        for need in node.needs:
+            if id(need) not in own:
+                found.setdefault(id(need), need)
+    return list(found.values())
+
+
+def explain_flow_tree(unit: FlowUnit, report: FlowReport, causes: Causes) -> Tree:
+    title = Text(f"{unit.kind} {unit.namespace}/{unit.name} ({unit.flow} flow)  ")
+    title.append_text(health_text(report.health))
+    tree = Tree(title)
+    _add(tree, [n for n in unit.nodes if n.parent is None], causes)
+    system = _system_needs(unit)
+    if system:
+        branch = tree.add(Text("system components it needs", style="dim"))
+        for node in system:
+            _add(branch, [node], causes)
+    return tree
+
+
+def explain_flow_json(unit: FlowUnit, report: FlowReport, causes: Causes) -> dict[str, Any]:
+    return {
+        "flow": unit.flow,
+        "kind": unit.kind,
+        "namespace": unit.namespace,
+        "name": unit.name,
+        "health": report.health.value,
+        "links": [_node_json(n, causes) for n in unit.nodes if n.parent is None],
+        "system": [_node_json(n, causes) for n in _system_needs(unit)],
     }
