@@ -191,6 +191,14 @@ def describe(obj: dict[str, Any]) -> str:
             f"gen={meta.get('generation')} observed={status.get('observedGeneration')}: {conds}")
 
 
+def _acknowledged(channel: dict[str, Any]) -> bool:
+    """Every ``spec.subscribers`` entry is ready in ``status.subscribers`` at its generation."""
+    acks = {(s.get("uid"), s.get("observedGeneration")): s.get("ready")
+            for s in (channel.get("status") or {}).get("subscribers") or []}
+    return all(acks.get((s.get("uid"), s.get("generation"))) == "True"
+               for s in (channel.get("spec") or {}).get("subscribers") or [])
+
+
 def _destination(dest: dict[str, Any] | None, uri: str | None, ns: str) -> dict[str, Any] | None:
     """A Destination with the ref namespace the webhook would default, or None."""
     if dest is None and uri is None:
@@ -364,7 +372,7 @@ class KnativeMesh:
             self.set_endpoints(name, True)
 
         resolver = ServiceResolver(lambda: self.control_plane.http_client(timeout=5))
-        self.proxy = ForwardProxy(resolver).start()
+        self.proxy = ForwardProxy(resolver, log_path=self.log_dir / "proxy.log").start()
         self._define_components()
         for comp in self.components.values():
             self._spawn(comp)
@@ -431,7 +439,11 @@ class KnativeMesh:
                 **base, "METRICS_DOMAIN": "knative.dev/inmemorychannel-dispatcher",
                 "CONTAINER_NAME": "dispatcher",
                 "MAX_IDLE_CONNS": "1000", "MAX_IDLE_CONNS_PER_HOST": "1000",
-            }, (DISPATCHER_HTTP_PORT,)),
+            }, (DISPATCHER_HTTP_PORT,),
+                # One replica: no leader election. With it, a restarted dispatcher (a new pod
+                # identity) waits for the dead one's lease to expire (lease-duration 60 s in
+                # config-leader-election) before it routes or acknowledges subscribers.
+                ["--disable-ha"]),
             "ingress": Component("ingress", "ingress", {
                 **base, "METRICS_DOMAIN": "knative.dev/internal/eventing",
                 "CONTAINER_NAME": "ingress",
@@ -758,6 +770,29 @@ class KnativeMesh:
         return self.wait_until(kind, ns, name, ok, timeout,
                                f"{kind} {ns}/{name} {type_}={status}"
                                + (f" ({reason})" if reason else ""))
+
+    def list(self, kind: str, ns: str) -> list[dict[str, Any]]:
+        return [dict(o.to_dict()) for o in self.client.list(resource(kind), namespace=ns)]
+
+    def wait_settled(self, ns: str, timeout: float = 30.0) -> None:
+        """Wait until every Knative object in ``ns`` is Ready for its generation and every
+        channel's ``status.subscribers`` acknowledges each ``spec.subscribers`` entry at its
+        generation (the dispatcher writes those acks). Right after "all Ready" a reconcile can
+        still be in flight; a fault injected then hits a moving target."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = []
+            for kind in KINDS:
+                for obj in self.list(kind, ns):
+                    if not is_ready(obj):
+                        pending.append(describe(obj))
+                    elif kind in ("Channel", "InMemoryChannel") and not _acknowledged(obj):
+                        pending.append(f"{describe(obj)}; subscribers not acknowledged")
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"knative: {ns} not settled in {timeout:.0f}s: {pending}")
+            time.sleep(POLL)
 
     # -- sending ------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -224,7 +225,8 @@ class ForwardProxy(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, resolver: ServiceResolver, host: str = LOOPBACK, port: int = 0) -> None:
+    def __init__(self, resolver: ServiceResolver, host: str = LOOPBACK, port: int = 0,
+                 log_path: Path | None = None) -> None:
         if host != LOOPBACK:
             raise ValueError("the test proxy listens on 127.0.0.1 only")
         super().__init__((host, port), _Handler)
@@ -232,6 +234,7 @@ class ForwardProxy(ThreadingHTTPServer):
         self.log: list[Forwarded] = []
         self._log_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.log_path = log_path
 
     @property
     def url(self) -> str:
@@ -240,6 +243,11 @@ class ForwardProxy(ThreadingHTTPServer):
     def record(self, entry: Forwarded) -> None:
         with self._log_lock:
             self.log.append(entry)
+            if self.log_path is not None:
+                with self.log_path.open("a") as f:
+                    f.write(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} "
+                            f"{entry.method} {entry.url} -> {entry.port} {entry.status} "
+                            f"{entry.error}\n")
         log.info("proxy: %s %s -> %s %s %s", entry.method, entry.url,
                  entry.port, entry.status, entry.error)
 

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
+RECHECK = 0.05
 
 
 @dataclass(frozen=True)
@@ -119,17 +120,26 @@ class Receiver:
 
     def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float,
                  what: str = "the expected requests") -> list[Received]:
-        """Wait until ``predicate(requests)`` holds; raises AssertionError after ``timeout``."""
+        """Wait until ``predicate(requests)`` holds; raises AssertionError after ``timeout``.
+
+        ``predicate`` gets a snapshot of the requests so far; it runs outside the receiver's
+        lock, so it may send (and so cause requests) itself."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self.requests):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    got = [(r.ce_type, r.ce_id, r.answered) for r in self.requests]
-                    raise AssertionError(
-                        f"receiver {self.name}: no {what} after {timeout:.0f}s; got {got}")
-                self._cond.wait(left)
-            return list(self.requests)
+        while True:
+            with self._cond:
+                seen = list(self.requests)
+            # Evaluated without the lock (it may do I/O), and re-evaluated at least every
+            # RECHECK seconds: a predicate may also look at state outside the receiver.
+            if predicate(seen):
+                return seen
+            left = deadline - time.monotonic()
+            if left <= 0:
+                got = [(r.ce_type, r.ce_id, r.answered) for r in seen]
+                raise AssertionError(
+                    f"receiver {self.name}: no {what} after {timeout:.0f}s; got {got}")
+            with self._cond:
+                if len(self.requests) == len(seen):
+                    self._cond.wait(min(left, RECHECK))
 
     def wait_event(self, ce_id: str, timeout: float) -> Received:
         """The first request carrying CloudEvent id ``ce_id`` (waits up to ``timeout``)."""
