@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test envtest kstatus lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
+.PHONY: demo test envtest kstatus knative lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -30,6 +30,11 @@ envtest:
 kstatus:
 	@bash hack/kstatus/build.sh
 
+# Builds (once, cached outside the repo) real Knative Eventing (reconcilers, IMC dispatcher, broker
+# ingress and filter) and copies the YAML the knative tests apply; last line = their folder.
+knative:
+	@bash hack/knative/build.sh
+
 lint: $(BIN)/eventmesh-health
 	$(BIN)/ruff check src tests benchmarks
 
@@ -38,11 +43,11 @@ typecheck: $(BIN)/eventmesh-health
 
 # In a network namespace where only loopback leads anywhere: a packet to any other address
 # fails the run (hack/loopback-only.sh).
-unit: $(BIN)/eventmesh-health envtest
+unit: $(BIN)/eventmesh-health envtest knative
 	hack/loopback-only.sh $(BIN)/pytest
 
-# Everything CI runs: install, build the control-plane binaries, lint, types, all tests.
-test: $(BIN)/eventmesh-health envtest lint typecheck unit
+# Everything CI runs: install, build the control-plane and Knative binaries, lint, types, all tests.
+test: $(BIN)/eventmesh-health envtest knative lint typecheck unit
 
 # Both, one after the other (never in parallel: each measures the machine).
 bench:
