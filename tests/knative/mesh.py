@@ -10,7 +10,8 @@ Knative webhook runs:
 
 - the system Deployments (upstream names and pod templates, image replaced) and their status,
   written through ``/status`` as kube-controller-manager would;
-- the Services and Endpoints ``imc-dispatcher``, ``broker-ingress`` and ``broker-filter``; the
+- the Services and Endpoints ``imc-dispatcher``, ``broker-ingress``, ``broker-filter`` and
+  ``eventing-webhook``; the
   Endpoints hold the placeholder address 192.0.2.10 (the API server rejects loopback ones), which
   nothing ever dials: only their ports are used, by the loopback proxy (:mod:`.proxy`);
 - the fields the Knative defaulting webhook would have set (``create_*`` helpers); no
@@ -79,6 +80,7 @@ DEPLOYMENT_FILES = [
     "brokers/mt-channel-broker/deployments/broker-filter.yaml",
 ]
 SERVICE_FILES = [
+    "core/deployments/webhook.yaml",
     "channels/in-memory-channel/deployments/dispatcher-service.yaml",
     "brokers/mt-channel-broker/deployments/broker-ingress.yaml",
     "brokers/mt-channel-broker/deployments/broker-filter.yaml",
@@ -354,6 +356,9 @@ class KnativeMesh:
             "imc-dispatcher": (DISPATCHER_HTTP_PORT, DISPATCHER_HTTPS_PORT),
             "broker-ingress": (self.ingress_port, self.ingress_https_port),
             "broker-filter": (self.filter_port, self.filter_https_port),
+            # As on a cluster, the webhook's Service has a ready endpoint; nothing listens
+            # or calls it (no webhook configuration is registered: REAL-KNATIVE.md §6).
+            "eventing-webhook": (free_port(), free_port()),
         }
         for svc in _docs(config, SERVICE_FILES, "Service"):
             name = svc["metadata"]["name"]
