@@ -287,6 +287,13 @@ DEPLOYMENTS = [
         "observedGeneration": 1, "availableReplicas": 0, "conditions": [
             {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]}), [],
      Health.PROGRESSING, "RolloutInProgress"),
+    # A young Deployment whose rollout completed and that lost its replicas since: not
+    # starting up (the real Knative mesh's dispatcher, test-written like this).
+    ("young-rollout-complete-then-lost", obj(created="2020-06-15T09:59:00Z",
+                                             spec={"replicas": 1}, status={
+        "observedGeneration": 1, "availableReplicas": 0, "conditions": [
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}), [],
+     Health.UNHEALTHY, "DeploymentUnavailable"),
     ("no-status", obj(spec={"replicas": 1}), [], Health.UNKNOWN, "NoStatus"),
     ("replicas-not-an-int", dep(available="two"), [], Health.UNKNOWN, "MalformedObject"),
 ]

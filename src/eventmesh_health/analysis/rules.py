@@ -349,6 +349,9 @@ def _pod_problem(pods: Sequence[Obj]) -> tuple[str, str] | None:
     return None
 
 
+_ROLLOUT_COMPLETE = "NewReplicaSetAvailable"
+
+
 def deployment_available(obj: Obj, ctx: Context) -> Verdict | None:
     replicas = get_int(obj, "spec", "replicas")
     if replicas == 0:
@@ -371,8 +374,11 @@ def deployment_available(obj: Obj, ctx: Context) -> Verdict | None:
                            "rollout not yet observed")
         avail = next((c for c in conditions(obj) if c.get("type") == "Available"), None)
         message = str((avail or {}).get("message") or f"0 of {desired} replicas available")
-        deadline = reasons.PROGRESS_DEADLINE_EXCEEDED
-        if progressing is not None and progressing.get("reason") != deadline and (
+        # A young Deployment whose rollout is under way is starting up; one whose rollout
+        # completed (NewReplicaSetAvailable, kube-controller-manager's deploymentutil) has
+        # lost its replicas since, however young it is.
+        settled = (reasons.PROGRESS_DEADLINE_EXCEEDED, _ROLLOUT_COMPLETE)
+        if progressing is not None and progressing.get("reason") not in settled and (
             _young(obj, ctx)
         ):
             return Verdict(Health.PROGRESSING, reasons.ROLLOUT_IN_PROGRESS, message)

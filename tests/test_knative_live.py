@@ -1,0 +1,183 @@
+"""`check` on the REAL Knative Eventing v1.21: each fault induced in the real components, and
+the root cause the checker names for it.
+
+The statuses are written by the upstream reconcilers (tests/knative runs them); the system
+Deployments' status and the Endpoints are test-written (no kubelet), as tests/knative/mesh.py
+says. `check` runs as a user would run it: the CLI, against the mesh's API server, with the
+profile detected (the mesh serves the v1 Knative kinds only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from lightkube.resources.core_v1 import Endpoints
+
+from tests.knative.mesh import KnativeMesh
+from tests.knative.receiver import Receiver
+from tests.live_objects import report_json, run_cli
+
+pytestmark = pytest.mark.knative
+
+TIMEOUT = 30.0
+
+
+@pytest.fixture
+def subscriber(knative_mesh: KnativeMesh, knative_namespace: str) -> Iterator[Receiver]:
+    with Receiver("subscriber") as rcv:
+        knative_mesh.expose(knative_namespace, "subscriber", rcv.port)
+        yield rcv
+
+
+def check(mesh: KnativeMesh) -> dict[str, Any]:
+    report = report_json(run_cli("check", "-o", "json", "--kubeconfig", mesh.kubeconfig_path))
+    assert report["source"]["profile"] == "knative-v1"
+    return report
+
+
+def flow(report: dict[str, Any], ns: str, kind: str = "Broker",
+         name: str = "default") -> dict[str, Any]:
+    found = [f for f in report["flows"]
+             if (f["kind"], f["namespace"], f["name"]) == (kind, ns, name)]
+    assert len(found) == 1, [(f["kind"], f["namespace"], f["name"]) for f in report["flows"]]
+    return found[0]
+
+
+def roots(entry: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    return [(f["object"]["kind"], f["object"]["name"], f["reason"])
+            for f in entry["findings"] if f["rootCause"]]
+
+
+def broker_flow(mesh: KnativeMesh, ns: str) -> None:
+    mesh.create_broker(ns)
+    mesh.create_trigger(ns, "orders", "default",
+                        subscriber_ref={"apiVersion": "v1", "kind": "Service",
+                                        "name": "subscriber"},
+                        filter_attributes={"type": "order.created"})
+    mesh.wait_ready("Trigger", ns, "orders", TIMEOUT)
+    mesh.wait_settled(ns, TIMEOUT)
+
+
+# --- healthy ---------------------------------------------------------------------------------
+
+
+def test_a_healthy_real_mesh_is_healthy_with_no_error(
+        knative_mesh: KnativeMesh, knative_namespace: str, subscriber: Receiver) -> None:
+    ns = knative_namespace
+    broker_flow(knative_mesh, ns)
+    knative_mesh.create_channel(ns, "orders")
+    knative_mesh.create_subscription(ns, "orders-to-broker", "orders", subscriber_ref={
+        "apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "default"})
+    knative_mesh.wait_ready("Subscription", ns, "orders-to-broker", TIMEOUT)
+    knative_mesh.wait_settled(ns, TIMEOUT)
+    report = check(knative_mesh)
+    assert report["system"]["health"] == "Healthy", report["system"]
+    mine = [f for f in report["flows"] if f["namespace"] == ns]
+    assert [(f["flow"], f["kind"], f["name"]) for f in mine] == [
+        ("broker", "Broker", "default"), ("channel", "Channel", "orders")]
+    for entry in mine:
+        assert entry["health"] == "Healthy" and entry["findings"] == [], entry
+    # The trigger channel the Broker made is part of the Broker's flow, not one of its own.
+    assert not any(f["name"].endswith("-kne-trigger") for f in report["flows"])
+
+
+# --- faults the control plane shows --------------------------------------------------------------
+
+
+def test_dispatcher_down_is_the_one_root_cause(
+        knative_mesh: KnativeMesh, knative_namespace: str, subscriber: Receiver) -> None:
+    ns = knative_namespace
+    broker_flow(knative_mesh, ns)
+    knative_mesh.stop_dispatcher()
+    knative_mesh.set_deployment_available("imc-dispatcher", False)
+    report = check(knative_mesh)
+    entry = flow(report, ns)
+    assert entry["health"] == "Unhealthy"
+    assert roots(entry) == [("Deployment", "imc-dispatcher", "DeploymentUnavailable")]
+    # The IMCs stay Ready (DispatcherReady does not gate them in v1.21): no finding on them,
+    # and none on the Trigger, its Subscription or the Broker.
+    assert {f["object"]["kind"] for f in entry["findings"]} <= {"Deployment", "Service"}
+    system = roots(report["system"])
+    assert ("Deployment", "imc-dispatcher", "DeploymentUnavailable") in system
+
+
+def test_dispatcher_endpoints_emptied_names_the_dispatcher_service(
+        knative_mesh: KnativeMesh, knative_namespace: str, subscriber: Receiver) -> None:
+    ns = knative_namespace
+    broker_flow(knative_mesh, ns)
+    knative_mesh.set_endpoints("imc-dispatcher", False)
+    knative_mesh.wait_condition("InMemoryChannel", ns, "default-kne-trigger", "Ready",
+                                "False", "DispatcherEndpointsNotReady", TIMEOUT)
+    entry = flow(check(knative_mesh), ns)
+    assert roots(entry) == [("Service", "imc-dispatcher", "NoReadyEndpoints")]
+    imc = next(f for f in entry["findings"] if f["object"]["kind"] == "InMemoryChannel")
+    assert imc["reason"] == "DispatcherEndpointsNotReady" and not imc["rootCause"]
+    assert imc["causedBy"]["name"] == "imc-dispatcher"
+
+
+def test_broker_filter_gone_names_the_filter_service(
+        knative_mesh: KnativeMesh, knative_namespace: str, subscriber: Receiver) -> None:
+    ns = knative_namespace
+    broker_flow(knative_mesh, ns)
+    knative_mesh.delete_endpoints("broker-filter")
+    knative_mesh.wait_condition("Broker", ns, "default", "FilterReady", "False", None, TIMEOUT)
+    entry = flow(check(knative_mesh), ns)
+    assert roots(entry) == [("Service", "broker-filter", "NoReadyEndpoints")]
+    broker = next(f for f in entry["findings"] if f["object"]["kind"] == "Broker")
+    assert not broker["rootCause"] and broker["causedBy"]["name"] == "broker-filter"
+
+
+def test_a_subscriber_whose_service_was_deleted_is_the_root_cause(
+        knative_mesh: KnativeMesh, knative_namespace: str, subscriber: Receiver) -> None:
+    ns = knative_namespace
+    broker_flow(knative_mesh, ns)
+    knative_mesh.unexpose(ns, "subscriber")
+    entry = flow(check(knative_mesh), ns)
+    assert roots(entry) == [("Service", "subscriber", "NotFound")]
+    # The real v1.21 Trigger stays Ready (tests/test_knative_real.py): no finding on it.
+    assert knative_mesh.get("Trigger", ns, "orders")["status"]["conditions"]
+    assert not any(f["object"]["kind"] == "Trigger" for f in entry["findings"])
+
+
+def test_a_subscriber_with_no_ready_pod_is_the_root_cause(
+        knative_mesh: KnativeMesh, knative_namespace: str, subscriber: Receiver) -> None:
+    ns = knative_namespace
+    broker_flow(knative_mesh, ns)
+    # What the endpoints controller writes when the subscriber's pods are gone.
+    knative_mesh.client.patch(Endpoints, "subscriber", {"subsets": []}, namespace=ns)
+    entry = flow(check(knative_mesh), ns)
+    assert roots(entry) == [("Service", "subscriber", "NoReadyEndpoints")]
+
+
+def test_a_deleted_broker_is_the_root_cause_of_its_triggers(
+        knative_mesh: KnativeMesh, knative_namespace: str, subscriber: Receiver) -> None:
+    ns = knative_namespace
+    broker_flow(knative_mesh, ns)
+    knative_mesh.delete("Broker", ns, "default")
+    knative_mesh.wait_condition("Trigger", ns, "orders", "BrokerReady", "False",
+                                "BrokerDoesNotExist", TIMEOUT)
+    entry = flow(check(knative_mesh), ns)
+    assert entry["health"] == "Unhealthy"
+    assert roots(entry) == [("Broker", "default", "NotFound")]
+    trigger = next(f for f in entry["findings"] if f["object"]["kind"] == "Trigger")
+    assert trigger["reason"] == "BrokerDoesNotExist"
+    assert trigger["causedBy"] == {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+                                   "namespace": ns, "name": "default"}
+
+
+def test_a_trigger_made_before_its_broker_names_the_broker(
+        knative_mesh: KnativeMesh, knative_namespace: str, subscriber: Receiver) -> None:
+    ns = knative_namespace
+    knative_mesh.create_trigger(ns, "early", "later",
+                                subscriber_ref={"apiVersion": "v1", "kind": "Service",
+                                                "name": "subscriber"})
+    entry = flow(check(knative_mesh), ns, name="later")
+    assert roots(entry) == [("Broker", "later", "NotFound")]
+    trigger = next(f for f in entry["findings"] if f["object"]["kind"] == "Trigger")
+    assert not trigger["rootCause"]
+    # No status at all: the real trigger reconciler never picked it up.
+    assert "status" not in knative_mesh.get("Trigger", ns, "early") or not (
+        knative_mesh.get("Trigger", ns, "early")["status"].get("conditions"))
+
