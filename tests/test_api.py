@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventmesh_health.analysis import analyse
-from eventmesh_health.model import MeshReport
+from eventmesh_health.model import FlowReport, Health, MeshReport
 from eventmesh_health.serve.api import create_app, embedded_server
 from eventmesh_health.serve.metrics import Metrics
 from eventmesh_health.serve.state import HealthState
@@ -353,17 +353,21 @@ values = {applications}
 [dictionaries.namespaces]
 values = {namespaces}
 
+[dictionaries.kinds]
+values = ["Broker", "Channel"]
+
 # Half of the generated names are real ones, so the 200 answers are checked too.
 [parameters]
 "path.name" = {{ dictionary = "applications", probability = 0.5 }}
 "path.namespace" = {{ dictionary = "namespaces", probability = 0.5 }}
+"path.kind" = {{ dictionary = "kinds", probability = 0.5 }}
 """
 
 
 async def schemathesis(url: str, workdir: Path, examples: int, *extra: str) -> tuple[int, str]:
     workdir.mkdir()
     (workdir / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG.format(
-        applications=json.dumps(["commerce-mock", "crm-legacy", "marketing"]),
+        applications=json.dumps(["commerce-mock", "crm-legacy", "marketing", "default"]),
         namespaces=json.dumps(["prod", "stage"]),
     ))
     proc = await asyncio.create_subprocess_exec(
@@ -386,6 +390,9 @@ async def test_every_answer_conforms_to_the_openapi_document(
     """Schemathesis (coverage, fuzzing and stateful phases, every check) against the live
     server, once with a report (no 5xx at all) and once before the first report (the
     documented 503s; every other check still applies). About 20-40 s (CPU bound)."""
+    # With a flow too (knative-v1's unit), so /api/v1/flows/... answers 200 as well.
+    report = report.model_copy(update={"flows": [FlowReport(
+        flow="broker", kind="Broker", namespace="prod", name="default", health=Health.HEALTHY)]})
     metrics = Metrics()
     metrics.update_report(report, {"commerce-mock": CHANGED})
     async with serving(ready_state(report), metrics) as ready_url, \

@@ -9,15 +9,21 @@ profile detected (the mesh serves the v1 Knative kinds only).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from lightkube.resources.core_v1 import Endpoints
 
+from tests.envtest.controlplane import free_port
 from tests.knative.mesh import KnativeMesh
 from tests.knative.receiver import Receiver
-from tests.live_objects import report_json, run_cli
+from tests.live_objects import cli_command, report_json, run_cli
 
 pytestmark = pytest.mark.knative
 
@@ -58,6 +64,21 @@ def broker_flow(mesh: KnativeMesh, ns: str) -> None:
                         filter_attributes={"type": "order.created"})
     mesh.wait_ready("Trigger", ns, "orders", TIMEOUT)
     mesh.wait_settled(ns, TIMEOUT)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except httpx.HTTPError as err:
+            last = err
+        else:
+            if last:
+                return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 # --- healthy ---------------------------------------------------------------------------------
@@ -181,3 +202,68 @@ def test_a_trigger_made_before_its_broker_names_the_broker(
     assert "status" not in knative_mesh.get("Trigger", ns, "early") or not (
         knative_mesh.get("Trigger", ns, "early")["status"].get("conditions"))
 
+
+
+# --- serve on the real mesh ------------------------------------------------------------------
+
+
+def test_serve_names_the_root_cause_then_the_mend_and_writes_nothing_when_quiet(
+        knative_mesh: KnativeMesh, knative_namespace: str, subscriber: Receiver,
+        tmp_path: Path) -> None:
+    ns = knative_namespace
+    broker_flow(knative_mesh, ns)
+    user = f"serve-kn-{ns[-6:]}"
+    kubeconfig = knative_mesh.control_plane.make_user_kubeconfig(user, ["system:masters"])
+    port = free_port()
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [*cli_command(), "serve", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
+         "--port", str(port), "--identity", user, "--no-leader-election",
+         "--events-namespace", "default"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+    flow_url = f"{base}/api/v1/flows/{ns}/Broker/default"
+
+    def flow_now() -> dict[str, Any] | None:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited: {log.read_text()[-3000:]}")
+        answer = httpx.get(flow_url, timeout=5)
+        return answer.json() if answer.status_code == 200 else None
+
+    try:
+        healthy = wait_for("the flow Healthy in the REST API",
+                           lambda: (f := flow_now()) and f["health"] == "Healthy" and f, 60)
+        assert healthy["findings"] == []
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert (f'eventmesh_flow_health{{flow="broker",health="Healthy",kind="Broker",'
+                f'name="default",namespace="{ns}"}} 1.0') in metrics
+
+        started = time.monotonic()
+        knative_mesh.set_endpoints("imc-dispatcher", False)
+        broken = wait_for("the dispatcher named as the root cause", lambda: (
+            (f := flow_now()) and roots(f) == [("Service", "imc-dispatcher",
+                                                "NoReadyEndpoints")] and f), TIMEOUT)
+        print(f"fault visible in serve's REST API after {time.monotonic() - started:.2f}s")
+        assert broken["health"] == "Unhealthy"
+
+        knative_mesh.set_endpoints("imc-dispatcher", True)
+        wait_for("the mend", lambda: (f := flow_now()) and f["health"] == "Healthy", TIMEOUT)
+
+        # Steady state: nothing changes, so nothing is written (a flows-only report has no
+        # health object or Event to write).
+        quiet_from = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        time.sleep(5.0)  # the quiet period being measured, not a wait for a condition
+        writes = [e for e in knative_mesh.control_plane.audit_events()
+                  if (e.get("user") or {}).get("username") == user  # type: ignore[union-attr]
+                  and e.get("verb") in ("create", "update", "patch", "delete",
+                                        "deletecollection")
+                  and str(e.get("requestReceivedTimestamp", "")) >= quiet_from]
+        assert writes == []
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

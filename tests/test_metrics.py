@@ -15,6 +15,7 @@ from prometheus_client.samples import Sample
 from eventmesh_health.analysis import analyse
 from eventmesh_health.model import (
     Finding,
+    FlowReport,
     Health,
     MeshReport,
     ObjectRef,
@@ -42,6 +43,7 @@ EXPECTED = {
     "eventmesh_application_health": ("gauge", {"application", "health"}),
     "eventmesh_application_state": ("gauge", {"application"}),
     "eventmesh_namespace_health": ("gauge", {"application", "namespace", "health"}),
+    "eventmesh_flow_health": ("gauge", {"flow", "kind", "namespace", "name", "health"}),
     "eventmesh_findings": ("gauge", {"scope", "reason", "root_cause"}),
     "eventmesh_application_last_transition_timestamp_seconds": ("gauge", {"application"}),
     "eventmesh_analysis_duration_seconds": ("histogram", set()),
@@ -101,6 +103,8 @@ def system_only(*findings: Finding) -> MeshReport:
 
 def test_names_types_and_label_sets(broken: MeshReport) -> None:
     metrics = Metrics()
+    broken = broken.model_copy(update={"flows": [FlowReport(
+        flow="broker", kind="Broker", namespace="prod", name="default", health=Health.UNKNOWN)]})
     metrics.update_report(broken, {"commerce-mock": CHANGED})
     metrics.observe_analysis(0.02)
     trigger = "Trigger.eventing.knative.dev"

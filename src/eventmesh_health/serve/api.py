@@ -6,6 +6,8 @@
 | `GET /api/v1/applications` | `{"applications": [ApplicationReport, ...]}` |
 | `GET /api/v1/applications/{name}` | one ApplicationReport plus `lastTransitionTime` |
 | `GET /api/v1/applications/{name}/namespaces/{namespace}` | one NamespaceReport |
+| `GET /api/v1/flows` | `{"flows": [FlowReport, ...]}` |
+| `GET /api/v1/flows/{namespace}/{kind}/{name}` | one FlowReport |
 | `GET /healthz` | `ok` while the process runs |
 | `GET /readyz` | `ok`, or 503 and why not (`HealthState.ready()`) |
 | `GET /metrics` | Prometheus text exposition of the `Metrics` registry |
@@ -59,7 +61,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from eventmesh_health.model import ApplicationReport, MeshReport, NamespaceReport
+from eventmesh_health.model import ApplicationReport, FlowReport, MeshReport, NamespaceReport
 from eventmesh_health.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from eventmesh_health.serve.metrics import Metrics
 from eventmesh_health.serve.state import HealthState
@@ -71,6 +73,7 @@ __all__ = [
     "ApplicationDetail",
     "ApplicationList",
     "ErrorBody",
+    "FlowList",
     "create_app",
     "embedded_server",
 ]
@@ -100,6 +103,10 @@ class ErrorBody(BaseModel):
 
 class ApplicationList(BaseModel):
     applications: list[ApplicationReport]
+
+
+class FlowList(BaseModel):
+    flows: list[FlowReport]
 
 
 class ApplicationDetail(ApplicationReport):
@@ -151,6 +158,7 @@ class _Rendered:
         self._mesh: bytes | None = None
         self._applications: bytes | None = None
         self.apps = {app.name: app for app in report.applications}
+        self.flows = {(f.namespace, f.kind, f.name): f for f in report.flows}
 
     def mesh(self) -> bytes:
         if self._mesh is None:
@@ -178,6 +186,10 @@ _ERRORS_LOOKUP: dict[int | str, dict[str, Any]] = {
 AppName = Annotated[str, Path(
     min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN,
     description="The Application's name (DNS-1123 subdomain).",
+)]
+KindName = Annotated[str, Path(
+    min_length=1, max_length=63, pattern=r"^[A-Z][A-Za-z0-9]*$",
+    description="The flow root's kind (Broker, Channel, PingSource, ...).",
 )]
 NamespaceName = Annotated[str, Path(
     min_length=1, max_length=63, pattern=DNS1123_LABEL,
@@ -492,6 +504,25 @@ def _mount_api(app: FastAPI, state: HealthState, metrics: Metrics) -> None:
             404, "NotFound",
             f"application {_echo(name)} has no namespace {_echo(namespace)}",
         )
+
+    @app.get(
+        "/api/v1/flows", response_model=FlowList, responses=_ERRORS_NOT_READY,
+        tags=["health"], summary="Every flow (Broker, Channel, source) with its findings",
+    )
+    async def flows() -> Response:
+        listing = FlowList(flows=current().report.flows)
+        return Response(listing.model_dump_json(by_alias=True).encode(), media_type=JSON)
+
+    @app.get(
+        "/api/v1/flows/{namespace}/{kind}/{name}", response_model=FlowReport,
+        responses=_ERRORS_LOOKUP, tags=["health"], summary="One flow",
+    )
+    async def one_flow(namespace: NamespaceName, kind: KindName, name: AppName) -> Response:
+        found = current().flows.get((namespace, kind, name))
+        if found is None:
+            raise ApiError(404, "NotFound", f"no flow {_echo(kind)} {_echo(namespace)}/"
+                           f"{_echo(name)}")
+        return Response(found.model_dump_json(by_alias=True).encode(), media_type=JSON)
 
     @app.get(
         "/metrics", response_class=PlainTextResponse, tags=["probes"],

@@ -36,6 +36,7 @@ report's numbers are swapped atomically and the counters are guarded by a lock.
 | `eventmesh_application_health` | state set | application, health |
 | `eventmesh_application_state` | gauge 1-4 | application |
 | `eventmesh_namespace_health` | state set | application, namespace, health |
+| `eventmesh_flow_health` | state set | flow, kind, namespace, name, health |
 | `eventmesh_findings` | gauge (count) | scope, reason, root_cause |
 | `eventmesh_application_last_transition_timestamp_seconds` | gauge | application |
 | `eventmesh_analysis_duration_seconds` | histogram | |
@@ -152,9 +153,13 @@ _REPORT_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "eventmesh_namespace_health": (
         "Health of each (application, namespace) pair as a state set: 1 for the "
         "current value, 0 for the others.", ("application", "health", "namespace")),
+    "eventmesh_flow_health": (
+        "Health of each flow (a Broker, Channel or source with what it delivers to) as a "
+        "state set: 1 for the current value, 0 for the others.",
+        ("flow", "health", "kind", "name", "namespace")),
     "eventmesh_findings": (
         "Current number of findings by where they are (system, application, "
-        "namespace), reason code (Other beyond the cap) and whether they are root causes.",
+        "namespace, flow), reason code (Other beyond the cap) and whether they are root causes.",
         ("reason", "root_cause", "scope")),
     "eventmesh_application_last_transition_timestamp_seconds": (
         "When each application's health last changed (first seen counts), "
@@ -172,6 +177,8 @@ class _ReportSeries:
     applications: tuple[tuple[str, str, int, float | None], ...]
     # (application, namespace, health)
     namespaces: tuple[tuple[str, str, str], ...]
+    # (flow, kind, namespace, name, health)
+    flows: tuple[tuple[str, str, str, str, str], ...]
     # ((scope, reason label, root cause), count), sorted
     findings: tuple[tuple[tuple[str, str, str], int], ...]
 
@@ -193,6 +200,10 @@ class _ReportSeries:
             for app, ns, health in self.namespaces:
                 for value in HEALTH_VALUES:
                     yield (app, value, ns), _flag(value == health)
+        elif family == "eventmesh_flow_health":
+            for flow, kind, ns, name, health in self.flows:
+                for value in HEALTH_VALUES:
+                    yield (flow, value, kind, name, ns), _flag(value == health)
         elif family == "eventmesh_findings":
             for (scope, reason, root), n in self.findings:
                 yield (reason, root, scope), float(n)
@@ -322,6 +333,10 @@ class Metrics:
             for ns in app.namespaces:
                 namespaces.append((app.name, ns.name, ns.health.value))
                 count("namespace", ns.findings)
+        flows = []
+        for flow in report.flows:
+            flows.append((flow.flow, flow.kind, flow.namespace, flow.name, flow.health.value))
+            count("flow", flow.findings)
         for key in counts:
             self._finding_keys.setdefault(key)
         self._report = _ReportSeries(
@@ -329,6 +344,7 @@ class Metrics:
             system=report.system.health.value,
             applications=tuple(applications),
             namespaces=tuple(namespaces),
+            flows=tuple(flows),
             findings=tuple(sorted(counts.items())),
         )
 
