@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from lightkube.resources.core_v1 import Endpoints
+from lightkube.resources.core_v1 import ConfigMap, Endpoints
 
 from tests.envtest.controlplane import free_port
-from tests.knative.mesh import KnativeMesh
+from tests.knative.mesh import SYSTEM_NAMESPACE, KnativeMesh
 from tests.knative.receiver import Receiver
 from tests.live_objects import cli_command, report_json, run_cli
 
@@ -267,3 +267,51 @@ def test_serve_names_the_root_cause_then_the_mend_and_writes_nothing_when_quiet(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# --- Ready, but receives nothing -----------------------------------------------------------------
+
+
+def test_a_trigger_filtering_on_a_type_the_broker_never_saw_is_found(
+        knative_mesh: KnativeMesh, knative_namespace: str, subscriber: Receiver) -> None:
+    """The real ingress registers every type it receives as an EventType when the
+    `eventtype-auto-create` feature is on (pkg/eventtype/eventtypes.go); a Trigger whose
+    filter is none of them is Ready and receives nothing."""
+    mesh, ns = knative_mesh, knative_namespace
+    features = mesh.client.get(ConfigMap, "config-features", namespace=SYSTEM_NAMESPACE)
+    before = (features.data or {}).get("eventtype-auto-create")
+    mesh.client.patch(ConfigMap, "config-features", {"data": {"eventtype-auto-create":
+                                                              "enabled"}},
+                      namespace=SYSTEM_NAMESPACE)
+    try:
+        broker_flow(mesh, ns)  # filters on order.created
+        registered: list[dict[str, Any]] = []
+
+        def shipped_is_registered() -> bool:
+            # The feature store picks the change up from its ConfigMap watch: send until the
+            # ingress registers what it received.
+            mesh.send_event(mesh.ingress_url(ns, "default"), "order.shipped", source="/shop")
+            registered[:] = mesh.list("EventType", ns)
+            return bool(registered)
+
+        deadline = time.monotonic() + TIMEOUT
+        while not shipped_is_registered():
+            assert time.monotonic() < deadline, "the ingress registered no EventType"
+            time.sleep(0.5)
+        assert registered[0]["spec"]["reference"]["name"] == "default"
+        report = check(mesh)
+        entry = flow(report, ns)
+        assert roots(entry) == [("Trigger", "orders", "FilterMatchesNoKnownType")], (
+            registered, report["source"])
+        assert entry["health"] == "Degraded"
+        # Its own conditions say nothing is wrong.
+        assert mesh.get("Trigger", ns, "orders")["status"]["conditions"]
+
+        mesh.send_event(mesh.ingress_url(ns, "default"), "order.created", source="/shop")
+        wait_for("order.created registered", lambda: len(mesh.list("EventType", ns)) == 2,
+                 TIMEOUT)
+        assert flow(check(mesh), ns)["health"] == "Healthy"
+    finally:
+        mesh.client.patch(ConfigMap, "config-features",
+                          {"data": {"eventtype-auto-create": before or "disabled"}},
+                          namespace=SYSTEM_NAMESPACE)

@@ -273,6 +273,41 @@ def test_broker_classes_other_than_channel_based() -> None:
     assert "RabbitMQBroker" in unknown.findings[0].message
 
 
+def test_a_trigger_filtering_on_a_type_nothing_sends_receives_nothing() -> None:
+    # EventTypes as the broker ingress auto-creates them (pkg/eventtype/eventtypes.go), a
+    # PingSource with the ceAttributes eventing-controller writes.
+    def event_type(name: str, type_: str) -> dict[str, Any]:
+        return obj("eventing.knative.dev/v1beta3", "EventType", name, spec={
+            "reference": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+                          "name": "default", "namespace": NS},
+            "attributes": [{"name": "type", "value": type_, "required": True},
+                           {"name": "source", "value": "/shop", "required": True}]},
+            status=ready())
+    ping = obj("sources.knative.dev/v1", "PingSource", "tick", spec={
+        "schedule": "* * * * *", "sink": {"ref": {"apiVersion": "eventing.knative.dev/v1",
+                                                  "kind": "Broker", "name": "default"}}},
+        status={**ready(OIDC_OFF), "ceAttributes": [
+            {"type": "dev.knative.sources.ping", "source": "/apis/v1/namespaces/demo/"
+                                                           "pingsources/tick"}]})
+    base = [*system(), deployment("pingsource-mt-adapter"), *broker_flow()]
+    # Nothing known to reach the Broker: no judgement (an application may post anything).
+    assert check(base).health is Health.HEALTHY
+    shipped = event_type("et-shipped", "order.shipped")
+    report = check([*base, shipped, ping])
+    f = flow(report, "Broker", "default")
+    assert roots(f) == [("Trigger", "order-created", "FilterMatchesNoKnownType")]
+    assert f.health is Health.DEGRADED
+    message = f.findings[0].message
+    assert "'order.created'" in message and "dev.knative.sources.ping, order.shipped" in message
+    # Once the type is known to be sent, the Trigger is fine again.
+    assert check([*base, shipped, event_type("et-created", "order.created")]).health is (
+        Health.HEALTHY)
+    # An EventType of another Broker says nothing about this one.
+    other = event_type("et-other", "order.shipped")
+    other["spec"]["reference"]["name"] = "other"
+    assert check([*base, other]).health is Health.HEALTHY
+
+
 # --- serve's incremental analysis agrees with check --------------------------------------------
 
 

@@ -79,6 +79,9 @@ WEBHOOK_UNAVAILABLE = _reason(
     "WebhookUnavailable", "an admission webhook calls a Service that cannot answer")
 INJECTION_LABEL_MISSING = _reason(
     "InjectionLabelMissing", "the namespace lacks the label that makes Knative create its Broker")
+FILTER_MATCHES_NO_KNOWN_TYPE = _reason(
+    "FilterMatchesNoKnownType", "a Ready Trigger filters on an event type that none of the "
+    "types known to reach its Broker (EventTypes, sources) is: it receives nothing")
 CLASS_NOT_JUDGED = _reason(
     "ClassNotJudged", "an object of a class the profile cannot judge (a Broker of an unknown "
     "class): Ready, but what serves it is unknown")

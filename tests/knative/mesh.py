@@ -93,6 +93,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "Channel": ("messaging.knative.dev", "v1", "channels"),
     "Subscription": ("messaging.knative.dev", "v1", "subscriptions"),
     "InMemoryChannel": ("messaging.knative.dev", "v1", "inmemorychannels"),
+    "EventType": ("eventing.knative.dev", "v1beta3", "eventtypes"),
 }
 BROKER_CLASS = "MTChannelBasedBroker"
 
@@ -336,6 +337,12 @@ class KnativeMesh:
             # eventtype, pingsource and requestreply declare a conversion webhook to Service
             # eventing-webhook, which does not run: strategy None, so nothing ever calls it.
             crd["spec"].pop("conversion", None)
+            if crd["metadata"]["name"] == "eventtypes.eventing.knative.dev":
+                # Without that webhook, a v1beta3 EventType (what the ingress creates) stored
+                # as v1beta2 (the shipped storage version) would lose spec.attributes to
+                # pruning: store v1beta3, the version everything here writes and reads.
+                for version in crd["spec"]["versions"]:
+                    version["storage"] = version["name"] == "v1beta3"
         install_crds(self.client, crds, self.start_timeout)
         wait_served(self.control_plane, crds, self.start_timeout)
         for cm in _docs(config, CONFIGMAP_FILES, "ConfigMap"):

@@ -42,6 +42,7 @@ from eventmesh_health.topology import (
     Link,
     Profile,
     Scope,
+    TypeFilter,
     judge_for,
     kind_key,
 )
@@ -155,6 +156,8 @@ class _Builder:
         self.thresholds = thresholds
         self.index = Index(profile, snapshot.objects)
         self.verdicts: dict[tuple[int, Judge], Verdict] = {}
+        # (namespace, flow root name) -> the event types known to be sent to it.
+        self.sent_types: dict[tuple[str, str], set[str]] = {}
         self.components: dict[str, Node] = {}
         self.system: list[Node] = []
         self.app_links = _resolution_order(
@@ -260,6 +263,7 @@ class _Builder:
         self.base_context = Context(now=snapshot.taken_at, thresholds=self.thresholds)
         self.unobserved_context = replace(self.base_context, observes_generation=False)
         self.verdicts.clear()
+        self.sent_types.clear()
 
     def refresh_system(self) -> tuple[bool, bool]:
         """Judge the system components again: (any verdict changed, structure changed).
@@ -606,6 +610,8 @@ class _Builder:
             found.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
         for obj in found:
             verdict = self._judge(obj, self._judge_of(link, obj), link.label)
+            if link.type_filter is not None and not verdict.health.rank:
+                verdict = self._type_filter(link.type_filter, obj, values) or verdict
             node_values = values
             if isinstance(link.find, ByServiceClass):
                 service_id = _matched_service_id(obj, link.find, service_ids)
@@ -618,6 +624,48 @@ class _Builder:
             nodes.append(Node(link.id, link.description, ref, None, absent, link.needs, parent,
                               absent=absent))
         return nodes
+
+    def _type_filter(self, check: TypeFilter, obj: Obj, values: dict[str, str]) -> Verdict | None:
+        """FilterMatchesNoKnownType when the types known to reach the flow's root are known
+        and the object's exact type filter is none of them."""
+        try:
+            wanted = get_str(obj, *check.path)
+        except Malformed:
+            return None  # the object's own judgement covers a broken spec
+        if wanted is None:
+            return None
+        target = (values.get("namespace", ""), values.get("flow", ""))
+        known = self.sent_types.get(target)
+        if known is None:
+            known = self.sent_types[target] = self._sent_types(check, *target)
+        if not known or wanted in known:
+            return None
+        shown = ", ".join(sorted(known)[:10]) + (", ..." if len(known) > 10 else "")
+        return Verdict(
+            Health.DEGRADED, reasons.FILTER_MATCHES_NO_KNOWN_TYPE,
+            f"filters on type {wanted!r}, which none of the event types known to reach "
+            f"{target[1]} is ({shown}: from its EventTypes and sources); it receives nothing "
+            "unless a sender they do not list posts that type",
+        )
+
+    def _sent_types(self, check: TypeFilter, namespace: str, name: str) -> set[str]:
+        types: set[str] = set()
+        for producer in check.producers:
+            for obj in self.index.of_kind(producer.kind.key):
+                if obj["metadata"].get("namespace") != namespace:
+                    continue
+                ref = _map_at(obj, producer.ref)
+                if ref is None or ref.get("name") != name or ref.get("namespace") not in (
+                        None, "", namespace):
+                    continue
+                items = _value_at(obj, producer.types)
+                for item in items if isinstance(items, list) else []:
+                    if not isinstance(item, dict):
+                        continue
+                    value = item.get("value") if item.get("name") == "type" else item.get("type")
+                    if isinstance(value, str) and value:
+                        types.add(value)
+        return types
 
     def _judge_of(self, link: Link, obj: Obj) -> Judge:
         if not link.judges:
@@ -870,13 +918,23 @@ def _root_order(root: FlowRoot) -> tuple[str, str, str]:
             str(root["kind"]))
 
 
-def _string_at(obj: Obj, path: tuple[str, ...]) -> str | None:
+def _value_at(obj: Obj, path: tuple[str, ...]) -> Any:
     current: Any = obj
     for part in path:
         if not isinstance(current, dict):
             return None
         current = current.get(part)
-    return current if isinstance(current, str) else None
+    return current
+
+
+def _string_at(obj: Obj, path: tuple[str, ...]) -> str | None:
+    value = _value_at(obj, path)
+    return value if isinstance(value, str) else None
+
+
+def _map_at(obj: Obj, path: tuple[str, ...]) -> dict[str, Any] | None:
+    value = _value_at(obj, path)
+    return value if isinstance(value, dict) else None
 
 
 def _field_is(obj: Obj, path: tuple[str, ...], value: str) -> bool:

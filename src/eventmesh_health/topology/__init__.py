@@ -182,6 +182,28 @@ class ByRef:
 Finder = ByName | ByLabels | ByField | ByOwner | ByReference | ByServiceClass | ByRef
 
 
+@dataclass(frozen=True, slots=True)
+class Producers:
+    """Objects that say which event types they send where: `kind` objects whose
+    `KReference` at `ref` names the target, with the types in the list at `types` — items
+    `{name: type, value: T}` (an EventType's attributes) or `{type: T}` (a source's
+    status.ceAttributes)."""
+
+    kind: Kind
+    ref: tuple[str, ...]
+    types: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TypeFilter:
+    """A link whose objects select events by type at `path` (a Trigger's exact filter on
+    `type`). When the types known to reach the flow's root (from `producers`) are known
+    and none is that type, the object receives nothing while Ready."""
+
+    path: tuple[str, ...]
+    producers: tuple[Producers, ...]
+
+
 class Expect(StrEnum):
     ALWAYS = "always"  # missing is a finding
     OPTIONAL = "optional"  # zero or more; none is fine (e.g. Triggers)
@@ -225,6 +247,8 @@ class Link:
     # Further needs when the object found has `[1]` at path `[0]` (a Broker's class
     # annotation says which data plane serves it).
     needs_when: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = ()
+    # Judge what the object filters against what is known to be sent (Triggers).
+    type_filter: TypeFilter | None = None
 
 
 def judge_for(link: Link, kind_key: str) -> Judge:

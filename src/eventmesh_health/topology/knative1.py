@@ -22,8 +22,10 @@ from eventmesh_health.topology import (
     Judge,
     Kind,
     Link,
+    Producers,
     Profile,
     Scope,
+    TypeFilter,
 )
 from eventmesh_health.topology.core import (
     CORE_KINDS,
@@ -102,6 +104,14 @@ SINK_BINDING = Kind(
     fields=("spec.subject.apiVersion", "spec.subject.kind", "spec.subject.name", "spec.sink",
             "status"), observed_generation=True,
 )
+# The event registry (pkg/apis/eventing/v1beta3/eventtype_types.go): what reaches a Broker.
+# Made by the broker ingress when `eventtype-auto-create` is enabled (pkg/eventtype/
+# eventtypes.go AutoCreateEventType: attributes type/source, reference = the Broker) and by
+# eventing-controller for PingSources and ApiServerSources (pkg/reconciler/source/duck).
+EVENT_TYPE = Kind(
+    "eventing.knative.dev/v1beta3", "EventType", "eventtypes",
+    fields=("spec.reference", "spec.attributes", "status"), observed_generation=True,
+)
 # A subscriber or sink may be a Knative Service (Serving installed or not).
 KNATIVE_SERVICE = Kind("serving.knative.dev/v1", "Service", "services", observed_generation=True)
 
@@ -142,6 +152,16 @@ def _deliveries(parent: str, what: str) -> tuple[Link, ...]:
     )
 
 
+# What is known to reach a Broker: its EventTypes (spec.reference), and the sources sinking
+# into it with the types they declare (status.ceAttributes: PingSource
+# dev.knative.sources.ping, ApiServerSource dev.knative.apiserver.*; pkg/apis/sources/...).
+SENT_TO_BROKER = TypeFilter(
+    ("spec", "filter", "attributes", "type"),
+    (Producers(EVENT_TYPE, ("spec", "reference"), ("spec", "attributes")),
+     Producers(PING_SOURCE, ("spec", "sink", "ref"), ("status", "ceAttributes")),
+     Producers(API_SERVER_SOURCE, ("spec", "sink", "ref"), ("status", "ceAttributes"))),
+)
+
 BROKER_FLOW = Flow(
     "broker", (BROKER,), (
         Link("broker/broker", (BROKER,), Scope.FLOW, ByName("{namespace}", "{flow}"), Judge.KNATIVE,
@@ -161,7 +181,7 @@ BROKER_FLOW = Flow(
              Judge.KNATIVE, "a Trigger on the Broker",
              needs=("broker/broker", "broker/trigger-subscription", "broker/trigger-subscriber",
                     *EVENTING),
-             expected=Expect.OPTIONAL, many=True),
+             expected=Expect.OPTIONAL, many=True, type_filter=SENT_TO_BROKER),
         Link("broker/trigger-subscription", (SUBSCRIPTION,), Scope.FLOW, ByOwner(), Judge.KNATIVE,
              "the Subscription a Trigger owns on the trigger channel",
              needs=("broker/broker", "broker/trigger-channel", *EVENTING),
@@ -255,13 +275,13 @@ PROFILE = Profile(
     "sources), reported per flow",
     application=None,
     kinds=(BROKER, TRIGGER, CHANNEL, IN_MEMORY_CHANNEL, KAFKA_CHANNEL, SUBSCRIPTION, *SOURCES,
-           KNATIVE_SERVICE, *CORE_KINDS),
+           EVENT_TYPE, KNATIVE_SERVICE, *CORE_KINDS),
     links=(),
     components=COMPONENTS,
     namespace_sources=(),
     system_namespaces=(SYSTEM_NS,),
     webhook_kinds=(VALIDATING_WEBHOOK, MUTATING_WEBHOOK),
-    optional_kinds=(KAFKA_CHANNEL, KNATIVE_SERVICE, *SOURCES),
+    optional_kinds=(KAFKA_CHANNEL, KNATIVE_SERVICE, EVENT_TYPE, *SOURCES),
     flows=(BROKER_FLOW, CHANNEL_FLOW, SOURCE_FLOW),
     # The v1 API versions: Knative v0.12 (Kyma 1.x) has the same kinds at v1alpha1/v1beta1.
     markers=(BROKER, TRIGGER, CHANNEL, IN_MEMORY_CHANNEL, SUBSCRIPTION),
