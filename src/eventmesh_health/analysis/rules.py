@@ -465,7 +465,8 @@ def service_endpoints(obj: Obj, ctx: Context) -> Verdict | None:
         return Verdict(
             Health.UNHEALTHY,
             reasons.NO_READY_ENDPOINTS,
-            "the Service has no ready endpoint: nothing sent to it (an admission call, an event) arrives",
+            "the Service has no ready endpoint: nothing sent to it (an admission call, an "
+            "event) arrives",
         )
     return None
 
