@@ -354,3 +354,14 @@ def test_malformed_references_are_unknown_never_healthy(damage: str) -> None:
         trigger["spec"]["subscriber"]["ref"] = ["not", "a", "map"]
     report = check(objects)
     assert report.health is not Health.HEALTHY, damage
+
+
+def test_a_dump_keeps_the_broker_class_and_no_other_annotation() -> None:
+    from eventmesh_health.sources.slim import slim
+    from eventmesh_health.topology.knative1 import BROKER
+
+    broker = obj("eventing.knative.dev/v1", "Broker", "default", metadata={"annotations": {
+        "eventing.knative.dev/broker.class": "Kafka",
+        "kubectl.kubernetes.io/last-applied-configuration": '{"secret": "s3cr3t"}'}})
+    kept = slim(broker, BROKER.fields, BROKER.annotations)
+    assert kept["metadata"]["annotations"] == {"eventing.knative.dev/broker.class": "Kafka"}
