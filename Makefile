@@ -68,7 +68,7 @@ bench-probe: $(BIN)/eventmesh-health
 	$(BIN)/python benchmarks/bench_probe.py
 
 # Needs the envtest binaries (kube-apiserver + etcd): time to report/clear data-plane faults.
-bench-detection: $(BIN)/eventmesh-health envtest
+bench-detection: $(BIN)/eventmesh-health envtest knative
 	$(BIN)/python benchmarks/bench_detection.py
 
 # YAML loaders compared for reading dumps (installs the candidates that are not ours).

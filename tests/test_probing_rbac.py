@@ -31,6 +31,10 @@ def test_the_key_secret_is_the_one_serve_reads_by_default_and_only_it() -> None:
     assert roles["eventmesh-health-serve-probe-keys"]["metadata"]["namespace"] == namespace
     assert rule == {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [name],
                     "verbs": ["get"]}
-    (triggers,) = roles["eventmesh-health-serve-probe"]["rules"]
+    triggers, subscriptions = roles["eventmesh-health-serve-probe"]["rules"]
     assert triggers["resources"] == ["triggers"]
     assert set(triggers["verbs"]) == {"list", "watch", "create", "patch", "delete"}
+    # knative-v1: the heartbeat Subscriptions of Channel flows
+    assert (subscriptions["apiGroups"], subscriptions["resources"]) == (
+        ["messaging.knative.dev"], ["subscriptions"])
+    assert set(subscriptions["verbs"]) == {"list", "watch", "create", "patch", "delete"}

@@ -67,8 +67,16 @@ def test_every_profile_is_complete_data() -> None:
         for flow in profile.flows:
             assert set(flow.roots) <= set(flow.links[0].kinds) <= set(profile.kinds)
         plane = profile.data_plane
-        if plane is None:  # heartbeats through Knative v1 flows: not yet
+        assert plane is not None, name
+        for probe in plane.flows:  # flows probed by heartbeats (knative-v1)
+            flow = next(f for f in profile.flows if f.id == probe.flow)
+            assert set(probe.roots) <= set(flow.roots), probe.flow
+            assert probe.hop in {h.value for h in Hop}
+            assert probe.subscriber.kind in profile.kinds
+        if profile.application is None:
+            assert not plane.hops and plane.flows, name
             continue
+        assert plane.broker is not None and plane.channel is not None
         assert [h.id for h in plane.hops] == [h.value for h in Hop]  # upstream first
         for kind in (plane.broker.kind, plane.channel.kind, plane.trigger,
                      *(h.segment.kind for h in plane.hops), *(h.entry.kind for h in plane.hops)):
@@ -94,7 +102,10 @@ def test_several_profiles_present_are_combined_into_one() -> None:
                    "Trigger.eventing.knative.dev/v1"}, "x")
     assert both.name == "kyma-1+knative-v1"
     assert both.application == KYMA_1.application and both.flows == KNATIVE_V1.flows
-    assert both.data_plane == KYMA_1.data_plane
+    assert both.data_plane is not None and KYMA_1.data_plane is not None
+    assert KNATIVE_V1.data_plane is not None
+    assert replace(both.data_plane, flows=()) == KYMA_1.data_plane
+    assert both.data_plane.flows == KNATIVE_V1.data_plane.flows
     # A kind both read is read at the version the marker pinned.
     broker = next(k for k in both.kinds if k.kind == "Broker")
     assert broker.api_version == "eventing.knative.dev/v1"

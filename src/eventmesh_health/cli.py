@@ -484,6 +484,11 @@ def _env(name: str) -> str:
 @click.option("--channel-url-template", default=None, envvar=_env("CHANNEL_URL_TEMPLATE"),
               help="Application Channel address, with {app} (default: the Channel's "
               "status.address.url).")
+@click.option("--flow-url-template", "flow_url_templates", multiple=True, metavar="HOP=TEMPLATE",
+              envvar=_env("FLOW_URL_TEMPLATE"),
+              help="Flows (knative-v1): where heartbeats of flows probed at HOP (broker, "
+              "channel) are posted, with {namespace}, {name} and {kind} of the flow's root "
+              "(default: the root's status.address.url). Repeatable.")
 def serve(
     kubeconfig: Path | None, context: str | None, request_timeout: float, host: str, port: int,
     receiver_port: int | None,
@@ -497,7 +502,7 @@ def serve(
     receiver_url_template: str | None = None, event_service_url_template: str | None = None,
     adapter_url_template: str | None = None, broker_url_template: str | None = None,
     channel_url_template: str | None = None, advertise_address: str | None = None,
-    profile_name: str = AUTO,
+    profile_name: str = AUTO, flow_url_templates: tuple[str, ...] = (),
 ) -> None:
     """Always-on checker: watches the cluster, keeps every Application's health current, and
     serves it (REST API, /metrics, EventMeshHealth objects, annotations, Events).
@@ -554,7 +559,20 @@ def serve(
             _fail(f"--receiver-url-template uses {REPLICA_PLACEHOLDER}, which would be "
                   f"{advertise}, an address nobody can reach: set --advertise-address "
                   "(or $POD_IP)", EXIT_INPUT)
+        flow_templates: list[tuple[str, str]] = []
+        for item in flow_url_templates:
+            hop, sep, template = item.partition("=")
+            try:
+                template.format(namespace="n", name="x", kind="K")
+            except (KeyError, IndexError, ValueError) as err:
+                _fail(f"--flow-url-template {item!r}: {type(err).__name__}: {err} "
+                      "(placeholders: {namespace}, {name}, {kind})", EXIT_INPUT)
+            if not sep or hop.strip() not in ("ingress", "channel", "broker") or not template:
+                _fail(f"--flow-url-template must be HOP=TEMPLATE with HOP one of broker, "
+                      f"channel, not {item!r}", EXIT_INPUT)
+            flow_templates.append((hop.strip(), template))
         probe_settings = ProbeSettings(
+            flow_url_templates=tuple(flow_templates),
             interval=probe_interval, thresholds=thresholds, grace=probe_grace,
             window=probe_window,
             secret_namespace=secret_ns, secret_name=secret_name,

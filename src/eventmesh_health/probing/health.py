@@ -159,6 +159,19 @@ class HopObjects:
     entry: Mapping[Hop, ObjectRef]
     segment_text: Mapping[Hop, str] = field(default_factory=dict)
     entry_text: Mapping[Hop, str] = field(default_factory=dict)
+    # Hops whose segment reaches the receiver (a flow's one hop): nothing further down
+    # that is not probed.
+    terminal: frozenset[Hop] = frozenset()
+
+    @staticmethod
+    def single(hop: Hop, obj: ObjectRef, segment_text: str, entry_text: str) -> HopObjects:
+        """One hop whose segment is `obj` all the way to the receiver (a flow's root)."""
+        return HopObjects({hop: obj}, {hop: obj}, {hop: segment_text}, {hop: entry_text},
+                          frozenset({hop}))
+
+    def subject(self) -> ObjectRef:
+        """What a finding about the whole pair names: the most downstream hop's segment."""
+        return self.segment[max(self.segment, key=lambda hop: hop.position)]
 
     @staticmethod
     def of(data_plane: DataPlane, application: str, namespace: str,
@@ -280,7 +293,7 @@ def classify(
     probed = [hop for hop in Hop if hop in set(hops if hops is not None else stats)]
     if not_meaningful is not None:
         finding = _finding(
-            Health.UNKNOWN, refs.segment[Hop.BROKER], REASON_NOT_PROBED,
+            Health.UNKNOWN, refs.subject(), REASON_NOT_PROBED,
             f"heartbeats are not judged: {not_meaningful}", caused_by=caused_by)
         return DataPlaneVerdict(application, namespace, Health.UNKNOWN, (finding,), {
             hop: HopVerdict(hop, HopState.NOT_PROBED, frozenset(), stats.get(hop))
@@ -297,7 +310,7 @@ def classify(
     culprits: list[Culprit] = []
     blamed: set[tuple[str, ObjectRef]] = set()
     for problem in Problem:
-        for hop, injection, ambiguous in _localise(problem, verdicts, limits):
+        for hop, injection, ambiguous in _localise(problem, verdicts, limits, refs.terminal):
             culprits.append(Culprit(hop, problem, injection))
             finding = _problem_finding(problem, hop, injection, ambiguous, verdicts, refs,
                                        limits, now, dead_letter)
@@ -311,7 +324,7 @@ def classify(
     if not findings and probed and all(
             verdicts[hop].state is HopState.PENDING for hop in probed):
         findings.append(_finding(
-            Health.PROGRESSING, refs.segment[Hop.BROKER], REASON_PENDING,
+            Health.PROGRESSING, refs.subject(), REASON_PENDING,
             f"no heartbeat has arrived yet; probing started {_ago(now - since)} ago "
             f"(silence counts after {_secs(limits.silence)})"))
     health = Health.worst((f.health for f in findings), default=Health.HEALTHY)
@@ -379,7 +392,8 @@ def _judged(problem: Problem, s: HopStats, limits: ProbeThresholds) -> bool:
 
 
 def _localise(
-    problem: Problem, verdicts: Mapping[Hop, HopVerdict], limits: ProbeThresholds
+    problem: Problem, verdicts: Mapping[Hop, HopVerdict], limits: ProbeThresholds,
+    terminal: frozenset[Hop] = frozenset(),
 ) -> list[tuple[Hop, bool, bool]]:
     """(hop to blame, whether it is the hop's injection, whether the segment is ambiguous)
     for each root cause of `problem`, downstream first."""
@@ -416,7 +430,8 @@ def _localise(
         if hop in vouched:
             out.append((hop, True, False))  # every segment it crosses works: its injection
             continue
-        below = [h for h in Hop if h.position > hop.position and h not in vouched]
+        below = ([] if hop in terminal else
+                 [h for h in Hop if h.position > hop.position and h not in vouched])
         if any(h in waiting or h in stale for h in below):
             deferred.append(hop)  # a hop further down may be the one: wait for its sample
             continue

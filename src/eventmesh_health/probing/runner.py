@@ -42,6 +42,16 @@ read as silence. With probing off, serve deletes leftover heartbeat Triggers its
 Opting out: an Application annotated `eventmesh-health.kyma-project.io/probe: "false"`
 (`PROBE_ANNOTATION`) is left out of `targets`, so its heartbeat Triggers are deleted and
 its data-plane verdicts vanish.
+
+Flows (a profile whose `DataPlane.flows` says which, Knative v1): each probed flow
+(`flows.flow_targets`: root Ready, of a probed class, not opted out by the same annotation on
+the root) is probed like an application with one namespace and one hop: its key
+(`<flow>.<namespace>.<name>`) is the heartbeats' source and the tracker's application, its
+heartbeat object (`flows.FlowSubscribers`) delivers to the receiver, one probe per round
+goes to the root's address (or `ProbeSettings.flow_url_templates`), a suspect probe gets a
+confirmation as an application's does, and `merge` puts its verdict into the flow's entry of
+`flows[]` (findings naming the root), the flow's health the worst of both planes (or
+`DataPlaneNotProbed` while its control plane is not Healthy).
 """
 
 from __future__ import annotations
@@ -55,7 +65,21 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from eventmesh_health import reasons
-from eventmesh_health.model import Finding, Health, MeshReport, NamespaceReport, ObjectRef
+from eventmesh_health.model import (
+    Finding,
+    FlowReport,
+    Health,
+    MeshReport,
+    NamespaceReport,
+    ObjectRef,
+)
+from eventmesh_health.probing.flows import (
+    PROBE_ANNOTATION,
+    FlowSubscribers,
+    FlowTarget,
+    flow_key,
+    flow_targets,
+)
 from eventmesh_health.probing.health import DataPlaneVerdict, HopObjects, ProbeThresholds, evaluate
 from eventmesh_health.probing.heartbeat import DEFAULT_TYPE, Heartbeat, Hop, new_run_id
 from eventmesh_health.probing.receiver import Receiver
@@ -74,10 +98,10 @@ from eventmesh_health.probing.triggers import TriggerConfig, TriggerManager
 from eventmesh_health.topology import ByPairLabels, DataPlane, Profile
 from eventmesh_health.topology.registry import DEFAULT
 
-__all__ = ["PROBE_ANNOTATION", "ProbeRunner", "ProbeSettings", "Target", "merge_verdicts"]
+__all__ = ["PROBE_ANNOTATION", "ProbeRunner", "ProbeSettings", "Target", "flow_findings",
+           "merge_verdicts"]
 
-# On an Application: "false" takes its (application, namespace) pairs out of probing.
-PROBE_ANNOTATION = "eventmesh-health.kyma-project.io/probe"
+# On an Application (or a flow's root): "false" takes it out of probing.
 
 log = logging.getLogger("eventmesh_health.probing")
 
@@ -104,6 +128,9 @@ class ProbeSettings:
     adapter_url_template: str | None = None
     channel_url_template: str | None = None
     broker_url_template: str = DEFAULT_BROKER_URL_TEMPLATE
+    # Flows: (hop id, template with {namespace}, {name}, {kind}) used instead of the root's
+    # status.address.url (a checker outside the cluster, tests on loopback).
+    flow_url_templates: tuple[tuple[str, str], ...] = ()
     # This replica's host:port as the mesh reaches it: `{replica}` in the receiver (and
     # dead-letter) template. None: serve fills in its listen address.
     advertise_address: str | None = None
@@ -183,18 +210,19 @@ def targets(report: MeshReport, index: _Index, profile: Profile = DEFAULT) -> di
     Broker Ready), but none whose Application says `PROBE_ANNOTATION: "false"`."""
     plane = _data_plane(profile)
     out: dict[str, Target] = {}
-    if profile.application is None:
+    if profile.application is None or plane.broker is None or plane.channel is None:
         return out
+    broker, channel_at = plane.broker, plane.channel
     for app in report.applications:
         if _opted_out(index.get(profile.application.key, None, app.name)):
             continue
         namespaces = tuple(sorted(
             ns.name for ns in app.namespaces
-            if ns.state >= 3 and _ready(index.get(plane.broker.kind.key,
-                                                  *plane.broker.place(app.name, ns.name)))))
+            if ns.state >= 3 and _ready(index.get(broker.kind.key,
+                                                  *broker.place(app.name, ns.name)))))
         if not namespaces:
             continue
-        channel = index.get(plane.channel.kind.key, *plane.channel.place(app.name, ""))
+        channel = index.get(channel_at.kind.key, *channel_at.place(app.name, ""))
         address = ((channel or {}).get("status") or {}).get("address") or {}
         url = address.get("url") or (f"http://{address['hostname']}"
                                      if address.get("hostname") else None)
@@ -228,8 +256,9 @@ def _labelled(index: _Index, where: ByPairLabels) -> dict[tuple[str, str], str]:
 def merge_verdicts(
     report: MeshReport, verdicts: Mapping[tuple[str, str], DataPlaneVerdict],
 ) -> MeshReport:
-    """`report` with each verdict's findings in its namespace and healths made the worst
-    of control and data plane (Unknown verdicts add their finding, not their health)."""
+    """`report` with each verdict's findings in its namespace (a flow's: in its entry of
+    `flows`, keyed by `flows.flow_key`) and healths made the worst of control and data
+    plane (Unknown verdicts add their finding, not their health)."""
     if not verdicts:
         return report
     applications = []
@@ -252,12 +281,23 @@ def merge_verdicts(
                                                        "namespaces": namespaces}))
         else:
             applications.append(app)
-    health = Health.worst((a.health for a in applications), default=report.health)
-    return report.model_copy(update={"applications": applications, "health": health,
-                                     "healthy": health is Health.HEALTHY})
+    flows: list[FlowReport] = []
+    for flow in report.flows:
+        verdict = verdicts.get((flow_key(flow.flow, flow.namespace, flow.name), flow.namespace))
+        if verdict is None or (not verdict.findings and verdict.health is Health.HEALTHY):
+            flows.append(flow)
+            continue
+        health = flow.health if verdict.health is Health.UNKNOWN else Health.worst(
+            (flow.health, verdict.health))
+        flows.append(flow.model_copy(update={"health": health,
+                                             "findings": [*flow.findings, *verdict.findings]}))
+    health = Health.worst([report.system.health, *(a.health for a in applications),
+                           *(f.health for f in flows)], default=report.health)
+    return report.model_copy(update={"applications": applications, "flows": flows,
+                                     "health": health, "healthy": health is Health.HEALTHY})
 
 
-def _root_cause(ns: NamespaceReport) -> ObjectRef | None:
+def _root_cause(ns: NamespaceReport | FlowReport) -> ObjectRef | None:
     for finding in ns.findings:
         if finding.root_cause and finding.health is not Health.HEALTHY:
             return finding.object
@@ -302,12 +342,19 @@ class ProbeRunner:
                 broker_url_template=s.broker_url_template,
                 heartbeat_type=s.heartbeat_type, timeout=s.timeout,
             ))
-        self.triggers = TriggerManager(self.client, TriggerConfig(
+        trigger_config = TriggerConfig(
             receiver_url_template=s.receiver_url_template,
             dead_letter_url_template=s.dead_letter_template(),
             heartbeat_type=s.heartbeat_type, replica=s.advertise_address,
-        ))
+        )
+        self.triggers = TriggerManager(self.client, trigger_config)
+        plane = _data_plane(self.profile)
+        self._applications = bool(plane.hops)  # whether applications are probed at all
+        self.flows = FlowSubscribers(self.client, trigger_config,
+                                     tuple(dict.fromkeys(f.subscriber.kind
+                                                         for f in plane.flows)))
         self._targets: dict[str, Target] = {}
+        self._flow_targets: dict[str, FlowTarget] = {}
         self._probed_pairs: frozenset[tuple[str, str]] = frozenset()  # (namespace, app)
         self._reconciled: frozenset[tuple[str, str]] | None = None
         # per (application, hop, namespace of a broker probe): the newest regular probe's
@@ -334,7 +381,8 @@ class ProbeRunner:
         """The token the pair's heartbeat Trigger carries, if it is probed (else None)."""
         if (namespace, application) not in self._probed_pairs:
             return None
-        return self.triggers.tokens.get((namespace, application))
+        return (self.triggers.tokens.get((namespace, application))
+                or self.flows.tokens.get((namespace, application)))
 
     async def _read_secret(self) -> Mapping[str, str]:
         from lightkube.resources.core_v1 import Secret
@@ -367,17 +415,30 @@ class ProbeRunner:
     def update(self, report: MeshReport | None, index: _Index | None) -> None:
         """The current control-plane view (called by the orchestrator after each analysis)."""
         if report is not None and index is not None:
-            had_targets = bool(self._targets)
+            had_targets = bool(self._targets) or bool(self._flow_targets)
             self._targets = targets(report, index, self.profile)
+            plane = _data_plane(self.profile)
+            self._flow_targets = (flow_targets(report, index, plane,
+                                               dict(self.settings.flow_url_templates))
+                                  if plane.flows else {})
             self._probed_pairs = frozenset((ns, app) for app, ns in self.pairs())
-            if self._targets and not had_targets:
+            if (self._targets or self._flow_targets) and not had_targets:
                 # the first round ran before the first analysis: probe now, not an
                 # interval later
                 self._wake.set()
 
     def pairs(self) -> frozenset[tuple[str, str]]:
+        """(application or flow key, namespace) of everything probed."""
+        return self.application_pairs() | frozenset(
+            (t.key, t.namespace) for t in self._flow_targets.values())
+
+    def application_pairs(self) -> frozenset[tuple[str, str]]:
         return frozenset((t.application, ns) for t in self._targets.values()
                          for ns in t.namespaces)
+
+    def flow_targets(self) -> dict[str, FlowTarget]:
+        """The probed flows, by key."""
+        return dict(self._flow_targets)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -427,7 +488,12 @@ class ProbeRunner:
         await self.keys.refresh()
         pairs = self.pairs()
         if pairs != self._reconciled or self.rounds % 10 == 0:
-            ok = await self.triggers.reconcile(sorted(pairs))
+            ok = True
+            if self._applications:
+                ok = await self.triggers.reconcile(sorted(self.application_pairs()))
+            if self.flows.kinds:
+                flows = sorted(self._flow_targets.values(), key=lambda t: t.key)
+                ok = await self.flows.reconcile(flows) and ok
             self._reconciled = pairs if ok else None
         now = self.tracker.clock()
         for pair in pairs:
@@ -437,20 +503,30 @@ class ProbeRunner:
         self.tracker.retain(pairs)
         if self.keys.keyring is None:
             return
-        targets = list(self._targets.values())
-        live = {t.application for t in targets}
+        targets: list[Target | FlowTarget] = [*self._targets.values(),
+                                              *self._flow_targets.values()]
+        live = {_name(t) for t in targets}
         for key in [k for k in self._regular if k[0] not in live]:
             self._regular.pop(key, None)
             self._confirmation.pop(key, None)
         self._confirmed.clear()  # a new regular round: each application may be confirmed
         await asyncio.gather(*(self._send_regular(t) for t in targets))
 
-    async def _send_regular(self, target: Target) -> None:
-        sent = await self.sender.send_application(
-            target.application, list(target.namespaces), target.channel_url,
-            on_send=self._regular_sent)
+    async def _send_regular(self, target: Target | FlowTarget) -> None:
+        sent = await self._send(target, self._regular_sent)
         if sent:
             self._spawn(self._follow_up(sent))
+
+    async def _send(self, target: Target | FlowTarget,
+                    on_send: Callable[[Heartbeat], None]) -> list[Heartbeat]:
+        if isinstance(target, FlowTarget):
+            return await self.sender.send_flow(target.key, target.hop, target.namespace,
+                                               target.url, on_send=on_send)
+        return await self.sender.send_application(
+            target.application, list(target.namespaces), target.channel_url, on_send=on_send)
+
+    def _target(self, name: str) -> Target | FlowTarget | None:
+        return self._targets.get(name) or self._flow_targets.get(name)
 
     # --- confirmations --------------------------------------------------------------------
 
@@ -470,8 +546,9 @@ class ProbeRunner:
         if hb.namespace is not None:
             names: tuple[str, ...] = (hb.namespace,)
         else:
-            target = self._targets.get(hb.application)
-            names = target.namespaces if target is not None else ()
+            target = self._target(hb.application)
+            names = (() if target is None else (target.namespace,)
+                     if isinstance(target, FlowTarget) else target.namespaces)
         return [ns for ns in names if self.tracker.expecting(hb.application, ns)]
 
     async def _follow_up(self, sent: list[Heartbeat]) -> None:
@@ -488,14 +565,12 @@ class ProbeRunner:
         """One more round for the application of `suspect` (a probe of its newest regular
         round, once per round), then an update when it is due."""
         app = suspect.application
-        target = self._targets.get(app)
+        target = self._target(app)
         if (self._regular.get(_key(suspect)) != suspect.sequence or app in self._confirmed
                 or target is None or not self.is_leader()):
             return
         self._confirmed.add(app)
-        sent = await self.sender.send_application(app, list(target.namespaces),
-                                                  target.channel_url,
-                                                  on_send=self._confirmation_sent)
+        sent = await self._send(target, self._confirmation_sent)
         if not sent:
             return
         self.confirmations += 1
@@ -550,7 +625,7 @@ class ProbeRunner:
         if not self.is_leader() or not self.since:
             return {}
         plane = _data_plane(self.profile)
-        subs = generated_names(index, plane)
+        subs = generated_names(index, plane) if plane.hops else {}
         limits = self.settings.limits()
         now = self.tracker.clock()
         out: dict[tuple[str, str], DataPlaneVerdict] = {}
@@ -570,8 +645,33 @@ class ProbeRunner:
                     objects=objects, not_meaningful=not_meaningful,
                     caused_by=_root_cause(ns) if not_meaningful else None,
                     dead_letter=letter.describe() if letter else None)
+        for flow in report.flows:
+            key = flow_key(flow.flow, flow.namespace, flow.name)
+            target = self._flow_targets.get(key)
+            since = self.since.get((key, flow.namespace))
+            if target is None or since is None:
+                continue
+            out[(key, flow.namespace)] = self._flow_verdict(flow, target, since, now)
         self.latest = out
         return out
+
+    def _flow_verdict(self, flow: FlowReport, target: FlowTarget, since: datetime,
+                      now: datetime) -> DataPlaneVerdict:
+        root = ObjectRef(api_version=target.root.api_version, kind=target.root.kind,
+                         namespace=target.namespace, name=target.name)
+        objects = HopObjects.single(target.hop, root, target.text(target.probe.segment_text),
+                                    target.text(target.probe.entry_text))
+        letter = self.receiver.latest_dead_letter(target.key, target.namespace)
+        not_meaningful = None
+        if flow.health is not Health.HEALTHY:
+            not_meaningful = (f"the control plane of {target.root.kind} {target.namespace}/"
+                              f"{target.name} is {flow.health.value}")
+        return evaluate(
+            self.tracker, target.key, target.namespace, since=since, now=now,
+            thresholds=self.settings.limits(), hops=(target.hop,), objects=objects,
+            not_meaningful=not_meaningful,
+            caused_by=_root_cause(flow) if not_meaningful else None,
+            dead_letter=letter.describe() if letter else None)
 
     def merge(self, report: MeshReport, index: _Index | None) -> MeshReport:
         if index is None:
@@ -583,3 +683,13 @@ def data_plane_findings(report: MeshReport) -> list[tuple[str, str, Finding]]:
     """(application, namespace, finding) for every data-plane finding in `report`."""
     return [(app.name, ns.name, f) for app in report.applications for ns in app.namespaces
             for f in ns.findings if f.reason in reasons.DATA_PLANE]
+
+
+def flow_findings(report: MeshReport) -> list[tuple[str, str, str, Finding]]:
+    """(flow, namespace, name, finding) for every data-plane finding of a flow in `report`."""
+    return [(flow.flow, flow.namespace, flow.name, f) for flow in report.flows
+            for f in flow.findings if f.reason in reasons.DATA_PLANE]
+
+
+def _name(target: Target | FlowTarget) -> str:
+    return target.key if isinstance(target, FlowTarget) else target.application

@@ -198,6 +198,23 @@ class Sender:
             for hop, namespace in hops))
         return [hb for hb in sent if hb is not None]
 
+    async def send_flow(
+        self, key: str, hop: Hop, namespace: str, url: str | None,
+        *, on_send: Callable[[Heartbeat], None] | None = None,
+    ) -> list[Heartbeat]:
+        """One round for a flow (`key`: its heartbeats' source): one binary probe into
+        `hop` at `url` (a `broker` probe carries `namespace`); the heartbeats sent (none
+        without keys or an address). Never raises (but cancellation)."""
+        keyring = self.keys()
+        if keyring is None or url is None:
+            return []
+        sequence = self._rounds.get(key, 0) + 1
+        self._rounds[key] = sequence
+        hb = await self._send(keyring, key, hop, url, binary=True,
+                              namespace=namespace if hop is Hop.BROKER else None,
+                              on_send=on_send, sequence=sequence)
+        return [hb] if hb is not None else []
+
     async def send_probe(
         self, application: str, hop: Hop, namespace: str | None = None,
         channel_url: str | None = None, *, on_send: Callable[[Heartbeat], None] | None = None,

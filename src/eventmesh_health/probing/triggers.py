@@ -53,9 +53,11 @@ from urllib.parse import parse_qs, urlsplit
 from lightkube.generic_resource import create_namespaced_resource
 
 from eventmesh_health.probing.heartbeat import DEFAULT_TYPE, EVENT_TYPE_VERSION
+from eventmesh_health.topology import Kind
 
 __all__ = [
     "DELETE_COMMAND",
+    "FLOW_LABEL",
     "HEARTBEAT_LABEL",
     "PAIR_PARAMETER",
     "REPLICA_PLACEHOLDER",
@@ -76,6 +78,8 @@ HEARTBEAT_LABEL = "eventmesh-health.kyma-project.io/heartbeat"
 DELETE_COMMAND = f"kubectl delete triggers -A -l {HEARTBEAT_LABEL}=true"
 REPLICA_PLACEHOLDER = "{replica}"
 APPLICATION_LABEL = "eventmesh-health.kyma-project.io/application"
+# On the heartbeat objects of flows (`flows.FlowSubscribers`): this manager leaves them alone.
+FLOW_LABEL = "eventmesh-health.kyma-project.io/flow"
 TRIGGER_API_VERSION = "eventing.knative.dev/v1alpha1"
 # API versions whose Trigger has spec.delivery (deadLetterSink): not v1alpha1 of v0.12.
 _DELIVERY_VERSIONS = frozenset({"eventing.knative.dev/v1beta1", "eventing.knative.dev/v1"})
@@ -194,6 +198,8 @@ class TriggerManager:
                                           labels={HEARTBEAT_LABEL: "true"}):
             raw = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
             meta = raw.get("metadata") or {}
+            if (meta.get("labels") or {}).get(FLOW_LABEL):
+                continue  # a flow's heartbeat Trigger (flows.FlowSubscribers)
             out[(str(meta.get("namespace")), str(meta.get("name")))] = raw
         return out
 
@@ -297,6 +303,9 @@ class LeftoverTriggers:
     """
 
     client: Any  # lightkube.AsyncClient
+    # The heartbeat objects' kinds (an object is deleted as the kind of this name and API
+    # group it has; default: a Trigger of v1alpha1).
+    kinds: tuple[Kind, ...] = ()
     deleted: int = 0
     errors: int = 0
     warned: bool = False
@@ -319,7 +328,7 @@ class LeftoverTriggers:
             meta = obj.get("metadata") or {}
             namespace, name = str(meta.get("namespace")), str(meta.get("name"))
             try:
-                await self.client.delete(Trigger, name, namespace=namespace)
+                await self.client.delete(self._resource(obj), name, namespace=namespace)
             except Exception as exc:
                 status = getattr(getattr(exc, "response", None), "status_code", None)
                 if status == 404:
@@ -341,6 +350,14 @@ class LeftoverTriggers:
                        "deploy/rbac/clusterrole-serve-probe.yaml, is not bound)")
         return ok
 
+    def _resource(self, obj: Mapping[str, Any]) -> Any:
+        group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+        for kind in self.kinds:
+            if kind.kind == obj.get("kind") and kind.group == group:
+                return create_namespaced_resource(kind.group, kind.version, kind.kind,
+                                                  kind.plural)
+        return Trigger
+
     def _warn(self, triggers: list[Mapping[str, Any]], why: str) -> None:
         if self.warned:
             return
@@ -348,8 +365,11 @@ class LeftoverTriggers:
         names = ", ".join(f"{(t.get('metadata') or {}).get('namespace')}/"
                           f"{(t.get('metadata') or {}).get('name')}" for t in triggers[:3])
         more = f" and {len(triggers) - 3} more" if len(triggers) > 3 else ""
+        command = "; ".join([DELETE_COMMAND, *(
+            f"kubectl delete {kind.resource} -A -l {HEARTBEAT_LABEL}=true"
+            for kind in dict.fromkeys(self.kinds) if kind.kind != "Trigger")])
         log.warning("probing is off, but heartbeat Triggers of an earlier run are left "
-                    "(%s%s) and %s: remove them with `%s`", names, more, why, DELETE_COMMAND)
+                    "(%s%s) and %s: remove them with `%s`", names, more, why, command)
 
 
 def _uid(obj: Mapping[str, Any]) -> str:

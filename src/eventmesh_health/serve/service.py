@@ -135,8 +135,11 @@ class Service:
         self.client = client
         self.now = now
         profile = settings.profile
-        # The heartbeat Triggers' kind (a profile that cannot be probed has none to clean up).
-        self._trigger_key = profile.data_plane.trigger.key if profile.data_plane else ""
+        # The heartbeat objects' kinds (Triggers; Subscriptions on Channels of flows): a
+        # profile that cannot be probed has none to clean up.
+        self._heartbeat_kinds = (profile.data_plane.subscriber_kinds
+                                 if profile.data_plane else ())
+        self._heartbeat_keys = frozenset(k.key for k in self._heartbeat_kinds)
         self.state = HealthState(leader_election_running=not settings.leader_election)
         self.metrics = Metrics(
             kinds=[k.key for k in profile.kinds],
@@ -176,7 +179,7 @@ class Service:
                                       profile=profile)
             self.metrics.add_collector(self.prober.metrics)
         else:
-            self.leftovers = LeftoverTriggers(client)
+            self.leftovers = LeftoverTriggers(client, kinds=self._heartbeat_kinds)
         self._look_for_leftovers = True  # heartbeat Triggers changed, or leadership did
         receiver = [self.prober.receiver.router] if self.prober is not None else []
         apart = settings.receiver_port not in (None, settings.port)
@@ -271,7 +274,7 @@ class Service:
         else:
             latest: dict[tuple[str, Any, Any], Change] = {}
             for change in changes:
-                if change.kind == self._trigger_key:
+                if change.kind in self._heartbeat_keys:
                     self._look_for_leftovers = True
                 meta = change.obj.get("metadata") or {}
                 latest[(change.kind, meta.get("namespace"), meta.get("name"))] = change
@@ -390,7 +393,8 @@ class Service:
         elif self.elector is None:
             hold = ("serve runs without leader election, so it may not be the deployment "
                     "that made them, and deletes none")
-        triggers = list(self.analysis.builder.index.of_kind(self._trigger_key))
+        index = self.analysis.builder.index
+        triggers = [obj for key in self._heartbeat_keys for obj in index.of_kind(key)]
         if not await self.leftovers.remove(triggers, hold=hold):
             self._look_for_leftovers = True  # try again after the next change
 

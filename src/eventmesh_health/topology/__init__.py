@@ -329,21 +329,71 @@ class DataHop:
 
 
 @dataclass(frozen=True, slots=True)
-class DataPlane:
-    """What probing needs of a profile: its hops, the Broker a namespace must have Ready to
-    be probed, the Channel whose `status.address` is the channel hop's URL, and the kind of
-    the heartbeat Triggers."""
+class HeartbeatSubscriber:
+    """The object probing creates on a flow's root to receive its heartbeats (a Trigger on a
+    Broker, a Subscription on a Channel): its kind, where its spec names the root (the
+    root's name, or with `root_as_ref` a `{apiVersion, kind, name}` reference), and where
+    exact-match attribute filters go (None: it cannot filter and receives every event of
+    the root). Its `spec.subscriber.uri` is the receiver, `spec.delivery.deadLetterSink.uri`
+    the receiver's dead-letter URL."""
 
-    hops: tuple[DataHop, ...]
-    broker: ObjectAt
-    channel: ObjectAt
-    trigger: Kind
+    kind: Kind
+    root: tuple[str, ...]
+    root_as_ref: bool = False
+    filter: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FlowProbe:
+    """Flows probed by heartbeats (a mesh without Applications): the flows `flow` (a
+    `Flow.id`) rooted at one of `roots` whose root is Ready (and, with `classes`, has one
+    of the values at the annotation), each with a heartbeat object of its own
+    (`subscriber`). Heartbeats are injected at hop `hop` (a `probing.heartbeat.Hop` value)
+    into the root's `status.address.url` and cross the whole flow to the receiver: findings
+    name the root; `segment_text`/`entry_text` may hold {kind}, {namespace} and {name}."""
+
+    flow: str
+    roots: tuple[Kind, ...]
+    hop: str
+    subscriber: HeartbeatSubscriber
+    segment_text: str
+    entry_text: str
+    classes: tuple[str, tuple[str, ...]] | None = None
+
+    def root_kind(self, kind: str) -> Kind | None:
+        """The root kind of this name (a `FlowReport.kind`), if it is probed."""
+        return next((k for k in self.roots if k.kind == kind), None)
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlane:
+    """What probing needs of a profile. For a mesh of Applications (Kyma 1.x): its hops,
+    the Broker a namespace must have Ready to be probed, the Channel whose `status.address`
+    is the channel hop's URL, and the kind of the heartbeat Triggers. For a mesh of flows
+    (Knative v1): which flows are probed, at which hop, with which heartbeat object
+    (`flows`). A combined profile has both."""
+
+    hops: tuple[DataHop, ...] = ()
+    broker: ObjectAt | None = None
+    channel: ObjectAt | None = None
+    trigger: Kind | None = None
+    flows: tuple[FlowProbe, ...] = ()
 
     def hop(self, hop_id: str) -> DataHop:
         for hop in self.hops:
             if hop.id == hop_id:
                 return hop
         raise KeyError(hop_id)
+
+    def flow(self, flow_id: str) -> FlowProbe | None:
+        return next((f for f in self.flows if f.flow == flow_id), None)
+
+    @property
+    def subscriber_kinds(self) -> tuple[Kind, ...]:
+        """The kinds of the heartbeat objects probing writes (Triggers, Subscriptions)."""
+        kinds = [self.trigger] if self.trigger is not None else []
+        kinds += [f.subscriber.kind for f in self.flows]
+        return tuple(dict.fromkeys(kinds))
 
 
 @dataclass(frozen=True, slots=True)

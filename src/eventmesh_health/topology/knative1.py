@@ -17,8 +17,11 @@ from eventmesh_health.topology import (
     ByRef,
     ByReference,
     Component,
+    DataPlane,
     Expect,
     Flow,
+    FlowProbe,
+    HeartbeatSubscriber,
     Judge,
     Kind,
     Link,
@@ -269,6 +272,34 @@ COMPONENTS: tuple[Component, ...] = (
               workload=STATEFULSET, required=False),
 )
 
+# What `serve --probe` does with the flows: a heartbeat Trigger on each Ready Broker of a
+# class with a data plane we know (filtering on the heartbeat attributes, so it sees only
+# heartbeats), heartbeats POSTed to the Broker's ingress (status.address.url); a heartbeat
+# Subscription on each Ready Channel (a Subscription cannot filter: it receives every event
+# of the Channel), heartbeats POSTed to the Channel's address. A heartbeat crosses the whole
+# flow (ingress -> trigger channel -> dispatcher -> filter -> receiver; channel -> dispatcher
+# -> receiver), so a finding names the root.
+DATA_PLANE = DataPlane(
+    flows=(
+        FlowProbe(
+            "broker", (BROKER,), "broker",
+            HeartbeatSubscriber(TRIGGER, ("spec", "broker"),
+                                filter=("spec", "filter", "attributes")),
+            "the Broker {namespace}/{name} (its ingress → trigger channel → filter → the "
+            "heartbeat Trigger)",
+            "the ingress of Broker {namespace}/{name}",
+            classes=(BROKER_CLASS, (MT_BROKER, *KAFKA_BROKERS)),
+        ),
+        FlowProbe(
+            "channel", (CHANNEL, IN_MEMORY_CHANNEL, KAFKA_CHANNEL), "channel",
+            HeartbeatSubscriber(SUBSCRIPTION, ("spec", "channel"), root_as_ref=True),
+            "the {kind} {namespace}/{name} (its address → dispatcher → the heartbeat "
+            "Subscription)",
+            "the address of {kind} {namespace}/{name}",
+        ),
+    ),
+)
+
 PROFILE = Profile(
     name="knative-v1",
     description="Knative Eventing v1 (v1.21: Brokers, Triggers, Channels, Subscriptions, "
@@ -283,6 +314,7 @@ PROFILE = Profile(
     webhook_kinds=(VALIDATING_WEBHOOK, MUTATING_WEBHOOK),
     optional_kinds=(KAFKA_CHANNEL, KNATIVE_SERVICE, EVENT_TYPE, *SOURCES),
     flows=(BROKER_FLOW, CHANNEL_FLOW, SOURCE_FLOW),
+    data_plane=DATA_PLANE,
     # The v1 API versions: Knative v0.12 (Kyma 1.x) has the same kinds at v1alpha1/v1beta1.
     markers=(BROKER, TRIGGER, CHANNEL, IN_MEMORY_CHANNEL, SUBSCRIPTION),
 )

@@ -12,10 +12,11 @@ Applications beside Knative v1 flows). None present is an error naming what was 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from eventmesh_health.topology import Component, Kind, Profile, knative1, kyma1
+from eventmesh_health.topology import Component, DataPlane, Kind, Profile, knative1, kyma1
 
 __all__ = ["AUTO", "CHOICES", "DEFAULT", "PROFILES", "ProfileError", "combine", "detect", "lookup",
            "marker_kinds"]
@@ -88,11 +89,20 @@ def combine(profiles: Iterable[Profile]) -> Profile:
         events_entry_type=chosen[0].events_entry_type,
         webhook_kinds=union(k for p in chosen for k in p.webhook_kinds),
         optional_kinds=union(k for p in chosen for k in p.optional_kinds),
-        data_plane=next((p.data_plane for p in chosen if p.data_plane is not None), None),
+        data_plane=_combine_planes([p.data_plane for p in chosen if p.data_plane is not None]),
         markers=union(k for p in chosen for k in p.markers),
         description="; ".join(p.description for p in chosen),
         flows=tuple(f for p in chosen for f in p.flows),
     )
+
+
+def _combine_planes(planes: list[DataPlane]) -> DataPlane | None:
+    """The hops of the first plane with any (a mesh of Applications), and every plane's
+    probed flows."""
+    if len(planes) <= 1:
+        return planes[0] if planes else None
+    first = next((p for p in planes if p.hops), planes[0])
+    return replace(first, flows=tuple(f for p in planes for f in p.flows))
 
 
 def _present(marker: Kind, seen: set[str]) -> bool:
