@@ -11,7 +11,7 @@ ports of the broker ingress and the dispatcher (`--flow-url-template`).
 Faults are process-level, while every condition stays Ready (Deployment status and Endpoints
 untouched): the control plane is Healthy throughout, only heartbeats can tell. Detection and
 recovery are measured from the fault's injection (or removal) to the report showing it; the
-interval is 2 s (grace 0.8 s), detection must be within 2 intervals. Every wait is on a
+interval is 2 s (grace 0.6 s), detection must be within 2 intervals. Every wait is on a
 condition with a timeout.
 """
 
@@ -46,7 +46,7 @@ from tests.knative.mesh import KnativeMesh
 pytestmark = pytest.mark.knative
 
 INTERVAL = 2.0
-GRACE = 0.8
+GRACE = 0.6
 SLO = 1.0
 POLL = 0.05
 SECRET_NS, SECRET = "kyma-system", "eventmesh-health-heartbeat-keys"
