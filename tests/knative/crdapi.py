@@ -23,6 +23,7 @@ import http.client
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,6 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(Exception):
             super().finish()
         if self._upstream is not None:
+            self.server.forget(self._upstream)
             self._upstream.close()
 
     def _conn(self) -> http.client.HTTPSConnection:
@@ -85,6 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._upstream = http.client.HTTPSConnection(
                 "127.0.0.1", self.server.upstream_port, context=self.server.client_context,
                 timeout=UPSTREAM_TIMEOUT)
+            self.server.remember(self._upstream)
         return self._upstream
 
     def _request(self, method: str, path: str, body: bytes | None,
@@ -183,6 +186,16 @@ class CrdApiAdapter(ThreadingHTTPServer):
         server_context.load_cert_chain(str(serving_cert[0]), str(serving_cert[1]))
         self.socket = server_context.wrap_socket(self.socket, server_side=True)
         self._thread: threading.Thread | None = None
+        self._upstreams: set[http.client.HTTPSConnection] = set()
+        self._upstreams_lock = threading.Lock()
+
+    def remember(self, conn: http.client.HTTPSConnection) -> None:
+        with self._upstreams_lock:
+            self._upstreams.add(conn)
+
+    def forget(self, conn: http.client.HTTPSConnection) -> None:
+        with self._upstreams_lock:
+            self._upstreams.discard(conn)
 
     @property
     def port(self) -> int:
@@ -208,3 +221,11 @@ class CrdApiAdapter(ThreadingHTTPServer):
             self._thread.join(timeout=5)
             self._thread = None
         self.server_close()
+        # Open watches hold API server connections (and the API server's shutdown waits for
+        # them): cut them.
+        with self._upstreams_lock:
+            upstreams, self._upstreams = list(self._upstreams), set()
+        for conn in upstreams:
+            if conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
