@@ -11,7 +11,9 @@ matches the URL's port, then the Endpoints port that serves it (same name as the
 or else the numeric ``targetPort``), and forwards the request to ``127.0.0.1:<that port>``
 with the ``Host`` header unchanged (the IMC dispatcher routes by Host).
 
-It dials nothing but 127.0.0.1: the Endpoints' addresses (a placeholder such as 192.0.2.10,
+It dials nothing but 127.0.0.1, or a Unix socket registered in ``unix_sockets`` for that
+Endpoints port (a Knative v0.12 pod in a network namespace of its own, tests/knative/v012.py):
+the Endpoints' addresses (a placeholder such as 192.0.2.10,
 because the API server rejects loopback Endpoints IPs) are only checked to exist, never used.
 Whatever it cannot resolve, or whose backend refuses, gets ``502 Bad Gateway``; ``CONNECT``
 (HTTPS) gets 502 too. Bodies are buffered; HTTP/1.1 keep-alive is supported on both sides.

@@ -701,11 +701,14 @@ class KnativeV012Mesh:
                                + (f" ({reason})" if reason else ""))
 
     @staticmethod
-    def send_event(url: str, type_: str, *, source: str, proxy: str,
-                   data: Any = None, timeout: float = 10.0) -> httpx.Response:
-        """POST a binary-mode CloudEvent to a cluster URL through the mesh's proxy."""
+    def send_event(url: str, type_: str, *, source: str, proxy: str, data: Any = None,
+                   extra_headers: dict[str, str] | None = None,
+                   timeout: float = 10.0) -> httpx.Response:
+        """POST a binary-mode CloudEvent (its id in ``response.request.headers["ce-id"]``) to
+        a cluster URL through the mesh's proxy."""
         headers = {"ce-specversion": "0.3", "ce-id": uuid.uuid4().hex, "ce-type": type_,
-                   "ce-source": source, "content-type": "application/json"}
+                   "ce-source": source, "content-type": "application/json",
+                   **(extra_headers or {})}
         with httpx.Client(trust_env=False, timeout=timeout, proxy=proxy) as http_:
             return http_.post(url, headers=headers, content=json.dumps(data or {}).encode())
 
