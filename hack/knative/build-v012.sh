@@ -118,7 +118,7 @@ done
 log "copied $copied YAML files"
 chmod -R u+w "$tmp/config"
 
-log "building ${binaries[*]} (knative.dev/eventing $version; a cold build takes about 2-3 minutes)..."
+log "building ${binaries[*]} (knative.dev/eventing $version; a cold build takes about 150 s of CPU time)..."
 start=$SECONDS
 (cd "$tmp/src" && CGO_ENABLED=0 go build -mod=readonly -buildvcs=false -trimpath -p "${KNATIVE_BUILD_JOBS:-2}" \
   -ldflags "-s -w" -o "$tmp/" "${packages[@]}") >&2 \
