@@ -76,6 +76,7 @@ from eventmesh_health.sources.cluster import (
     _transport_reason,
     not_served_message,
 )
+from eventmesh_health.sources.slim import slim
 from eventmesh_health.topology import Kind
 from eventmesh_health.topology.core import CRD
 
@@ -404,7 +405,7 @@ class ClusterCache:
         objects: dict[_ObjKey, dict[str, Any]] = {}
         for item in items:
             if isinstance(item, dict):
-                obj = _plain(item, kind)
+                obj = self._kept(state, item)
                 objects[_key(obj)] = obj
         self._replace(state, objects)
         state.resource_version = str(version)
@@ -519,7 +520,7 @@ class ClusterCache:
             state.stats.bookmarks += 1
         elif event_type in ("ADDED", "MODIFIED", "DELETED"):
             state.stats.events += 1
-            self._apply(state, event_type, _plain(obj, kind))
+            self._apply(state, event_type, self._kept(state, obj))
         else:
             log.debug("%s: ignoring a watch event of type %r", kind.key, event_type)
         if version:
@@ -527,6 +528,15 @@ class ClusterCache:
         state.progress = True
 
     # --- the cache --------------------------------------------------------------------------
+
+    def _kept(self, state: _KindState, item: dict[str, Any]) -> dict[str, Any]:
+        """What the cache keeps of an object: the fields the analysis reads (`Kind.fields`,
+        as a dump keeps them), not a Pod's spec or a Deployment's template — most of the
+        bytes of a big cluster. The CRDs the cache watches for itself are kept whole."""
+        obj = _plain(item, state.kind)
+        if state is self._crd:
+            return obj
+        return slim(obj, state.kind.fields, state.kind.annotations)
 
     def _apply(self, state: _KindState, event_type: str, obj: dict[str, Any]) -> None:
         key = _key(obj)
