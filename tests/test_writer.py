@@ -340,6 +340,7 @@ def expected_status(report: MeshReport, name: str, transition: datetime) -> dict
     if first:
         obj = first["object"]
         where = f"{obj['kind']} {obj['namespace'] + '/' if 'namespace' in obj else ''}{obj['name']}"
+    more = len(roots) - 1 if roots else 0
     return {
         "health": app["health"],
         "state": app["state"],
@@ -354,7 +355,30 @@ def expected_status(report: MeshReport, name: str, transition: datetime) -> dict
         ],
         "lastTransitionTime": transition.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "observedAt": contract["source"]["takenAt"],
+        "observedGeneration": 1,
+        "conditions": expected_conditions(app, first, where, more, transition),
     }
+
+
+def expected_conditions(app: dict[str, Any], first: dict[str, Any] | None, where: str,
+                        more: int, transition: datetime) -> list[dict[str, Any]]:
+    """Ready (True only when Healthy), then Stalled or Reconciling while true (kstatus)."""
+    message = f"Application {app['name']} is {app['health']}"
+    if first:
+        message += f"; root cause: {where}: {first['reason']}"
+        if first.get("message"):
+            message += f" — {first['message']}"
+        if more:
+            message += f" (and {more} more)"
+    reason = first["reason"] if first else (
+        "AllHealthy" if app["health"] == "Healthy" else app["health"])
+    common = {"reason": reason, "message": message, "observedGeneration": 1,
+              "lastTransitionTime": transition.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    ready = {"type": "Ready", "status": "True" if app["health"] == "Healthy" else "False",
+             **common}
+    other = {"Unhealthy": "Stalled", "Degraded": "Stalled",
+             "Progressing": "Reconciling", "Unknown": "Reconciling"}.get(app["health"])
+    return [ready] + ([{"type": other, "status": "True", **common}] if other else [])
 
 
 @envtest
@@ -891,5 +915,5 @@ def test_health_status_is_json_serialisable_and_complete() -> None:
     report = mesh(broken_app("x"))
     status = health_status(report.applications[0], report, last_transition=T0, observed_at=T0)
     assert set(status) == {"health", "state", "rootCause", "rootCauses", "symptoms",
-                           "namespaces", "lastTransitionTime", "observedAt"}
+                           "namespaces", "lastTransitionTime", "observedAt", "conditions"}
     assert status["rootCauses"][0]["severity"] == Severity.ERROR.value
