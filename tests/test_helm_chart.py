@@ -534,9 +534,10 @@ def test_without_any_one_rule_a_named_capability_is_refused(
     own: what only that rule allowed (its capability, named) is refused; what every other
     rule allows still is. No rule is superfluous: each allows something no other does."""
     set_name, role, index = rule_cases()[case]
-    release = f"emh-{uuid.uuid4().hex[:6]}"
-    ensure_namespace(api, release)
-    docs = [d for d in render(*ROLE_SETS[set_name][0], release=release, namespace=release)
+    tag = uuid.uuid4().hex[:6]
+    release, namespace = f"{RELEASE}-{tag}", f"emh-{tag}"  # names <release>-<role>, SA <release>
+    ensure_namespace(api, namespace)
+    docs = [d for d in render(*ROLE_SETS[set_name][0], release=release, namespace=namespace)
             if d["apiVersion"].startswith("rbac.") or d["kind"] == "ServiceAccount"]
     target = f"{release}-{role}"
     (doc,) = [d for d in docs if d["kind"] in ("Role", "ClusterRole")
@@ -556,7 +557,7 @@ def test_without_any_one_rule_a_named_capability_is_refused(
         if d["kind"] == doc["kind"] and d["metadata"]["name"] == target:
             del d["rules"][index]
     apply_all(api, applied)
-    user, groups = sa_identity(release, release)
+    user, groups = sa_identity(namespace, release)
     with client_for(own_control_plane, user, groups, tmp_path) as http:
         # The authorizer learns of new bindings through its informers: wait for them.
         wait_for(lambda: all(may(http, r) for r in sorted(others)[:1]) and all(
