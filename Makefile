@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test envtest kstatus knative knative-v012 lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
+.PHONY: demo test envtest kstatus knative knative-v012 tools lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -40,6 +40,10 @@ knative:
 knative-v012:
 	@bash hack/knative/build-v012.sh
 
+# Builds (once, cached outside the repo) helm and promtool from their Go modules; last line = their folder.
+tools:
+	@bash hack/tools/build.sh
+
 lint: $(BIN)/eventmesh-health
 	$(BIN)/ruff check src tests benchmarks
 
@@ -48,11 +52,12 @@ typecheck: $(BIN)/eventmesh-health
 
 # In a network namespace where only loopback leads anywhere: a packet to any other address
 # fails the run (hack/loopback-only.sh).
-unit: $(BIN)/eventmesh-health envtest knative knative-v012
+unit: $(BIN)/eventmesh-health envtest knative knative-v012 tools
 	hack/loopback-only.sh $(BIN)/pytest
 
-# Everything CI runs: install, build the control-plane and Knative binaries, lint, types, all tests.
-test: $(BIN)/eventmesh-health envtest knative knative-v012 lint typecheck unit
+# Everything CI runs: install, build the control-plane, Knative, helm and promtool binaries,
+# lint, types, all tests.
+test: $(BIN)/eventmesh-health envtest knative knative-v012 tools lint typecheck unit
 
 # Both, one after the other (never in parallel: each measures the machine).
 bench:

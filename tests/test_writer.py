@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -340,6 +342,7 @@ def expected_status(report: MeshReport, name: str, transition: datetime) -> dict
     if first:
         obj = first["object"]
         where = f"{obj['kind']} {obj['namespace'] + '/' if 'namespace' in obj else ''}{obj['name']}"
+    more = len(roots) - 1 if roots else 0
     return {
         "health": app["health"],
         "state": app["state"],
@@ -354,7 +357,30 @@ def expected_status(report: MeshReport, name: str, transition: datetime) -> dict
         ],
         "lastTransitionTime": transition.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "observedAt": contract["source"]["takenAt"],
+        "observedGeneration": 1,
+        "conditions": expected_conditions(app, first, where, more, transition),
     }
+
+
+def expected_conditions(app: dict[str, Any], first: dict[str, Any] | None, where: str,
+                        more: int, transition: datetime) -> list[dict[str, Any]]:
+    """Ready (True only when Healthy), then Stalled or Reconciling while true (kstatus)."""
+    message = f"Application {app['name']} is {app['health']}"
+    if first:
+        message += f"; root cause: {where}: {first['reason']}"
+        if first.get("message"):
+            message += f" — {first['message']}"
+        if more:
+            message += f" (and {more} more)"
+    reason = first["reason"] if first else (
+        "AllHealthy" if app["health"] == "Healthy" else app["health"])
+    common = {"reason": reason, "message": message, "observedGeneration": 1,
+              "lastTransitionTime": transition.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    ready = {"type": "Ready", "status": "True" if app["health"] == "Healthy" else "False",
+             **common}
+    other = {"Unhealthy": "Stalled", "Degraded": "Stalled",
+             "Progressing": "Reconciling", "Unknown": "Reconciling"}.get(app["health"])
+    return [ready] + ([{"type": other, "status": "True", **common}] if other else [])
 
 
 @envtest
@@ -891,5 +917,67 @@ def test_health_status_is_json_serialisable_and_complete() -> None:
     report = mesh(broken_app("x"))
     status = health_status(report.applications[0], report, last_transition=T0, observed_at=T0)
     assert set(status) == {"health", "state", "rootCause", "rootCauses", "symptoms",
-                           "namespaces", "lastTransitionTime", "observedAt"}
+                           "namespaces", "lastTransitionTime", "observedAt", "conditions"}
     assert status["rootCauses"][0]["severity"] == Severity.ERROR.value
+
+
+# --- kstatus: other tools read the verdict ------------------------------------------------
+
+
+def kstatus_binary() -> Path:
+    """benchmarks/kstatus (sigs.k8s.io/cli-utils' status.Compute), built once by
+    hack/kstatus/build.sh; a missing Go toolchain fails the test, it is not skipped."""
+    script = Path(__file__).resolve().parents[1] / "hack" / "kstatus" / "build.sh"
+    built = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
+    assert built.returncode == 0, f"hack/kstatus/build.sh failed: {built.stderr[-2000:]}"
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def kstatus_of(binary: Path, obj: dict[str, Any], tmp_path: Path) -> str:
+    """kstatus' own verdict (Current, InProgress, Failed, ...) on one object."""
+    path = tmp_path / f"{obj['metadata']['name']}.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [obj]}))
+    ran = subprocess.run([str(binary), str(path)], capture_output=True, text=True, check=True)
+    statuses = [line.split("\t")[0] for line in ran.stdout.splitlines() if "\t" in line]
+    assert len(statuses) == 1, ran.stdout
+    return statuses[0]
+
+
+KSTATUS_VERDICT = {
+    Health.HEALTHY: "Current",
+    Health.PROGRESSING: "InProgress",
+    Health.UNKNOWN: "InProgress",
+    Health.DEGRADED: "Failed",
+    Health.UNHEALTHY: "Failed",
+}
+
+
+@envtest
+async def test_kstatus_reads_the_health_as_its_own_verdict(
+    kube_client: Client, writer_client: AsyncClient, apps: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    """kstatus (Helm 4's --wait, Flux, Argo CD's health of CRs) reads status.conditions and
+    observedGeneration: only a Healthy object is Current; an Unhealthy one is not."""
+    binary = kstatus_binary()
+    writer = HealthWriter(writer_client, is_leader=lambda: True)
+    made = {health: apps(f"kstatus-{health.value.lower()}") for health in Health}
+    reports = [
+        healthy_app(a["metadata"]["name"]) if health is Health.HEALTHY
+        else broken_app(a["metadata"]["name"]).model_copy(update={"health": health})
+        for health, a in made.items()
+    ]
+    await writer.publish(mesh(*reports), {a["metadata"]["name"]: a for a in made.values()},
+                         {a["metadata"]["name"]: T0 for a in made.values()})
+    assert writer.write_errors == {}
+    for health, a in made.items():
+        obj = dict(kube_client.get(HEALTH_RES, a["metadata"]["name"]))
+        obj = yaml.safe_load(yaml.safe_dump(obj))  # plain dicts
+        status = obj["status"]
+        assert status["observedGeneration"] == obj["metadata"]["generation"]
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == ("True" if health is Health.HEALTHY else "False")
+        if health is not Health.HEALTHY:
+            assert ready["reason"] == "TopicFailed"
+            assert "KafkaChannel kyma-integration/" in ready["message"]
+        assert kstatus_of(binary, obj, tmp_path) == KSTATUS_VERDICT[health], (health, status)

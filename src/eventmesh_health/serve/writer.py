@@ -12,6 +12,12 @@ before every single write request; a `False` ends the round at once):
    replaced whole, so the merge patch leaves nothing old behind). Objects of Applications
    that no longer exist are deleted by the writer itself: it does not rely on the garbage
    collector alone (it may be behind, or, as in the tests, not running at all).
+   The status also carries the verdict in the form other tools read (kstatus, hence Helm 4's
+   `--wait`, Flux and Argo CD): `observedGeneration` (the object's `metadata.generation`) and
+   `conditions` (`health_conditions`): `Ready` True only when Healthy, its reason the first
+   root cause's reason and its message naming that root cause; with kstatus' abnormal-true
+   conditions beside it, `Stalled` (Unhealthy, Degraded: kstatus says Failed) or `Reconciling`
+   (Progressing, Unknown: InProgress), so that no unhealthy object reads as Current.
 
 2. **Annotations on the Application**: `eventmesh-health.kyma-project.io/health`,
    `/reason` (the first root cause's reason, or `AllHealthy`) and `/last-transition-time`.
@@ -92,6 +98,7 @@ __all__ = [
     "HealthWriter",
     "application_annotations",
     "event_reason",
+    "health_conditions",
     "health_status",
     "root_cause_summary",
     "root_causes",
@@ -119,6 +126,16 @@ DEFAULT_EVENTS_NAMESPACE = "default"
 NOTE_LIMIT = 1024  # bytes; the API server rejects longer notes
 REPORTING_INSTANCE_LIMIT = 128
 _WARNING = frozenset({Health.UNKNOWN, Health.DEGRADED, Health.UNHEALTHY})
+# kstatus' abnormal-true conditions: Stalled (kstatus: Failed) for a health that needs someone
+# to act, Reconciling (InProgress) for one that may still settle or cannot be known yet.
+READY_CONDITION = "Ready"
+STALLED_CONDITION = "Stalled"
+RECONCILING_CONDITION = "Reconciling"
+_STALLED = frozenset({Health.DEGRADED, Health.UNHEALTHY})
+_RECONCILING = frozenset({Health.PROGRESSING, Health.UNKNOWN})
+CONDITION_MESSAGE_LIMIT = 32768  # metav1.Condition's maxLength
+# metav1.Condition's reason: CamelCase, letters first.
+_CONDITION_REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
 
 # Resource names in `write_counts` (as the API server's audit log names them).
 HEALTH_RESOURCE = "eventmeshhealths"
@@ -206,17 +223,66 @@ def _micro_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _condition_reason(reason: str) -> str:
+    if _CONDITION_REASON.match(reason):
+        return reason
+    cleaned = re.sub(r"[^A-Za-z0-9_,:]", "", reason).lstrip("0123456789_,:").rstrip(",:")
+    return cleaned or "Unknown"
+
+
+def health_conditions(
+    app: ApplicationReport,
+    causes: list[Finding],
+    *,
+    last_transition: datetime,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """`status.conditions` (metav1.Condition) of an application's EventMeshHealth object:
+    `Ready` (True only when Healthy; reason: the first root cause's reason, `AllHealthy` when
+    healthy; message: the health and the root cause, as "Kind namespace/name: Reason —
+    message"), then `Stalled` (Unhealthy, Degraded) or `Reconciling` (Progressing, Unknown)
+    with the same reason and message; those two are left out while not true, as kstatus'
+    abnormal-true conditions are. `lastTransitionTime` is when the health last changed."""
+    reason = _condition_reason(_reason(app, causes))
+    message = f"Application {app.name} is {app.health.value}"
+    if causes:
+        message += f"; root cause: {root_cause_summary(causes[0])}"
+        if causes[0].message:
+            message += f" — {causes[0].message}"
+        if len(causes) > 1:
+            message += f" (and {len(causes) - 1} more)"
+    message = _truncate_utf8(message, CONDITION_MESSAGE_LIMIT)
+    when = _rfc3339(last_transition)
+
+    def condition(kind: str, true: bool) -> dict[str, Any]:
+        result: dict[str, Any] = {"type": kind, "status": "True" if true else "False",
+                                  "reason": reason, "message": message,
+                                  "lastTransitionTime": when}
+        if generation is not None:
+            result["observedGeneration"] = generation
+        return result
+
+    conditions = [condition(READY_CONDITION, app.health is Health.HEALTHY)]
+    if app.health in _STALLED:
+        conditions.append(condition(STALLED_CONDITION, True))
+    elif app.health in _RECONCILING:
+        conditions.append(condition(RECONCILING_CONDITION, True))
+    return conditions
+
+
 def health_status(
     app: ApplicationReport,
     report: MeshReport,
     *,
     last_transition: datetime,
     observed_at: datetime,
+    generation: int | None = None,
 ) -> dict[str, Any]:
     """The `status` of an application's EventMeshHealth object: its part of the JSON
-    contract, with root causes listed and symptoms counted. Null fields of findings
-    (`causedBy` of a root cause, `namespace` of a cluster-scoped object, `name` of an object
-    whose name is generated) are omitted."""
+    contract, with root causes listed and symptoms counted, and the verdict as conditions
+    (`health_conditions`) with `observedGeneration` (the object's `metadata.generation`,
+    when known). Null fields of findings (`causedBy` of a root cause, `namespace` of a
+    cluster-scoped object, `name` of an object whose name is generated) are omitted."""
     causes = root_causes(app, report)
     symptoms = sum(1 for f in app.findings if not f.root_cause)
     namespaces = []
@@ -230,7 +296,7 @@ def health_status(
             "rootCauses": [_finding_json(f) for f in ns.findings if f.root_cause],
             "symptoms": ns_symptoms,
         })
-    return {
+    status: dict[str, Any] = {
         "health": app.health.value,
         "state": app.state,
         "rootCause": root_cause_summary(causes[0]) if causes else "",
@@ -239,7 +305,12 @@ def health_status(
         "namespaces": namespaces,
         "lastTransitionTime": _rfc3339(last_transition),
         "observedAt": _rfc3339(observed_at),
+        "conditions": health_conditions(app, causes, last_transition=last_transition,
+                                        generation=generation),
     }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status
 
 
 def _reason(app: ApplicationReport, causes: list[Finding]) -> str:
@@ -359,6 +430,7 @@ class _Known:
 class _HealthObject:
     owner_uid: str | None
     status: dict[str, Any] | None  # comparable form; None: unknown or never written
+    generation: int | None = None  # metadata.generation, for status.observedGeneration
 
 
 @dataclass
@@ -599,9 +671,11 @@ class HealthWriter:
 
     def _record(self, obj: Mapping[str, Any]) -> _HealthObject:
         status = obj.get("status")
+        generation = _metadata(obj).get("generation")
         return _HealthObject(
             owner_uid=_owner_uid(obj, self._application),
             status=_comparable_status(status) if isinstance(status, Mapping) and status else None,
+            generation=generation if isinstance(generation, int) else None,
         )
 
     def _owner(self, name: str, uid: str) -> dict[str, Any]:
@@ -625,12 +699,12 @@ class HealthWriter:
         retry: bool = True,
     ) -> None:
         name = app.name
-        status = health_status(app, report, last_transition=last_transition,
-                               observed_at=observed_at)
-        wanted = _comparable_status(status)
         record = self._health.get(name)
         if record is None:
             record = await self._create_health(name, uid)
+        status = health_status(app, report, last_transition=last_transition,
+                               observed_at=observed_at, generation=record.generation)
+        wanted = _comparable_status(status)
         if record.owner_uid != uid:  # the Application was deleted and created again
             await self._write(HEALTH_RESOURCE, "patch", lambda: self._client.patch(
                 self._health_res, name,
@@ -668,10 +742,13 @@ class HealthWriter:
             "spec": {"application": name},
         }
         try:
-            await self._write(HEALTH_RESOURCE, "create", lambda: self._client.create(
+            created = await self._write(HEALTH_RESOURCE, "create", lambda: self._client.create(
                 self._health_res(body), field_manager=self._field_manager,
             ))
-            record = _HealthObject(owner_uid=uid, status=None)
+            generation = _metadata(_as_dict(created) if created is not None else {}).get(
+                "generation")
+            record = _HealthObject(owner_uid=uid, status=None,
+                                   generation=generation if isinstance(generation, int) else None)
         except ApiError as err:
             if _code(err) != 409:
                 raise
