@@ -36,7 +36,7 @@ knative:
 	@bash hack/knative/build.sh
 
 lint: $(BIN)/eventmesh-health
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks deploy/grafana
 
 typecheck: $(BIN)/eventmesh-health
 	$(BIN)/mypy
