@@ -1,4 +1,4 @@
-"""The metric names `serve --probe` exposes on `/metrics`: what the alert rules and the
+"""The metric names `serve --probe --notify-url ...` exposes on `/metrics`: what the alert rules and the
 dashboard may use. A `Service` as `serve` builds it (its API app, its metrics with the
 probing collector), a report of the bundled examples (applications, namespaces, flows,
 findings) recorded, `/metrics` read through the real app, and every sample name a family
@@ -16,6 +16,7 @@ from lightkube import AsyncClient, KubeConfig
 
 from eventmesh_health.analysis import analyse
 from eventmesh_health.probing.runner import ProbeSettings
+from eventmesh_health.serve.notify import NotifySettings
 from eventmesh_health.serve.service import Service, Settings
 from eventmesh_health.sources.files import load_snapshot
 from eventmesh_health.topology.registry import PROFILES
@@ -38,7 +39,8 @@ def served_metric_names() -> frozenset[str]:
         "current-context": "x"})
     service = Service(AsyncClient(config, trust_env=False), Settings(
         host="127.0.0.1", leader_election=False, write=False, profile=profile,
-        probe=ProbeSettings(interval=timedelta(seconds=30))))
+        probe=ProbeSettings(interval=timedelta(seconds=30)),
+        notify=NotifySettings(urls=("http://127.0.0.1:9/hook",))))
     now = datetime(2020, 6, 15, 10, 0, tzinfo=UTC)
     report = analyse(load_snapshot(ROOT / "examples" / "kafka-quota-reached",
                                    PROFILES["kyma-1"], now=now), PROFILES["kyma-1"])

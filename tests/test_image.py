@@ -99,4 +99,4 @@ def test_the_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
                  cwd=tmp_path, env=env, ok=(1,))
     assert "TopicFailed" in broken.stdout
     helped = run(exe, "serve", "--help", cwd=tmp_path, env=env)
-    assert "--probe" in helped.stdout
+    assert "--notify-url" in helped.stdout and "--probe" in helped.stdout
