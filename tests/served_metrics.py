@@ -1,8 +1,9 @@
 """The metric names `serve --probe --notify-url ...` exposes on `/metrics`: what the alert
 rules and the dashboard may use. A `Service` as `serve` builds it (its API app, its metrics
 with the probing and notification collectors), a report of a bundled example
-(applications, namespaces, findings) recorded, `/metrics` read through the real app, and every sample name a family
-can have collected from the `# TYPE` lines (a family without samples still counts)."""
+(applications, namespaces, findings) recorded, `/metrics` read through the real app, and
+every sample name a family can have collected from the `# TYPE` lines (a family without
+samples still counts)."""
 
 from __future__ import annotations
 
