@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test envtest kstatus knative lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
+.PHONY: demo test envtest kstatus knative knative-v012 lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -35,6 +35,11 @@ kstatus:
 knative:
 	@bash hack/knative/build.sh
 
+# The same for Knative Eventing v0.12.0 (Kyma 1.x): controller, broker ingress/filter, IMC
+# controller/dispatcher, and the v0.12 YAML (the Kyma 1.x tests, tests/knative/v012.py).
+knative-v012:
+	@bash hack/knative/build-v012.sh
+
 lint: $(BIN)/eventmesh-health
 	$(BIN)/ruff check src tests benchmarks deploy/grafana
 
@@ -43,11 +48,11 @@ typecheck: $(BIN)/eventmesh-health
 
 # In a network namespace where only loopback leads anywhere: a packet to any other address
 # fails the run (hack/loopback-only.sh).
-unit: $(BIN)/eventmesh-health envtest knative
+unit: $(BIN)/eventmesh-health envtest knative knative-v012
 	hack/loopback-only.sh $(BIN)/pytest
 
 # Everything CI runs: install, build the control-plane and Knative binaries, lint, types, all tests.
-test: $(BIN)/eventmesh-health envtest knative lint typecheck unit
+test: $(BIN)/eventmesh-health envtest knative knative-v012 lint typecheck unit
 
 # Both, one after the other (never in parallel: each measures the machine).
 bench:

@@ -65,6 +65,13 @@ SPECS: dict[str, dict[str, Any]] = {
         "subscriber": {"uri": "http://fn.ns.svc.cluster.local"},
     },
     "natsschannels.messaging.knative.dev": {},
+    "inmemorychannels.messaging.knative.dev": {
+        "subscribable": {
+            "subscribers": [
+                {"uid": "u-1", "subscriberURI": "http://fn.ns.svc.cluster.local", "generation": 1}
+            ]
+        },
+    },
     "kafkachannels.knativekafka.kyma-project.io": {"numPartitions": 1, "replicationFactor": 1},
     "brokers.eventing.knative.dev": {},
     "triggers.eventing.knative.dev": {

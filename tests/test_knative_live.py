@@ -239,16 +239,41 @@ def test_serve_names_the_root_cause_then_the_mend_and_writes_nothing_when_quiet(
         assert (f'eventmesh_flow_health{{flow="broker",health="Healthy",kind="Broker",'
                 f'name="default",namespace="{ns}"}} 1.0') in metrics
 
-        started = time.monotonic()
-        knative_mesh.set_endpoints("imc-dispatcher", False)
-        broken = wait_for("the dispatcher named as the root cause", lambda: (
-            (f := flow_now()) and roots(f) == [("Service", "imc-dispatcher",
-                                                "NoReadyEndpoints")] and f), TIMEOUT)
-        print(f"fault visible in serve's REST API after {time.monotonic() - started:.2f}s")
-        assert broken["health"] == "Unhealthy"
-
-        knative_mesh.set_endpoints("imc-dispatcher", True)
-        wait_for("the mend", lambda: (f := flow_now()) and f["health"] == "Healthy", TIMEOUT)
+        mesh = knative_mesh
+        # Each real fault, its root cause in serve's REST API, then the mend.
+        faults: list[tuple[str, Callable[[], None], tuple[str, str, str], Callable[[], None]]] = [
+            ("dispatcher Endpoints emptied", lambda: mesh.set_endpoints("imc-dispatcher", False),
+             ("Service", "imc-dispatcher", "NoReadyEndpoints"),
+             lambda: mesh.set_endpoints("imc-dispatcher", True)),
+            ("dispatcher Deployment unavailable",
+             lambda: mesh.set_deployment_available("imc-dispatcher", False),
+             ("Deployment", "imc-dispatcher", "DeploymentUnavailable"),
+             lambda: mesh.set_deployment_available("imc-dispatcher", True)),
+            ("broker-filter Endpoints deleted", lambda: mesh.delete_endpoints("broker-filter"),
+             ("Service", "broker-filter", "NoReadyEndpoints"),
+             lambda: mesh.set_endpoints("broker-filter", True)),
+            ("subscriber Service deleted", lambda: mesh.unexpose(ns, "subscriber"),
+             ("Service", "subscriber", "NotFound"),
+             lambda: mesh.expose(ns, "subscriber", subscriber.port) and None),
+        ]
+        for what, breaks, root, mends in faults:
+            started = time.monotonic()
+            breaks()
+            broken = wait_for(f"{what}: {root} named", lambda r=root: (  # type: ignore[misc]
+                (f := flow_now()) and roots(f) == [r] and f), TIMEOUT)
+            print(f"{what}: visible in serve's REST API after "
+                  f"{time.monotonic() - started:.2f}s")
+            assert broken["health"] == "Unhealthy"
+            mends()
+            wait_for(f"{what}: the mend", lambda: (f := flow_now()) and f["health"] == "Healthy",
+                     TIMEOUT)
+        # The Broker deleted: the flow of the missing Broker, its Triggers as symptoms.
+        mesh.delete("Broker", ns, "default")
+        wait_for("the missing Broker named", lambda: (
+            (f := flow_now()) and roots(f) == [("Broker", "default", "NotFound")]), TIMEOUT)
+        mesh.create_broker(ns)
+        wait_for("the Broker back", lambda: (f := flow_now()) and f["health"] == "Healthy",
+                 TIMEOUT)
 
         # Steady state: nothing changes, so nothing is written (a flows-only report has no
         # health object or Event to write).

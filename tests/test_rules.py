@@ -159,7 +159,7 @@ def test_generation_only_where_the_controller_writes_it(
 def test_the_profile_says_which_kinds_write_observed_generation() -> None:
     writes = {k.kind for k in KYMA_1.kinds if k.observed_generation}
     # docs/reference/kyma1-knative-shapes.md, "Who writes status.observedGeneration".
-    assert writes == {"Broker", "Trigger", "Subscription", "Service"}
+    assert writes == {"Broker", "Trigger", "Subscription", "Service", "InMemoryChannel"}
     assert KNATIVE_SERVICE.observed_generation
     for kind in (CHANNEL, KAFKA_CHANNEL, NATSS_CHANNEL, HTTP_SOURCE):
         assert not kind.observed_generation, kind.kind

@@ -11,7 +11,9 @@ matches the URL's port, then the Endpoints port that serves it (same name as the
 or else the numeric ``targetPort``), and forwards the request to ``127.0.0.1:<that port>``
 with the ``Host`` header unchanged (the IMC dispatcher routes by Host).
 
-It dials nothing but 127.0.0.1: the Endpoints' addresses (a placeholder such as 192.0.2.10,
+It dials nothing but 127.0.0.1, or a Unix socket registered in ``unix_sockets`` for that
+Endpoints port (a Knative v0.12 pod in a network namespace of its own, tests/knative/v012.py):
+the Endpoints' addresses (a placeholder such as 192.0.2.10,
 because the API server rejects loopback Endpoints IPs) are only checked to exist, never used.
 Whatever it cannot resolve, or whose backend refuses, gets ``502 Bad Gateway``; ``CONNECT``
 (HTTPS) gets 502 too. Bodies are buffered; HTTP/1.1 keep-alive is supported on both sides.
@@ -23,6 +25,7 @@ import contextlib
 import http.client
 import logging
 import re
+import socket
 import sys
 import threading
 import time
@@ -137,6 +140,20 @@ class ServiceResolver:
         raise Unresolvable(f"endpoints {ns}/{name} have no ready address for port {port}")
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection to a Unix socket (a pod in a network namespace of its own)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ForwardProxy
@@ -169,7 +186,10 @@ class _Handler(BaseHTTPRequestHandler):
             target += "?" + parts.query
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["Content-Length"] = str(len(body))
-        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=BACKEND_TIMEOUT)
+        unix_path = self.server.unix_sockets.get(port)
+        conn: http.client.HTTPConnection = (
+            UnixHTTPConnection(unix_path, BACKEND_TIMEOUT) if unix_path is not None
+            else http.client.HTTPConnection(LOOPBACK, port, timeout=BACKEND_TIMEOUT))
         try:
             conn.request(self.command, target, body=body, headers=headers)
             resp = conn.getresponse()
@@ -177,7 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, reason, resp_headers = resp.status, resp.reason, resp.getheaders()
         except OSError as exc:
             self.server.record(Forwarded(self.command, url, port, 502, str(exc)))
-            self._reply(502, f"test proxy: 127.0.0.1:{port}: {exc}\n".encode())
+            where = unix_path or f"127.0.0.1:{port}"
+            self._reply(502, f"test proxy: {where}: {exc}\n".encode())
             return
         finally:
             conn.close()
@@ -232,6 +253,9 @@ class ForwardProxy(ThreadingHTTPServer):
         super().__init__((host, port), _Handler)
         self.resolver = resolver
         self.log: list[Forwarded] = []
+        # Endpoints port -> Unix socket: a backend in another network namespace (Knative v0.12
+        # pods, tests/knative/v012.py) is dialed there instead of at 127.0.0.1:<port>.
+        self.unix_sockets: dict[int, str] = {}
         self._log_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.log_path = log_path

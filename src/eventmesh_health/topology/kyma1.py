@@ -93,7 +93,17 @@ SERVICE_INSTANCE = Kind(
             "status.currentOperation", "status.reconciledGeneration",
             "status.observedGeneration", "status.lastConditionState"),
 )
-BACKING_CHANNELS = (KAFKA_CHANNEL, NATSS_CHANNEL)
+# Not shipped by Kyma (kyma-project/kyma@1.14.0:resources/knative-eventing/README.md), but an
+# operator could set up another channel implementation as the default or beside NATSS ("you
+# can change it to a different implementation or even use multiple Channels simultaneously":
+# kyma-project/kyma docs/knative-eventing-mesh/08-02-set-up-channel.md; the earlier "Configure
+# default Knative Channel" page names InMemoryChannel, with knative/eventing's
+# config/channels/in-memory-channel and default-ch-webhook set to it). Its v0.12 reconciler
+# writes observedGeneration (knative/eventing@v0.12.0:pkg/reconciler/inmemorychannel/
+# controller/inmemorychannel.go); the tests run it for real (tests/test_knative_v012.py).
+IN_MEMORY_CHANNEL = Kind("messaging.knative.dev/v1alpha1", "InMemoryChannel", "inmemorychannels",
+                         fields=("spec.subscribable", "status"), observed_generation=True)
+BACKING_CHANNELS = (KAFKA_CHANNEL, NATSS_CHANNEL, IN_MEMORY_CHANNEL)
 # What reconciles each backing channel kind: knative-kafka's controller for a KafkaChannel;
 # for a NatssChannel the NATSS controller and the shared dispatcher, whose availability is its
 # DispatcherReady (eventing-contrib@v0.12.0 natss/pkg/reconciler/controller/natsschannel.go).
@@ -101,6 +111,10 @@ BACKING_CHANNELS = (KAFKA_CHANNEL, NATSS_CHANNEL)
 BACKING_CHANNEL_NEEDS: tuple[tuple[Kind, tuple[str, ...]], ...] = (
     (KAFKA_CHANNEL, ("system:kafka-channel-controller",)),
     (NATSS_CHANNEL, ("system:natss-channel-controller", "system:natss-channel-dispatcher")),
+    # knative/eventing@v0.12.0:config/channels/in-memory-channel/500-controller.yaml,
+    # 500-dispatcher.yaml, 200-dispatcher-service.yaml (the IMC's DispatcherReady and
+    # EndpointsReady come from that Deployment and those Endpoints).
+    (IN_MEMORY_CHANNEL, ("system:imc-controller", "system:imc-dispatcher")),
 )
 
 # With spec.skipInstallation application-operator writes INSTALLATION_SKIPPED and installs no
@@ -133,7 +147,8 @@ LINKS: tuple[Link, ...] = (
     ),
     Link(
         "backing-channel", BACKING_CHANNELS, Scope.APPLICATION, BACKING_CHANNEL,
-        Judge.KNATIVE, "the KafkaChannel or NatssChannel that implements the application Channel",
+        Judge.KNATIVE, "the KafkaChannel, NatssChannel or InMemoryChannel that implements the "
+        "application Channel",
         needs_by_kind=BACKING_CHANNEL_NEEDS, parent="channel",
     ),
     Link(
@@ -210,7 +225,8 @@ LINKS: tuple[Link, ...] = (
         "trigger-channel", BACKING_CHANNELS, Scope.NAMESPACE,
         ByReference(("status", "triggerChannel"), ("spec", "channelTemplateSpec"),
                     "{parent}-kne-trigger"),
-        Judge.KNATIVE, "the Broker's trigger channel (a KafkaChannel or NatssChannel)",
+        Judge.KNATIVE, "the Broker's trigger channel (a KafkaChannel, NatssChannel or "
+        "InMemoryChannel)",
         needs_by_kind=BACKING_CHANNEL_NEEDS, parent="broker",
     ),
     Link(
@@ -264,6 +280,10 @@ COMPONENTS: tuple[Component, ...] = (
         "natss-channel-dispatcher", "knative-eventing", "natss-ch-dispatcher", "dispatcher",
         required_if_any=(NATSS_CHANNEL,),
     ),
+    Component("imc-controller", "knative-eventing", "imc-controller", "controller",
+              required_if_any=(IN_MEMORY_CHANNEL,)),
+    Component("imc-dispatcher", "knative-eventing", "imc-dispatcher", "dispatcher",
+              service="imc-dispatcher", required_if_any=(IN_MEMORY_CHANNEL,)),
 )
 
 # --- the data plane (probing/health.py: hop localisation) --------------------------------------
@@ -299,7 +319,8 @@ PROFILE = Profile(
     application=APPLICATION,
     kinds=(
         APPLICATION, APPLICATION_MAPPING, EVENT_ACTIVATION, HTTP_SOURCE, KNATIVE_SERVICE, CHANNEL,
-        KAFKA_CHANNEL, NATSS_CHANNEL, SUBSCRIPTION, BROKER, TRIGGER, SERVICE_INSTANCE,
+        KAFKA_CHANNEL, NATSS_CHANNEL, IN_MEMORY_CHANNEL, SUBSCRIPTION, BROKER, TRIGGER,
+        SERVICE_INSTANCE,
         *CORE_KINDS,
     ),
     links=LINKS,
