@@ -45,7 +45,7 @@ tools:
 	@bash hack/tools/build.sh
 
 lint: $(BIN)/eventmesh-health
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks deploy/grafana
 
 typecheck: $(BIN)/eventmesh-health
 	$(BIN)/mypy

@@ -45,6 +45,13 @@ EXPECTED = {
     "eventmesh_namespace_health": ("gauge", {"application", "namespace", "health"}),
     "eventmesh_flow_health": ("gauge", {"flow", "kind", "namespace", "name", "health"}),
     "eventmesh_findings": ("gauge", {"scope", "reason", "root_cause"}),
+    "eventmesh_system_root_cause": (
+        "gauge", {"health", "reason", "cause_kind", "cause_namespace", "cause_name"}),
+    "eventmesh_application_root_cause": (
+        "gauge", {"application", "reason", "cause_kind", "cause_namespace", "cause_name"}),
+    "eventmesh_flow_root_cause": (
+        "gauge", {"flow", "kind", "namespace", "name", "reason", "cause_kind",
+                  "cause_namespace", "cause_name"}),
     "eventmesh_application_last_transition_timestamp_seconds": ("gauge", {"application"}),
     "eventmesh_analysis_duration_seconds": ("histogram", set()),
     "eventmesh_cache_synced": ("gauge", set()),
@@ -354,3 +361,54 @@ def test_each_metrics_object_has_its_own_registry(broken: MeshReport) -> None:
     assert "eventmesh_application_health" not in families(other)
     assert values(families(other)["eventmesh_relists"]) == {}
     assert not [m for m in REGISTRY.collect() if m.name.startswith("eventmesh_")]
+
+
+def test_root_causes_name_what_is_broken(broken: MeshReport) -> None:
+    """One series per broken application: its first root cause (as the EventMeshHealth
+    `rootCause` column), valued with how many it has; none for a Healthy one."""
+    from eventmesh_health.serve.writer import root_causes
+    metrics = Metrics()
+    metrics.update_report(broken, {})
+    got = families(metrics)["eventmesh_application_root_cause"]
+    app = next(a for a in broken.applications if a.name == "commerce-mock")
+    first = root_causes(app, broken)[0]
+    assert [(s.labels, s.value) for s in got] == [({
+        "application": "commerce-mock", "reason": first.reason,
+        "cause_kind": first.object.kind, "cause_name": first.object.name or "",
+        "cause_namespace": first.object.namespace or "",
+    }, float(len(root_causes(app, broken))))]
+    assert first.reason == "TopicFailed"
+    assert families(metrics)["eventmesh_system_root_cause"] == []
+
+
+def test_system_and_flow_root_causes() -> None:
+    down = Finding(
+        severity=Severity.ERROR, health=Health.UNHEALTHY,
+        object=ObjectRef(api_version="apps/v1", kind="Deployment",
+                         namespace="knative-eventing", name="imc-dispatcher"),
+        reason="Unavailable", message="0 of 1 replicas", root_cause=True)
+    symptom = Finding(
+        severity=Severity.ERROR, health=Health.UNHEALTHY,
+        object=ObjectRef(api_version="eventing.knative.dev/v1", kind="Broker",
+                         namespace="prod", name="default"),
+        reason="DispatcherDown", message="...", root_cause=False, caused_by=down.object)
+    report = system_only(down, down).model_copy(update={"flows": [
+        FlowReport(flow="broker", kind="Broker", namespace="prod", name="default",
+                   health=Health.UNHEALTHY, findings=[symptom]),
+        FlowReport(flow="channel", kind="InMemoryChannel", namespace="prod", name="c",
+                   health=Health.HEALTHY)]})
+    metrics = Metrics()
+    metrics.update_report(report, {})
+    got = families(metrics)
+    assert [(s.labels, s.value) for s in got["eventmesh_system_root_cause"]] == [({
+        "cause_kind": "Deployment", "cause_name": "imc-dispatcher",
+        "cause_namespace": "knative-eventing", "health": "Unhealthy",
+        "reason": "Unavailable"}, 1.0)]
+    assert [(s.labels, s.value) for s in got["eventmesh_flow_root_cause"]] == [({
+        "flow": "broker", "kind": "Broker", "namespace": "prod", "name": "default",
+        "cause_kind": "Deployment", "cause_name": "imc-dispatcher",
+        "cause_namespace": "knative-eventing", "reason": "Unavailable"}, 1.0)]
+    # Mended: the series go.
+    metrics.update_report(system_only(), {})
+    got = families(metrics)
+    assert got["eventmesh_system_root_cause"] == [] and got["eventmesh_flow_root_cause"] == []

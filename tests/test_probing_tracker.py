@@ -262,6 +262,11 @@ def test_probe_metrics():
     assert values[("eventmesh_heartbeat_latency_seconds_bucket",
                    (*pair[:1], ("le", "0.25"), pair[1]))] == 4
     assert values[("eventmesh_heartbeat_availability_ratio", pair)] == pytest.approx(0.8)
+    assert ("eventmesh_heartbeat_latency_objective_seconds", ()) not in values  # not given
+    with_objective = CollectorRegistry()
+    ProbeMetrics(t, latency_objective=1.5).register(with_objective)
+    assert metric_values(with_objective)[
+        ("eventmesh_heartbeat_latency_objective_seconds", ())] == 1.5
     t.forget(APP)
     assert not any(name.startswith("eventmesh_heartbeat_latency") and labels
                    for name, labels in metric_values(registry))

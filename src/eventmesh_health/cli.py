@@ -489,6 +489,25 @@ def _env(name: str) -> str:
               help="Flows (knative-v1): where heartbeats of flows probed at HOP (broker, "
               "channel) are posted, with {namespace}, {name} and {kind} of the flow's root "
               "(default: the root's status.address.url). Repeatable.")
+@click.option("--notify-url", "notify_urls", multiple=True, metavar="URL",
+              envvar=_env("NOTIFY_URL"),
+              help="Post every health transition of an Application or flow as JSON (with a "
+                   "Slack-compatible text field) to URL. Repeatable. The URL is never printed "
+                   "or logged (it may hold a token); prefer --notify-secret.")
+@click.option("--notify-secret", default=None, metavar="NAMESPACE/NAME",
+              envvar=_env("NOTIFY_SECRET"),
+              help="A Secret whose every data value is one notification URL (re-read every "
+                   "minute).")
+@click.option("--notify-link-base", default="http://eventmesh-health.kyma-system.svc:8080",
+              show_default=True, envvar=_env("NOTIFY_LINK_BASE"),
+              help="Where the REST API is reached, for the link in each notification.")
+@click.option("--notify-min-interval", default="1m", show_default=True, callback=_duration,
+              envvar=_env("NOTIFY_MIN_INTERVAL"),
+              help="At most one notification per Application or flow this often; "
+                   "transitions in between are merged into the next.")
+@click.option("--notify-max-attempts", default=5, show_default=True,
+              type=click.IntRange(1, 20), envvar=_env("NOTIFY_MAX_ATTEMPTS"),
+              help="Posts per notification and target before giving up (logged and counted).")
 def serve(
     kubeconfig: Path | None, context: str | None, request_timeout: float, host: str, port: int,
     receiver_port: int | None,
@@ -503,6 +522,9 @@ def serve(
     adapter_url_template: str | None = None, broker_url_template: str | None = None,
     channel_url_template: str | None = None, advertise_address: str | None = None,
     profile_name: str = AUTO, flow_url_templates: tuple[str, ...] = (),
+    notify_urls: tuple[str, ...] = (), notify_secret: str | None = None,
+    notify_link_base: str = "http://eventmesh-health.kyma-system.svc:8080",
+    notify_min_interval: timedelta = timedelta(minutes=1), notify_max_attempts: int = 5,
 ) -> None:
     """Always-on checker: watches the cluster, keeps every Application's health current, and
     serves it (REST API, /metrics, EventMeshHealth objects, annotations, Events).
@@ -582,6 +604,23 @@ def serve(
             broker_url_template=broker_url_template or DEFAULT_BROKER_URL_TEMPLATE,
             adapter_url_template=adapter_url_template or None,
             channel_url_template=channel_url_template or None)
+    notify_settings = None
+    if notify_urls or notify_secret:
+        from eventmesh_health.serve.notify import NotifySettings, check_url
+
+        secret = None
+        if notify_secret:
+            secret_ns, sep, secret_name = notify_secret.partition("/")
+            if not sep or not secret_ns or not secret_name:
+                _fail("--notify-secret must be NAMESPACE/NAME", EXIT_INPUT)
+            secret = (secret_ns, secret_name)
+        try:
+            check_url(notify_link_base, "--notify-link-base")
+            notify_settings = NotifySettings(
+                urls=tuple(notify_urls), secret=secret, link_base=notify_link_base,
+                min_interval=notify_min_interval, max_attempts=notify_max_attempts)
+        except ValueError as err:  # its message never quotes a URL
+            _fail(str(err), EXIT_INPUT)
     connection = _connection(kubeconfig, context, request_timeout)
     try:
         config = load_config(connection)
@@ -594,6 +633,7 @@ def serve(
     settings = Settings(
         profile=profile,
         probe=probe_settings,
+        notify=notify_settings,
         host=host, port=port, receiver_port=receiver_port,
         leader_election=leader_election, lease_namespace=lease_namespace,
         lease_name=lease_name, identity=identity or socket.gethostname(),

@@ -332,7 +332,8 @@ class ProbeRunner:
         self.keys = KeySource(self._read_secret, reload=s.key_reload)
         self.receiver = Receiver(self.tracker, Verifier(self._keyring),
                                  on_arrival=self._on_arrival, pair_tokens=self._pair_token)
-        self.metrics = ProbeMetrics(self.tracker, self.receiver.rejected_counts)
+        self.metrics = ProbeMetrics(self.tracker, self.receiver.rejected_counts,
+                                    latency_objective=s.limits().latency_slo.total_seconds())
         self.sender = Sender(
             self.tracker, lambda: self.keys.keyring, new_run_id(self.identity),
             config=SendConfig(

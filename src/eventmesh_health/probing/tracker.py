@@ -707,20 +707,25 @@ class ProbeMetrics(Collector):
     | `eventmesh_heartbeats_rejected_total` | counter | reason |
     | `eventmesh_heartbeat_latency_seconds` | histogram | application, namespace |
     | `eventmesh_heartbeat_availability_ratio` | gauge | application, namespace |
+    | `eventmesh_heartbeat_latency_objective_seconds` | gauge | |
 
     `reason` is a `RejectReason` (all of them present from 0). Latency and availability
     are end to end: of the probes injected at the ingress; availability over the window.
     Labels are bounded: application and namespace names of probed pairs, three hops, the
-    twelve reasons. Register it with `registry.register(metrics)` or `register(registry)`.
+    twelve reasons. The latency objective (`--probe-latency-slo`, when given) is exported so
+    that alerts and dashboards compare against the one the checker judges by. Register it
+    with `registry.register(metrics)` or `register(registry)`.
     """
 
     def __init__(
         self,
         tracker: Tracker,
         rejected: Callable[[], Mapping[str, int]] | None = None,
+        latency_objective: float | None = None,
     ) -> None:
         self.tracker = tracker
         self._rejected = rejected
+        self._latency_objective = latency_objective
 
     def register(self, registry: CollectorRegistry) -> ProbeMetrics:
         registry.register(self)
@@ -792,3 +797,8 @@ class ProbeMetrics(Collector):
             if ratio is not None:
                 availability.add_metric([app, ns], ratio)
         yield availability
+        if self._latency_objective is not None:
+            yield GaugeMetricFamily(
+                "eventmesh_heartbeat_latency_objective_seconds",
+                "The end-to-end heartbeat latency objective the checker judges by "
+                "(--probe-latency-slo).", value=self._latency_objective)

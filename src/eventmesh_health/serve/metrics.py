@@ -38,6 +38,9 @@ report's numbers are swapped atomically and the counters are guarded by a lock.
 | `eventmesh_namespace_health` | state set | application, namespace, health |
 | `eventmesh_flow_health` | state set | flow, kind, namespace, name, health |
 | `eventmesh_findings` | gauge (count) | scope, reason, root_cause |
+| `eventmesh_system_root_cause` | gauge 1 | health, reason, cause_* |
+| `eventmesh_application_root_cause` | gauge (count) | application, reason, cause_* |
+| `eventmesh_flow_root_cause` | gauge (count) | flow, kind, namespace, name, reason, cause_* |
 | `eventmesh_application_last_transition_timestamp_seconds` | gauge | application |
 | `eventmesh_analysis_duration_seconds` | histogram | |
 | `eventmesh_cache_synced` | gauge 0/1 | |
@@ -47,6 +50,15 @@ report's numbers are swapped atomically and the counters are guarded by a lock.
 | `eventmesh_relists_total` | counter | kind |
 | `eventmesh_api_writes_total` | counter | resource, verb |
 | `eventmesh_is_leader` | gauge 0/1 | |
+
+The `*_root_cause` families name *what* is broken (`cause_kind`, `cause_namespace`,
+`cause_name`: the root cause's object), for alert summaries and dashboards
+(`eventmesh_findings` only counts reasons). Their cardinality is bounded by the subjects,
+never by the findings: one series per system component that is a root cause (at most
+`MAX_SYSTEM_CAUSES`), and one per application or flow that is not Healthy and has a root
+cause: its *first* root cause (the one its EventMeshHealth `rootCause` column and its
+`/reason` annotation show), valued with how many root causes it has in all. A Healthy
+subject has none, so `eventmesh_application_root_cause` lists exactly what is broken now.
 
 A state set has one series per health value: 1 for the current one, 0 for the other
 four (`eventmesh_application_health{health="Unhealthy"} == 1` selects the broken ones).
@@ -70,13 +82,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from eventmesh_health.model import Finding, Health, MeshReport
+from eventmesh_health.model import Finding, FlowReport, Health, MeshReport, ObjectRef
+from eventmesh_health.serve.writer import root_causes
 
 __all__ = [
     "ANALYSIS_BUCKETS",
     "CONTENT_TYPE",
     "HEALTH_VALUES",
     "MAX_REASONS",
+    "MAX_SYSTEM_CAUSES",
     "OTHER_REASON",
     "Metrics",
     "ReasonLabels",
@@ -94,6 +108,8 @@ ANALYSIS_BUCKETS: tuple[float, ...] = (
 )
 
 MAX_REASONS = 100
+# System root causes exported one by one (a profile has a fixed, small set of components).
+MAX_SYSTEM_CAUSES = 50
 OTHER_REASON = "Other"
 _REASON = re.compile(r"[A-Za-z][A-Za-z0-9]{0,62}")
 
@@ -161,6 +177,18 @@ _REPORT_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "Current number of findings by where they are (system, application, "
         "namespace, flow), reason code (Other beyond the cap) and whether they are root causes.",
         ("reason", "root_cause", "scope")),
+    "eventmesh_system_root_cause": (
+        "1 for each system component that is a root cause now: its health, reason code "
+        "and object.", ("cause_kind", "cause_name", "cause_namespace", "health", "reason")),
+    "eventmesh_application_root_cause": (
+        "The first root cause of each application that is not Healthy (reason code and "
+        "object); the value is how many root causes it has.",
+        ("application", "cause_kind", "cause_name", "cause_namespace", "reason")),
+    "eventmesh_flow_root_cause": (
+        "The first root cause of each flow that is not Healthy (reason code and object); "
+        "the value is how many root causes it has.",
+        ("cause_kind", "cause_name", "cause_namespace", "flow", "kind", "name", "namespace",
+         "reason")),
     "eventmesh_application_last_transition_timestamp_seconds": (
         "When each application's health last changed (first seen counts), "
         "Unix time in seconds.", ("application",)),
@@ -181,6 +209,12 @@ class _ReportSeries:
     flows: tuple[tuple[str, str, str, str, str], ...]
     # ((scope, reason label, root cause), count), sorted
     findings: tuple[tuple[tuple[str, str, str], int], ...]
+    # (cause kind, name, namespace, health, reason label)
+    system_causes: tuple[tuple[str, str, str, str, str], ...] = ()
+    # ((application, cause kind, name, namespace, reason label), number of root causes)
+    application_causes: tuple[tuple[tuple[str, ...], int], ...] = ()
+    # ((cause kind, name, namespace, flow, kind, name, namespace, reason label), number)
+    flow_causes: tuple[tuple[tuple[str, ...], int], ...] = ()
 
     def series(self, family: str) -> Iterator[tuple[tuple[str, ...], float]]:
         """One family's series: (label values in `_REPORT_FAMILIES` order, value)."""
@@ -207,6 +241,15 @@ class _ReportSeries:
         elif family == "eventmesh_findings":
             for (scope, reason, root), n in self.findings:
                 yield (reason, root, scope), float(n)
+        elif family == "eventmesh_system_root_cause":
+            for cause in self.system_causes:
+                yield cause, 1.0
+        elif family == "eventmesh_application_root_cause":
+            for values, n in self.application_causes:
+                yield values, float(n)
+        elif family == "eventmesh_flow_root_cause":
+            for values, n in self.flow_causes:
+                yield values, float(n)
         elif family == "eventmesh_application_last_transition_timestamp_seconds":
             for name, _, _, when in self.applications:
                 if when is not None:
@@ -339,6 +382,30 @@ class Metrics:
             count("flow", flow.findings)
         for key in counts:
             self._finding_keys.setdefault(key)
+        system_causes = []
+        seen: set[ObjectRef] = set()
+        for finding in report.system.findings:
+            if finding.root_cause and finding.object not in seen \
+                    and len(seen) < MAX_SYSTEM_CAUSES:
+                seen.add(finding.object)
+                system_causes.append((*_cause(finding.object), finding.health.value,
+                                      reasons(finding.reason)))
+        application_causes = []
+        for app in report.applications:
+            if app.health is not Health.HEALTHY:
+                causes = root_causes(app, report)
+                if causes:
+                    application_causes.append(
+                        ((app.name, *_cause(causes[0].object), reasons(causes[0].reason)),
+                         len(causes)))
+        flow_causes = []
+        for flow in report.flows:
+            if flow.health is not Health.HEALTHY:
+                causes = flow_root_causes(flow, report)
+                if causes:
+                    flow_causes.append(
+                        ((*_cause(causes[0].object), flow.flow, flow.kind, flow.name,
+                          flow.namespace, reasons(causes[0].reason)), len(causes)))
         self._report = _ReportSeries(
             healthy=report.healthy,
             system=report.system.health.value,
@@ -346,6 +413,9 @@ class Metrics:
             namespaces=tuple(namespaces),
             flows=tuple(flows),
             findings=tuple(sorted(counts.items())),
+            system_causes=tuple(system_causes),
+            application_causes=tuple(application_causes),
+            flow_causes=tuple(flow_causes),
         )
 
     def observe_analysis(self, seconds: float) -> None:
@@ -483,6 +553,35 @@ class Metrics:
             "1 while this replica holds the leader lease (writes health objects and Events).",
             value=_flag(leader),
         )
+
+
+def _cause(ref: ObjectRef) -> tuple[str, str, str]:
+    """(kind, name, namespace) of a root cause's object; "" for what it lacks."""
+    return ref.kind, ref.name or "", ref.namespace or ""
+
+
+def flow_root_causes(flow: FlowReport, report: MeshReport) -> list[Finding]:
+    """The root-cause findings behind a flow's health, each object once: its own first,
+    then the system components its symptoms name in `causedBy` (as `root_causes` does
+    for an application)."""
+    result: list[Finding] = []
+    seen: set[ObjectRef] = set()
+    for finding in flow.findings:
+        if finding.root_cause and finding.object not in seen:
+            seen.add(finding.object)
+            result.append(finding)
+    wanted = [f.caused_by for f in flow.findings
+              if not f.root_cause and f.caused_by is not None and f.caused_by not in seen]
+    if wanted:
+        elsewhere: dict[ObjectRef, Finding] = {}
+        for finding in report.system.findings:
+            if finding.root_cause:
+                elsewhere.setdefault(finding.object, finding)
+        for ref in wanted:
+            if ref not in seen and ref in elsewhere:
+                seen.add(ref)
+                result.append(elsewhere[ref])
+    return result
 
 
 def _le(bound: float) -> str:

@@ -50,6 +50,7 @@ from eventmesh_health.serve.api import create_app, embedded_server
 from eventmesh_health.serve.informer import Change, ClusterCache
 from eventmesh_health.serve.leader import LeaderElector
 from eventmesh_health.serve.metrics import Metrics
+from eventmesh_health.serve.notify import Notifier, NotifySettings, opted_out
 from eventmesh_health.serve.state import HealthState
 from eventmesh_health.serve.writer import (
     APPLICATION_RESOURCE,
@@ -120,6 +121,8 @@ class Settings:
     probe: ProbeSettings | None = None
     # What is watched and how it is judged (`--profile`; `auto` is resolved before).
     profile: Profile = DEFAULT
+    # Transition notifications (`--notify-url`, `--notify-secret`); None: off.
+    notify: NotifySettings | None = None
 
 
 def _now() -> datetime:
@@ -181,6 +184,12 @@ class Service:
         else:
             self.leftovers = LeftoverTriggers(client, kinds=self._heartbeat_kinds)
         self._look_for_leftovers = True  # heartbeat Triggers changed, or leadership did
+        self.notifier: Notifier | None = None
+        if settings.notify is not None:
+            self.notifier = Notifier(
+                settings.notify,
+                self._read_notify_secret if settings.notify.secret is not None else None)
+            self.metrics.add_collector(self.notifier.metrics)
         receiver = [self.prober.receiver.router] if self.prober is not None else []
         apart = settings.receiver_port not in (None, settings.port)
         self.app = create_app(self.state, self.metrics, routers=[] if apart else receiver)
@@ -228,6 +237,8 @@ class Service:
         ]
         if self.prober is not None:
             tasks.append(asyncio.create_task(self._probe(), name="probing"))
+        if self.notifier is not None:
+            tasks.append(asyncio.create_task(self.notifier.run(), name="notify"))
         if self.elector is not None:
             tasks.append(asyncio.create_task(self._elect(), name="leader-election"))
         else:
@@ -338,7 +349,39 @@ class Service:
         self.state.report = report
         self.metrics.update_report(report, self.state.transitions)
         self._cache_metrics()
+        self._notify(report, outage, now)
         self._changed.set()
+
+    def _notify(self, report: MeshReport, outage: str | None, now: datetime) -> None:
+        """The leader tells the notification targets of transitions; never during an
+        outage (every health is Unknown then: what changed meanwhile is told after it)."""
+        if self.notifier is None:
+            return
+        if not self.is_leader():
+            self.notifier.forget()
+        elif outage is None:
+            self.notifier.observe(report, now, self._notify_opted_out)
+
+    def _notify_opted_out(self, key: tuple[str, ...]) -> bool:
+        """Whether the Application or the flow's root object says notify: "false"."""
+        assert self.analysis is not None
+        index = self.analysis.builder.index
+        profile = self.settings.profile
+        if key[0] == "application":
+            if profile.application is None:
+                return False
+            return opted_out(index.get(profile.application.key, None, key[1]))
+        _, _, namespace, kind, name = key
+        return any(opted_out(index.get(k.key, namespace, name))
+                   for k in profile.kinds if k.kind == kind)
+
+    async def _read_notify_secret(self) -> dict[str, str]:
+        from lightkube.resources.core_v1 import Secret
+
+        assert self.settings.notify is not None and self.settings.notify.secret is not None
+        namespace, name = self.settings.notify.secret
+        secret = await self.client.get(Secret, name, namespace=namespace)
+        return dict(secret.data or {})
 
     def _cache_metrics(self) -> None:
         assert self.analysis is not None
