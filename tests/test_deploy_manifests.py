@@ -22,6 +22,8 @@ def manifests() -> list[tuple[str, dict[str, Any]]]:
     for path in sorted(DEPLOY.rglob("*.yaml")):
         if DEPLOY / "helm" in path.parents:
             continue  # the chart's templates (tests/test_helm_chart.py renders them)
+        if DEPLOY / "prometheus" in path.parents:
+            continue  # Prometheus rule files, not objects (tests/test_alerts.py)
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 docs.append((f"{path.relative_to(DEPLOY)}:{doc['kind']}/"

@@ -60,6 +60,7 @@ SWITCHES = {
     "serviceMonitor.enabled": "true",
     "prometheusRule.enabled": "true",
     "dashboard.enabled": "true",
+    "notify.secretName": "eventmesh-health-notify",
 }
 # What deploy/*.yaml hold: the chart with every RBAC part, probing's RBAC but no key Secret.
 DEPLOY_VALUES = ("rbac.reader.enabled=true", "rbac.probe.enabled=true",
@@ -440,6 +441,7 @@ ROLE_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "probe": (("rbac.probe.enabled=true", "probe.enabled=true"),
               ("serve-probe", "serve-probe-keys")),
     "reader": (("rbac.serve.enabled=false", "rbac.reader.enabled=true"), ("reader",)),
+    "notify": (("notify.secretName=eventmesh-health-notify",), ("notify",)),
 }
 # What serve (or check) does with each rule: (role without the release prefix, a resource).
 PURPOSE = {
@@ -452,6 +454,7 @@ PURPOSE = {
     ("serve-probe", "subscriptions"): "probing creates, fixes and deletes heartbeat "
                                       "Subscriptions",
     ("serve-probe-keys", "secrets"): "probing reads the heartbeat signing keys",
+    ("notify", "secrets"): "notifications read the URLs to post to",
 }
 Request = tuple[str, str, str, str, str]  # verb, group, resource, namespace, name
 
@@ -476,7 +479,8 @@ def capability(role: str, rule: dict[str, Any]) -> str:
 # The rules each role has (generated roles: their rule files; the others: their templates),
 # read without helm so that the cases are known when the tests are collected;
 # test_the_rule_cases_are_every_rule_the_chart_renders checks them against `helm template`.
-TEMPLATE_RULES = {"serve-leader-election": 2, "serve-events": 1, "serve-probe-keys": 1}
+TEMPLATE_RULES = {"serve-leader-election": 2, "serve-events": 1, "serve-probe-keys": 1,
+                  "notify": 1}
 RULE_FILES = {"serve": "serve-rules.yaml", "serve-probe": "probe-rules.yaml",
               "reader": "reader-rules.yaml"}
 
@@ -505,7 +509,8 @@ def test_the_rule_cases_are_every_rule_the_chart_renders() -> None:
         assert {c for c in rendered if c[1] in roles} == {c for c in expected
                                                           if c[0] == set_name}
     # every role of the chart is in a set
-    every = render("rbac.probe.enabled=true", "rbac.reader.enabled=true", "probe.enabled=true")
+    every = render("rbac.probe.enabled=true", "rbac.reader.enabled=true", "probe.enabled=true",
+                   "notify.secretName=eventmesh-health-notify")
     assert {d["metadata"]["name"].removeprefix(f"{RELEASE}-") for d in every
             if d["kind"] in ("Role", "ClusterRole")} == {
         role for _, roles in ROLE_SETS.values() for role in roles}
