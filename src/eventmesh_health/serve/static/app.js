@@ -1,6 +1,6 @@
 // eventmesh-health: live updates of the page (it works without this script).
 // The grid polls the REST API's /api/v1/summary with If-None-Match (304 while nothing
-// changed) and rebuilds its rows with DOM methods (never innerHTML: every text is data);
+// changed) and rebuilds its rows with DOM methods (no HTML parsing of data: every text is a text node);
 // an application or flow page fetches itself again (by ETag) and swaps in the new <main>.
 "use strict";
 (function () {
