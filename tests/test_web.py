@@ -118,7 +118,7 @@ async def test_the_grid_shows_what_the_api_says(report: MeshReport, analysis: An
     assert summary["counts"] == {"Healthy": 2, "Progressing": 0, "Unknown": 0,
                                  "Degraded": 0, "Unhealthy": 1}
     for app in apps["items"]:  # every row, with its health as a word (not colour alone)
-        row = re.search(rf'<tr data-key="{app["name"]}">(.*?)</tr>', html, re.S)
+        row = re.search(rf'<tr data-key="{app["name"]}"[^>]*>(.*?)</tr>', html, re.S)
         assert row is not None
         assert f'class="cell h-{app["health"]}"' in row.group(1)
         assert f"</span> {app['health']}</td>" in row.group(1)

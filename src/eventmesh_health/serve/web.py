@@ -7,7 +7,8 @@
 - `GET /applications/{name}`, `GET /flows/{namespace}/{kind}/{name}`: the chain as a tree
   (`explain`), the root cause highlighted, its symptoms dimmed and linked to it, every
   link's conditions, heartbeat findings, and the history;
-- `GET /static/{app.js,style.css}`: the page's own script and style (committed, no build).
+- `GET /static/{app.js,style.css,icon.svg}`: the page's own script, style and icon
+  (committed, no build step).
 
 Server-rendered with Jinja2 from the very objects the REST API answers with
 (`SummaryIndex.summary`, the `/tree` and `/history` JSON): the page shows nothing the API
@@ -49,7 +50,8 @@ SECURITY_HEADERS = {
 # The mark beside each health word (the same as `check`'s table).
 MARK = {"Healthy": "✓", "Progressing": "…", "Unknown": "?", "Degraded": "!",
         "Unhealthy": "✗"}
-_STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+_STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+           "icon.svg": "image/svg+xml"}
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _KIND = re.compile(r"^[A-Z][A-Za-z0-9]*$")

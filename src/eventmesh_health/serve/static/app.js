@@ -52,7 +52,8 @@
     } else {
       nss = el("span", { "class": "muted" }, ["not bound"]);
     }
-    return el("tr", { "data-key": a.name }, [
+    var sig = a.health + " " + a.rootCause + a.namespaces.map(function (ns) { return " " + ns.name + "=" + ns.health; }).join("");
+    return el("tr", { "data-key": a.name, "data-sig": sig }, [
       el("th", { scope: "row" }, [el("a", { href: "/applications/" + encodeURIComponent(a.name) }, [a.name])]),
       el("td", { "class": "cell h-" + a.health }, [mark(a.health), " " + a.health]),
       el("td", {}, [a.state + "/4"]),
@@ -62,7 +63,7 @@
   }
   function flowRow(f) {
     var key = f.namespace + "/" + f.kind + "/" + f.name;
-    return el("tr", { "data-key": key }, [
+    return el("tr", { "data-key": key, "data-sig": f.health + " " + f.rootCause }, [
       el("th", { scope: "row" }, [el("a", { href: "/flows/" + key.split("/").map(encodeURIComponent).join("/") }, [f.kind + " " + f.name])]),
       el("td", {}, [f.namespace]),
       el("td", { "class": "cell h-" + f.health }, [mark(f.health), " " + f.health]),
@@ -78,12 +79,12 @@
     var focusKey = null;
     if (focused && body.contains(focused)) { focusKey = focused.closest("tr").getAttribute("data-key"); }
     var old = {};
-    Array.prototype.forEach.call(body.rows, function (r) { old[r.getAttribute("data-key")] = r.textContent; });
+    Array.prototype.forEach.call(body.rows, function (r) { old[r.getAttribute("data-key")] = r.getAttribute("data-sig"); });
     var fresh = document.createDocumentFragment();
     items.forEach(function (item) {
       var row = build(item);
       var key = row.getAttribute("data-key");
-      if (old[key] !== undefined && old[key] !== row.textContent) { row.classList.add("changed"); }
+      if (old[key] !== undefined && old[key] !== row.getAttribute("data-sig")) { row.classList.add("changed"); }
       fresh.appendChild(row);
     });
     body.replaceChildren(fresh);
@@ -92,6 +93,23 @@
       if (again) { again.focus(); }
     }
     return false;
+  }
+  function counts(s) {
+    var node = document.getElementById("counts");
+    if (!node) { return; }
+    var parts = [];
+    function add(label, values) {
+      var shown = Object.keys(MARK).filter(function (h) { return values[h]; });
+      if (!shown.length) { return; }
+      parts.push(label);
+      shown.forEach(function (h) {
+        parts.push(el("span", { "class": "count" }, [
+          el("span", { "class": "badge h-" + h }, [mark(h), " " + h]), " " + values[h]]), " ");
+      });
+    }
+    add("Applications: ", s.counts);
+    add(" Flows: ", s.flowCounts);
+    node.replaceChildren.apply(node, parts);
   }
   function badgeText(node, health) {
     if (!node) { return; }
@@ -115,6 +133,7 @@
       reload = patch("flows", s.flows.items, flowRow) || reload;
       var a = document.getElementById("apps-total"); if (a) { a.textContent = s.applications.total; }
       var f = document.getElementById("flows-total"); if (f) { f.textContent = s.flows.total; }
+      counts(s);
       badgeText(document.querySelector("h1 .badge"), s.health);
       badgeText(document.querySelector("#system-h .badge"), s.system.health);
       document.title = "Event mesh: " + s.health + " \u00b7 eventmesh-health";
