@@ -29,6 +29,7 @@ from eventmesh_health.model import (
 )
 from eventmesh_health.serve.history import PERSISTED, History
 from eventmesh_health.serve.state import HealthState
+from eventmesh_health.serve.views import flow_tree
 from eventmesh_health.serve.writer import health_status
 from eventmesh_health.sources.files import load_snapshot
 from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
@@ -294,3 +295,34 @@ async def test_ten_thousand_applications_first_render_and_payload(tmp_path: Path
           f"/api/v1/applications {len(everything.content) / 1024:.0f} KiB")
     assert len(first.content) < 150 * 1024
     assert first_seconds < 3.0, first_seconds
+
+
+async def test_flow_page_of_a_knative_v1_mesh() -> None:
+    """flows[] (Knative v1): the grid lists them, the flow's page shows its chain, the
+    system components it needs and the root cause (the recorded dispatcher-down example)."""
+    from eventmesh_health.topology.knative1 import PROFILE as KNATIVE_1
+
+    example = Path(__file__).parent.parent / "examples" / "knative-v1" / "dispatcher-down"
+    analysis = analyse_graph(load_snapshot(example, KNATIVE_1, now=T0), KNATIVE_1)
+    report = analysis.report
+    units = {unit.key: unit for unit in analysis.graph.flows}
+    state = HealthState(report=report, caches_synced=True, leader_election_running=True)
+    state.explain_flow = lambda flow: flow_tree(units.get((flow.kind, flow.namespace,
+                                                           flow.name)), flow)
+    broken = next(f for f in report.flows if f.health is not Health.HEALTHY)
+    path = f"{broken.namespace}/{broken.kind}/{broken.name}"
+    async with serving(state) as url, httpx.AsyncClient() as http:
+        summary = (await http.get(url + "/api/v1/summary")).json()
+        grid = (await http.get(url + "/")).text
+        tree = (await http.get(f"{url}/api/v1/flows/{path}/tree")).json()
+        page = await http.get(f"{url}/flows/{path}")
+    assert summary["flows"]["total"] == len(report.flows) > 0
+    first = summary["flows"]["items"][0]
+    assert (first["namespace"], first["kind"], first["name"]) == (
+        broken.namespace, broken.kind, broken.name)
+    assert first["rootCause"]
+    assert f'href="/flows/{path}"' in grid
+    assert page.status_code == 200 and scan(page.text).inline == []
+    assert first["rootCause"] in page.text
+    roots = [n for n in _walk(tree["links"] + tree["system"]) if n["rootCause"]]
+    assert roots and 'class="tag-root">Root cause<' in page.text
