@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test envtest kstatus knative knative-v012 tools lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
+.PHONY: demo test browser envtest kstatus knative knative-v012 tools lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -21,6 +21,25 @@ demo: $(BIN)/eventmesh-health
 	@echo
 	@echo '$$ eventmesh-health explain commerce-mock --snapshot $(EXAMPLE)'
 	@$(BIN)/eventmesh-health explain commerce-mock --snapshot $(EXAMPLE) || test $$? -eq 1
+
+# Debian's Chromium for the browser tests (tests/test_web_browser.py, Playwright drives it by its
+# path; nothing is downloaded at test time): installed with apt-get when absent; fails clearly
+# when it cannot be (no apt-get, not root). CHROMIUM=/path/to/chromium uses another one.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then echo "browser: $(CHROMIUM)"; \
+	elif [ "$(CHROMIUM)" = /usr/bin/chromium ] && command -v apt-get >/dev/null \
+	     && [ "$$(id -u)" = 0 ]; then \
+	  echo "browser: installing Debian's chromium (apt-get install -y chromium)"; \
+	  apt-get install -y --no-install-recommends chromium >/dev/null \
+	    || { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; } \
+	    || { echo "browser: apt-get install chromium failed" >&2; exit 1; }; \
+	  test -x "$(CHROMIUM)" || { echo "browser: still no $(CHROMIUM)" >&2; exit 1; }; \
+	else \
+	  echo "browser: no Chromium at $(CHROMIUM) and cannot install it here (needs root and" \
+	       "apt-get: sudo apt-get install chromium), or set CHROMIUM=/path/to/chromium" >&2; \
+	  exit 1; \
+	fi
 
 # Builds (once, cached outside the repo) or finds kube-apiserver + etcd; last line = their folder.
 envtest:
@@ -52,12 +71,12 @@ typecheck: $(BIN)/eventmesh-health
 
 # In a network namespace where only loopback leads anywhere: a packet to any other address
 # fails the run (hack/loopback-only.sh).
-unit: $(BIN)/eventmesh-health envtest knative knative-v012 tools
-	hack/loopback-only.sh $(BIN)/pytest
+unit: $(BIN)/eventmesh-health envtest knative knative-v012 tools browser
+	EVENTMESH_HEALTH_CHROMIUM=$(CHROMIUM) hack/loopback-only.sh $(BIN)/pytest
 
 # Everything CI runs: install, build the control-plane, Knative, helm and promtool binaries,
-# lint, types, all tests.
-test: $(BIN)/eventmesh-health envtest knative knative-v012 tools lint typecheck unit
+# Chromium for the browser tests, lint, types, all tests.
+test: $(BIN)/eventmesh-health envtest knative knative-v012 tools browser lint typecheck unit
 
 # Both, one after the other (never in parallel: each measures the machine).
 bench:

@@ -21,11 +21,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventmesh_health.analysis import analyse
+from eventmesh_health.analysis import Analysis, analyse_graph
 from eventmesh_health.model import FlowReport, Health, MeshReport
 from eventmesh_health.serve.api import create_app, embedded_server
 from eventmesh_health.serve.metrics import Metrics
 from eventmesh_health.serve.state import HealthState
+from eventmesh_health.serve.views import application_tree
 from eventmesh_health.sources.files import load_snapshot
 from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 
@@ -42,17 +43,32 @@ ALL_PATHS = [*API_PATHS, "/healthz", "/readyz", "/metrics", "/openapi.json"]
 
 
 @pytest.fixture(scope="module")
-def report() -> MeshReport:
-    return analyse(load_snapshot(EXAMPLE, KYMA_1, now=TAKEN_AT), KYMA_1)
+def analysis() -> Analysis:
+    return analyse_graph(load_snapshot(EXAMPLE, KYMA_1, now=TAKEN_AT), KYMA_1)
 
 
-def ready_state(report: MeshReport) -> HealthState:
-    return HealthState(
+@pytest.fixture(scope="module")
+def report(analysis: Analysis) -> MeshReport:
+    return analysis.report
+
+
+def ready_state(report: MeshReport, analysis: Analysis | None = None) -> HealthState:
+    state = HealthState(
         report=report,
         transitions={"commerce-mock": CHANGED},  # the others: not recorded
         caches_synced=True,
         leader_election_running=True,
     )
+    state.history.record("commerce-mock", CHANGED, Health.UNHEALTHY, Health.HEALTHY,
+                         "KafkaChannel kyma-integration/commerce-mock: TopicFailed")
+    if analysis is not None:
+        units = {unit.name: unit for unit in analysis.graph.apps}
+        state.explain = lambda app: application_tree(units.get(app.name), app)
+        # A flow of its own (no unit): an empty chain.
+        state.explain_flow = lambda flow: {
+            "flow": flow.flow, "kind": flow.kind, "namespace": flow.namespace,
+            "name": flow.name, "health": flow.health.value, "links": [], "system": []}
+    return state
 
 
 @asynccontextmanager
@@ -385,7 +401,7 @@ async def schemathesis(url: str, workdir: Path, examples: int, *extra: str) -> t
 
 
 async def test_every_answer_conforms_to_the_openapi_document(
-    report: MeshReport, tmp_path: Path
+    report: MeshReport, analysis: Analysis, tmp_path: Path
 ) -> None:
     """Schemathesis (coverage, fuzzing and stateful phases, every check) against the live
     server, once with a report (no 5xx at all) and once before the first report (the
@@ -395,7 +411,7 @@ async def test_every_answer_conforms_to_the_openapi_document(
         flow="broker", kind="Broker", namespace="prod", name="default", health=Health.HEALTHY)]})
     metrics = Metrics()
     metrics.update_report(report, {"commerce-mock": CHANGED})
-    async with serving(ready_state(report), metrics) as ready_url, \
+    async with serving(ready_state(report, analysis), metrics) as ready_url, \
             serving(HealthState()) as waiting_url:
         (ready_rc, ready_out), (waiting_rc, waiting_out) = await asyncio.gather(
             schemathesis(ready_url, tmp_path / "ready", 15),

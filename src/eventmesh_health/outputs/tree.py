@@ -9,7 +9,7 @@ from rich.tree import Tree
 
 from eventmesh_health.analysis.causes import Causes
 from eventmesh_health.analysis.graph import AppUnit, FlowUnit, Node
-from eventmesh_health.model import ApplicationReport, FlowReport, Health
+from eventmesh_health.model import ApplicationReport, FlowReport, Health, printable
 from eventmesh_health.outputs.text import MARK, STYLE, health_text
 
 
@@ -54,6 +54,24 @@ def explain_tree(unit: AppUnit, report: ApplicationReport, causes: Causes) -> Tr
     return tree
 
 
+CONDITION_TEXT_LIMIT = 500  # characters of a condition's reason or message shown
+
+
+def _conditions(node: Node) -> list[dict[str, str]]:
+    """The object's status conditions as its controller wrote them (type, status, reason,
+    message), each text printable and cut short; [] for a missing object or none."""
+    status = node.obj.get("status") if node.obj is not None else None
+    found = status.get("conditions") if isinstance(status, dict) else None
+    if not isinstance(found, list):
+        return []
+    result = []
+    for condition in found[:20]:
+        if isinstance(condition, dict) and isinstance(condition.get("type"), str):
+            result.append({key: printable(str(condition.get(key) or ""), CONDITION_TEXT_LIMIT)
+                           for key in ("type", "status", "reason", "message")})
+    return result
+
+
 def _node_json(node: Node, causes: Causes) -> dict[str, Any]:
     roots = causes.roots(node)
     return {
@@ -64,6 +82,7 @@ def _node_json(node: Node, causes: Causes) -> dict[str, Any]:
         "health": node.verdict.health.value,
         "reason": node.verdict.reason,
         "message": node.verdict.message,
+        "conditions": _conditions(node),
         "rootCause": roots == [node],
         "causedBy": None if not roots or roots == [node]
         else roots[0].ref.model_dump(mode="json", by_alias=True),

@@ -8,6 +8,12 @@
 | `GET /api/v1/applications/{name}/namespaces/{namespace}` | one NamespaceReport |
 | `GET /api/v1/flows` | `{"flows": [FlowReport, ...]}` |
 | `GET /api/v1/flows/{namespace}/{kind}/{name}` | one FlowReport |
+| `GET /api/v1/applications/{name}/tree` | the chain as `explain NAME -o json` has it |
+| `GET /api/v1/flows/{namespace}/{kind}/{name}/tree` | the flow's chain (`explain`) |
+| `GET /api/v1/applications/{name}/history` | its transitions, oldest first |
+| `GET /api/v1/flows/{namespace}/{kind}/{name}/history` | the flow's transitions |
+| `GET /api/v1/summary?q=&health=&page=&flowPage=&pageSize=` | the web page's grid (ETag) |
+| `GET /`, `/applications/{name}`, `/flows/...`, `/static/...` | the web page (`serve.web`) |
 | `GET /healthz` | `ok` while the process runs |
 | `GET /readyz` | `ok`, or 503 and why not (`HealthState.ready()`) |
 | `GET /metrics` | Prometheus text exposition of the `Metrics` registry |
@@ -46,12 +52,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Path, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.routing import APIRoute
@@ -62,9 +70,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from eventmesh_health.model import ApplicationReport, FlowReport, MeshReport, NamespaceReport
+from eventmesh_health.serve.history import flow_key
 from eventmesh_health.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from eventmesh_health.serve.metrics import Metrics
 from eventmesh_health.serve.state import HealthState
+from eventmesh_health.serve.views import (
+    MAX_PAGE_SIZE,
+    PAGE_SIZE,
+    ApplicationTree,
+    FlowTree,
+    HistoryList,
+    Summary,
+    SummaryIndex,
+    history_json,
+)
 
 __all__ = [
     "ALLOWED_METHODS",
@@ -153,8 +172,10 @@ def _echo(text: object) -> str:
 class _Rendered:
     """The JSON of one report, rendered on first use, and an index of its applications."""
 
-    def __init__(self, report: MeshReport) -> None:
+    def __init__(self, report: MeshReport, state: HealthState | None = None) -> None:
         self.report = report
+        self._state = state
+        self._summary: SummaryIndex | None = None
         self._mesh: bytes | None = None
         self._applications: bytes | None = None
         self.apps = {app.name: app for app in report.applications}
@@ -164,6 +185,12 @@ class _Rendered:
         if self._mesh is None:
             self._mesh = self.report.model_dump_json(by_alias=True).encode()
         return self._mesh
+
+    def summary(self) -> SummaryIndex:
+        if self._summary is None:
+            state = self._state or HealthState()
+            self._summary = SummaryIndex(self.report, state.history, state.transitions)
+        return self._summary
 
     def applications(self) -> bytes:
         if self._applications is None:
@@ -195,6 +222,29 @@ NamespaceName = Annotated[str, Path(
     min_length=1, max_length=63, pattern=DNS1123_LABEL,
     description="The namespace's name (DNS-1123 label).",
 )]
+HEALTH_FILTER = r"^(Healthy|Progressing|Unknown|Degraded|Unhealthy|problem)?$"
+FilterText = Annotated[str, Query(
+    max_length=253, description="Only names (or namespaces) containing this text.")]
+HealthFilter = Annotated[str, Query(
+    pattern=HEALTH_FILTER, description="Only this health; `problem`: all but Healthy.")]
+PageNumber = Annotated[int, Query(ge=1, le=1_000_000, description="1 is the first page.")]
+PageSize = Annotated[int, Query(alias="pageSize", ge=1, le=MAX_PAGE_SIZE)]
+FlowPageNumber = Annotated[int, Query(alias="flowPage", ge=1, le=1_000_000)]
+_ERRORS_TREE: dict[int | str, dict[str, Any]] = {
+    **_ERRORS_LOOKUP,
+    503: {"model": ErrorBody, "description": "No report yet, or no chain for it yet."},
+}
+
+
+def etag_response(request: Request, body: bytes, media_type: str = JSON,
+                  headers: Mapping[str, str] | None = None) -> Response:
+    """`body` with a strong ETag; 304 without it when the client already has it."""
+    tag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    wanted = request.headers.get("if-none-match", "")
+    all_headers = {"ETag": tag, "Cache-Control": "no-cache", **(headers or {})}
+    if tag in [t.strip() for t in wanted.split(",")]:
+        return Response(status_code=304, headers=all_headers)
+    return Response(body, media_type=media_type, headers=all_headers)
 
 
 def create_app(
@@ -220,7 +270,10 @@ def create_app(
         redirect_slashes=False,
     )
     if api:
-        _mount_api(app, state, metrics)
+        current = _mount_api(app, state, metrics)
+        from eventmesh_health.serve.web import mount_web
+
+        mount_web(app, state, current)
 
     @app.get(
         "/healthz", response_class=PlainTextResponse, tags=["probes"],
@@ -441,8 +494,8 @@ def embedded_server(
     )
 
 
-def _mount_api(app: FastAPI, state: HealthState, metrics: Metrics) -> None:
-    """The read-only REST API and /metrics."""
+def _mount_api(app: FastAPI, state: HealthState, metrics: Metrics) -> Any:
+    """The read-only REST API and /metrics; returns `current()`, the rendered report."""
     rendered: list[_Rendered] = []  # at most one: that of the report in `state`
 
     def current() -> _Rendered:
@@ -452,7 +505,7 @@ def _mount_api(app: FastAPI, state: HealthState, metrics: Metrics) -> None:
                 "first analysis not yet done")
             raise ApiError(503, "NotReady", f"no report yet: {why}", {"Retry-After": "5"})
         if not rendered or rendered[0].report is not report:
-            rendered[:] = [_Rendered(report)]
+            rendered[:] = [_Rendered(report, state)]
         return rendered[0]
 
     def application(name: str) -> tuple[_Rendered, ApplicationReport]:
@@ -518,11 +571,81 @@ def _mount_api(app: FastAPI, state: HealthState, metrics: Metrics) -> None:
         responses=_ERRORS_LOOKUP, tags=["health"], summary="One flow",
     )
     async def one_flow(namespace: NamespaceName, kind: KindName, name: AppName) -> Response:
+        found = flow(namespace, kind, name)
+        return Response(found.model_dump_json(by_alias=True).encode(), media_type=JSON)
+
+    def flow(namespace: str, kind: str, name: str) -> FlowReport:
         found = current().flows.get((namespace, kind, name))
         if found is None:
             raise ApiError(404, "NotFound", f"no flow {_echo(kind)} {_echo(namespace)}/"
                            f"{_echo(name)}")
-        return Response(found.model_dump_json(by_alias=True).encode(), media_type=JSON)
+        return found
+
+    def json_bytes(data: Any) -> bytes:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @app.get(
+        "/api/v1/applications/{name}/tree", response_model=ApplicationTree,
+        responses=_ERRORS_TREE, tags=["health"],
+        summary="The application's chain as a tree (as `explain NAME -o json`)",
+    )
+    async def application_tree(name: AppName) -> Response:
+        _, found = application(name)
+        tree = state.explain(found) if state.explain is not None else None
+        if tree is None:
+            raise ApiError(503, "NotReady", f"no chain of {_echo(name)} yet",
+                           {"Retry-After": "5"})
+        return Response(json_bytes(tree), media_type=JSON)
+
+    @app.get(
+        "/api/v1/applications/{name}/history", response_model=HistoryList,
+        responses=_ERRORS_LOOKUP, tags=["health"],
+        summary="When the application's health or root cause changed, oldest first",
+    )
+    async def application_history(name: AppName) -> Response:
+        application(name)
+        return Response(json_bytes(history_json(state.history.of(name))), media_type=JSON)
+
+    @app.get(
+        "/api/v1/flows/{namespace}/{kind}/{name}/tree", response_model=FlowTree,
+        responses=_ERRORS_TREE, tags=["health"],
+        summary="The flow's chain as a tree (as `explain NAMESPACE/NAME -o json`)",
+    )
+    async def flow_tree(namespace: NamespaceName, kind: KindName, name: AppName) -> Response:
+        found = flow(namespace, kind, name)
+        tree = state.explain_flow(found) if state.explain_flow is not None else None
+        if tree is None:
+            raise ApiError(503, "NotReady", f"no chain of {_echo(kind)} {_echo(namespace)}/"
+                           f"{_echo(name)} yet", {"Retry-After": "5"})
+        return Response(json_bytes(tree), media_type=JSON)
+
+    @app.get(
+        "/api/v1/flows/{namespace}/{kind}/{name}/history", response_model=HistoryList,
+        responses=_ERRORS_LOOKUP, tags=["health"],
+        summary="When the flow's health or root cause changed, oldest first",
+    )
+    async def flow_history(namespace: NamespaceName, kind: KindName, name: AppName
+                           ) -> Response:
+        flow(namespace, kind, name)
+        entries = state.history.of(flow_key(namespace, kind, name))
+        return Response(json_bytes(history_json(entries)), media_type=JSON)
+
+    @app.get(
+        "/api/v1/summary", response_model=Summary, responses={
+            **_ERRORS_NOT_READY, 304: {"description": "Unchanged since the ETag given."},
+            422: {"model": ErrorBody, "description": "A parameter out of range."}},
+        tags=["health"],
+        summary="The mesh at a glance: one page of applications and one of flows, worst "
+                "first, filtered by name and health (the web page's grid)",
+    )
+    async def summary(
+        request: Request, q: FilterText = "", health: HealthFilter = "",
+        page: PageNumber = 1, flow_page: FlowPageNumber = 1, page_size: PageSize = PAGE_SIZE,
+    ) -> Response:
+        data = current().summary().summary(
+            q=q, health=health, page=page, flow_page=flow_page, page_size=page_size,
+            degraded_reason=state.degraded_reason)
+        return etag_response(request, json_bytes(data))
 
     @app.get(
         "/metrics", response_class=PlainTextResponse, tags=["probes"],
@@ -534,3 +657,5 @@ def _mount_api(app: FastAPI, state: HealthState, metrics: Metrics) -> None:
         # series after a new report (0.2 s CPU for 10 000 applications) does not stall
         # the event loop. `Metrics` is safe to read from another thread.
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    return current

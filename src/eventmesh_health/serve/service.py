@@ -37,6 +37,7 @@ from eventmesh_health.analysis.incremental import IncrementalAnalysis
 from eventmesh_health.model import (
     ApplicationReport,
     Finding,
+    FlowReport,
     Health,
     MeshReport,
     NamespaceReport,
@@ -47,11 +48,19 @@ from eventmesh_health.model import (
 from eventmesh_health.probing.runner import ProbeRunner, ProbeSettings
 from eventmesh_health.probing.triggers import LeftoverTriggers
 from eventmesh_health.serve.api import create_app, embedded_server
+from eventmesh_health.serve.history import flow_key
 from eventmesh_health.serve.informer import Change, ClusterCache
 from eventmesh_health.serve.leader import LeaderElector
 from eventmesh_health.serve.metrics import Metrics
 from eventmesh_health.serve.notify import Notifier, NotifySettings, opted_out
 from eventmesh_health.serve.state import HealthState
+from eventmesh_health.serve.views import (
+    app_root_cause,
+    application_tree,
+    flow_root_cause,
+    flow_tree,
+    root_cause_index,
+)
 from eventmesh_health.serve.writer import (
     APPLICATION_RESOURCE,
     EVENT_RESOURCE,
@@ -144,6 +153,8 @@ class Service:
                                  if profile.data_plane else ())
         self._heartbeat_keys = frozenset(k.key for k in self._heartbeat_kinds)
         self.state = HealthState(leader_election_running=not settings.leader_election)
+        self.state.explain = self._explain
+        self.state.explain_flow = self._explain_flow
         self.metrics = Metrics(
             kinds=[k.key for k in profile.kinds],
             writes=[(HEALTH_RESOURCE, "create"), (HEALTH_RESOURCE, "patch"),
@@ -168,6 +179,7 @@ class Service:
             # Flows have no health object of their own yet: a flows-only profile writes
             # the mesh-wide parts alone (no application is ever in its report).
             application=profile.application or _any_application(),
+            history=self.state.history.persisted, on_history=self._seed_history,
         )
         self.prober: ProbeRunner | None = None
         self.leftovers: LeftoverTriggers | None = None
@@ -337,6 +349,7 @@ class Service:
         if outage is not None:
             report = outage_report(report, outage)
         previous = self.state.report
+        self._record_history(previous, report, now, outage)
         old = {a.name: a.health for a in previous.applications} if previous else {}
         for app in report.applications:
             if old.get(app.name) != app.health:
@@ -382,6 +395,54 @@ class Service:
         namespace, name = self.settings.notify.secret
         secret = await self.client.get(Secret, name, namespace=namespace)
         return dict(secret.data or {})
+
+    def _record_history(self, previous: MeshReport | None, report: MeshReport, now: datetime,
+                        outage: str | None) -> None:
+        """A transition for each application and flow whose health or first root cause
+        changed (first seen counts); those gone are forgotten."""
+        history = self.state.history
+        old_apps = {a.name: a for a in previous.applications} if previous else {}
+        old_flows = {(f.namespace, f.kind, f.name): f for f in previous.flows} \
+            if previous else {}
+        roots: dict[Any, Finding] | None = None
+        outage_cause = f"APIServer: {reasons.CLUSTER_UNREACHABLE}" if outage else None
+        keys: set[str] = set()
+        changed: list[tuple[str, Health, ApplicationReport | FlowReport]] = []
+        for app in report.applications:
+            keys.add(app.name)
+            if old_apps.get(app.name) is not app:
+                changed.append((app.name, app.health, app))
+        for flow in report.flows:
+            key = flow_key(flow.namespace, flow.kind, flow.name)
+            keys.add(key)
+            if old_flows.get((flow.namespace, flow.kind, flow.name)) is not flow:
+                changed.append((key, flow.health, flow))
+        for key, health, part in changed:
+            if roots is None:
+                roots = root_cause_index(report)
+            cause = outage_cause or (app_root_cause(part, roots)
+                                     if isinstance(part, ApplicationReport)
+                                     else flow_root_cause(part, roots))
+            latest = history.latest(key)
+            if latest is None or latest.health is not health or latest.root_cause != cause:
+                history.record(key, now, health, latest.health if latest else None, cause)
+        for gone in [k for k in history.keys() if k not in keys]:  # noqa: SIM118
+            history.forget(gone)
+
+    def _seed_history(self, name: str, persisted: list[dict[str, Any]]) -> None:
+        """Transitions an earlier leader persisted in the EventMeshHealth object."""
+        older = self.state.history.seed(name, persisted)
+        if older is not None and name in self.state.transitions:
+            self.state.transitions[name] = older.at
+
+    def _explain(self, app: ApplicationReport) -> dict[str, Any] | None:
+        unit = self.analysis.units.get(app.name) if self.analysis is not None else None
+        return application_tree(unit, app, self.state.degraded_reason)
+
+    def _explain_flow(self, flow: FlowReport) -> dict[str, Any] | None:
+        unit = (self.analysis.flows.get((flow.kind, flow.namespace, flow.name))
+                if self.analysis is not None else None)
+        return flow_tree(unit, flow, self.state.degraded_reason)
 
     def _cache_metrics(self) -> None:
         assert self.analysis is not None

@@ -7,10 +7,13 @@ in one asyncio event loop, so plain attribute reads are consistent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from eventmesh_health.model import Health, MeshReport
+from eventmesh_health.model import ApplicationReport, FlowReport, Health, MeshReport
+from eventmesh_health.serve.history import History
 
 
 @dataclass
@@ -26,6 +29,12 @@ class HealthState:
     is_leader: bool = False
     # Why the report cannot be trusted right now (e.g. watches disconnected), or None.
     degraded_reason: str | None = None
+    # The transitions of each application and flow (health or first root cause changed).
+    history: History = field(default_factory=History)
+    # The chain of an application / a flow of the current report as `explain -o json` has it
+    # (set by the orchestrator, which holds the analysis); None: not available.
+    explain: Callable[[ApplicationReport], dict[str, Any] | None] | None = None
+    explain_flow: Callable[[FlowReport], dict[str, Any] | None] | None = None
 
     def ready(self) -> tuple[bool, str]:
         """Readiness: caches synced and leader election running (when enabled)."""

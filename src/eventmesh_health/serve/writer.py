@@ -69,7 +69,7 @@ import re
 import secrets
 import socket
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -277,12 +277,15 @@ def health_status(
     last_transition: datetime,
     observed_at: datetime,
     generation: int | None = None,
+    history: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The `status` of an application's EventMeshHealth object: its part of the JSON
     contract, with root causes listed and symptoms counted, and the verdict as conditions
     (`health_conditions`) with `observedGeneration` (the object's `metadata.generation`,
     when known). Null fields of findings (`causedBy` of a root cause, `namespace` of a
-    cluster-scoped object, `name` of an object whose name is generated) are omitted."""
+    cluster-scoped object, `name` of an object whose name is generated) are omitted.
+    `history`: the last transitions (`serve.history`), written as `history` when given, so
+    that a new leader keeps them."""
     causes = root_causes(app, report)
     symptoms = sum(1 for f in app.findings if not f.root_cause)
     namespaces = []
@@ -310,6 +313,8 @@ def health_status(
     }
     if generation is not None:
         status["observedGeneration"] = generation
+    if history is not None:
+        status["history"] = [dict(entry) for entry in history]
     return status
 
 
@@ -476,6 +481,8 @@ class HealthWriter:
         max_events_per_minute: int = 5,
         resync_period: timedelta = timedelta(minutes=10),
         application: Kind | None = DEFAULT.application,
+        history: Callable[[str], list[dict[str, Any]]] | None = None,
+        on_history: Callable[[str, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         if events_namespace not in EVENTS_NAMESPACES:
             raise ValueError(
@@ -496,6 +503,9 @@ class HealthWriter:
         self._series_window = series_window
         self._max_events = max_events_per_minute
         self._resync_period = resync_period
+        # status.history: what to write for an application, and where what is read goes.
+        self._history = history
+        self._on_history = on_history
 
         self._health_res = resource_class(HEALTH_KIND)
         # The profile's application kind: what health objects are owned by and annotate.
@@ -654,6 +664,7 @@ class HealthWriter:
                     name = str(_metadata(obj).get("name") or "")
                     if name:
                         health[name] = self._record(obj)
+                        self._read_history(name, obj)
             except ApiError as err:
                 if _code(err) == 429 and attempt < MAX_ATTEMPTS:
                     health.clear()
@@ -668,6 +679,12 @@ class HealthWriter:
         self._health = health
         self._synced_at = now
         return True
+
+    def _read_history(self, name: str, obj: Mapping[str, Any]) -> None:
+        status = obj.get("status")
+        persisted = status.get("history") if isinstance(status, Mapping) else None
+        if self._on_history is not None and isinstance(persisted, list) and persisted:
+            self._on_history(name, [e for e in persisted if isinstance(e, dict)])
 
     def _record(self, obj: Mapping[str, Any]) -> _HealthObject:
         status = obj.get("status")
@@ -703,7 +720,8 @@ class HealthWriter:
         if record is None:
             record = await self._create_health(name, uid)
         status = health_status(app, report, last_transition=last_transition,
-                               observed_at=observed_at, generation=record.generation)
+                               observed_at=observed_at, generation=record.generation,
+                               history=self._history(name) if self._history else None)
         wanted = _comparable_status(status)
         if record.owner_uid != uid:  # the Application was deleted and created again
             await self._write(HEALTH_RESOURCE, "patch", lambda: self._client.patch(
