@@ -74,6 +74,9 @@ def test_the_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     assert "eventmesh_health/py.typed" in names
     assert "eventmesh_health/cli.py" in names
     assert not [n for n in names if n.startswith(("tests/", "deploy/", "examples/"))]
+    # serve's web page: its templates and static files travel in the wheel
+    assert "eventmesh_health/serve/templates/base.html" in names
+    assert "eventmesh_health/serve/static/app.js" in names
     # 2. the README's venv and install commands, with its paths in tmp_path
     target = tmp_path / "opt" / "eventmesh-health"
     assert commands[1] == "python -m venv /opt/eventmesh-health"
