@@ -73,14 +73,16 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def find_binaries(build_script: Path = BUILD_SCRIPT) -> Path:
-    """Return the folder holding ``kube-apiserver`` and ``etcd`` (runs ``hack/envtest/build.sh``).
+def run_build_script(build_script: Path, who: str, remedy: str) -> Path:
+    """Run a ``hack/*/build.sh`` and return the folder its last stdout line names.
 
-    Honours ``KUBEBUILDER_ASSETS`` (through the script). A cold build takes minutes; its progress
-    is echoed to stderr. Raises RuntimeError with the reason when it fails: never skips.
+    Its progress (stderr) is echoed as it comes, since a cold build takes minutes. Raises
+    RuntimeError when the script is missing, fails or names nothing, with `who` (a message
+    prefix), `remedy` (what to set or fix) and its last stderr lines: the tests that need
+    what it builds fail, never skip.
     """
     if not build_script.is_file():
-        raise RuntimeError(f"envtest: {build_script} not found (is the repo checkout complete?)")
+        raise RuntimeError(f"{who}: {build_script} not found (is the repo checkout complete?)")
     with tempfile.TemporaryFile(mode="w+") as out:
         proc = subprocess.Popen(
             ["bash", str(build_script)],
@@ -100,13 +102,23 @@ def find_binaries(build_script: Path = BUILD_SCRIPT) -> Path:
         stdout_lines = [ln.strip() for ln in out.read().splitlines() if ln.strip()]
     if rc != 0:
         raise RuntimeError(
-            f"envtest: {build_script.relative_to(REPO_ROOT)} failed (exit {rc}); cannot get "
-            "kube-apiserver/etcd. Set KUBEBUILDER_ASSETS to a folder holding both, or fix the "
-            "build. Last stderr lines:\n" + "\n".join(tail)
+            f"{who}: {build_script.relative_to(REPO_ROOT)} failed (exit {rc}); {remedy} "
+            "Last stderr lines:\n" + "\n".join(tail)
         )
     if not stdout_lines:
-        raise RuntimeError(f"envtest: {build_script} printed no binaries folder")
-    folder = Path(stdout_lines[-1])
+        raise RuntimeError(f"{who}: {build_script} printed no folder")
+    return Path(stdout_lines[-1])
+
+
+def find_binaries(build_script: Path = BUILD_SCRIPT) -> Path:
+    """Return the folder holding ``kube-apiserver`` and ``etcd`` (runs ``hack/envtest/build.sh``).
+
+    Honours ``KUBEBUILDER_ASSETS`` (through the script). Raises RuntimeError with the reason when
+    it fails: never skips.
+    """
+    folder = run_build_script(
+        build_script, "envtest", "cannot get kube-apiserver/etcd. Set KUBEBUILDER_ASSETS to a "
+        "folder holding both, or fix the build.")
     for name in ("kube-apiserver", "etcd"):
         exe = folder / name
         if not (exe.is_file() and os.access(exe, os.X_OK)):

@@ -33,8 +33,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -52,7 +50,13 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Endpoints, Namespace, Service
 from lightkube.types import PatchType
 
-from tests.envtest.controlplane import REPO_ROOT, ControlPlane, _die_with_parent, free_port
+from tests.envtest.controlplane import (
+    REPO_ROOT,
+    ControlPlane,
+    _die_with_parent,
+    free_port,
+    run_build_script,
+)
 from tests.envtest.fixtures import install_crds, wait_served
 
 from .proxy import ForwardProxy, ServiceResolver, wait_listening
@@ -110,26 +114,9 @@ def find_assets(build_script: Path = BUILD_SCRIPT) -> Path:
     Honours ``KNATIVE_ASSETS`` (through the script). Raises RuntimeError with the reason when
     the build fails: the knative tests fail, never skip, without the real components.
     """
-    if not build_script.is_file():
-        raise RuntimeError(f"knative: {build_script} not found (is the repo checkout complete?)")
-    with tempfile.TemporaryFile(mode="w+") as out:
-        proc = subprocess.Popen(["bash", str(build_script)], cwd=REPO_ROOT,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE,
-                                text=True)
-        tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            tail.append(line.rstrip("\n"))
-            sys.stderr.write(line)
-        rc = proc.wait()
-        out.seek(0)
-        lines = [ln.strip() for ln in out.read().splitlines() if ln.strip()]
-    if rc != 0 or not lines:
-        raise RuntimeError(
-            f"knative: hack/knative/build.sh failed (exit {rc}); cannot get the Knative "
-            "binaries. Set KNATIVE_ASSETS to a folder holding them, or fix the build. Last "
-            "stderr lines:\n" + "\n".join(tail))
-    return Path(lines[-1])
+    return run_build_script(
+        build_script, "knative", "cannot get the Knative binaries. Set KNATIVE_ASSETS to a "
+        "folder holding them, or fix the build.")
 
 
 def _docs(config_dir: Path, patterns: list[str], kind: str) -> list[dict[str, Any]]:

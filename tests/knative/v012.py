@@ -58,7 +58,12 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Endpoints, Namespace, Service
 from lightkube.types import PatchType
 
-from tests.envtest.controlplane import REPO_ROOT, ControlPlane, _die_with_parent
+from tests.envtest.controlplane import (
+    REPO_ROOT,
+    ControlPlane,
+    _die_with_parent,
+    run_build_script,
+)
 from tests.envtest.fixtures import install_crds, wait_served
 
 from . import netns
@@ -105,24 +110,9 @@ def resource(kind: str) -> Any:
 def find_assets(build_script: Path = BUILD_SCRIPT) -> Path:
     """The folder with the five v0.12 binaries and ``config/`` (runs build-v012.sh; honours
     ``KNATIVE_V012_ASSETS``). Raises RuntimeError when the build fails: never skips."""
-    with tempfile.TemporaryFile(mode="w+") as out:
-        proc = subprocess.Popen(["bash", str(build_script)], cwd=REPO_ROOT,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE,
-                                text=True)
-        tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            tail.append(line.rstrip("\n"))
-            sys.stderr.write(line)
-        rc = proc.wait()
-        out.seek(0)
-        lines = [ln.strip() for ln in out.read().splitlines() if ln.strip()]
-    if rc != 0 or not lines:
-        raise RuntimeError(
-            f"knative v0.12: hack/knative/build-v012.sh failed (exit {rc}). Set "
-            "KNATIVE_V012_ASSETS to a folder holding the binaries, or fix the build. Last "
-            "stderr lines:\n" + "\n".join(tail))
-    return Path(lines[-1])
+    return run_build_script(
+        build_script, "knative v0.12", "Set KNATIVE_V012_ASSETS to a folder holding the "
+        "binaries, or fix the build.")
 
 
 def _docs(config_dir: Path, patterns: list[str], kind: str) -> list[dict[str, Any]]:
