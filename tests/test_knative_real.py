@@ -103,6 +103,9 @@ def test_channel_subscription_deliver(
     channel = mesh.wait_ready("Channel", ns, "orders", READY_TIMEOUT)
     mesh.wait_ready("InMemoryChannel", ns, "orders", READY_TIMEOUT)
     mesh.wait_ready("Subscription", ns, "to-subscriber", READY_TIMEOUT)
+    # Subscription Ready comes before the dispatcher has the subscriber: an event sent then is
+    # accepted (202) and fanned out to nobody. Settled = the dispatcher acknowledged it.
+    mesh.wait_settled(ns, READY_TIMEOUT)
     assert channel["status"]["address"]["url"] == (
         f"http://orders-kn-channel.{ns}.svc.cluster.local")
 
@@ -126,6 +129,7 @@ def test_channel_to_broker_chain_delivers(
     mesh.create_subscription(ns, "app-to-broker", "app", subscriber_ref={
         "apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "default"})
     mesh.wait_ready("Subscription", ns, "app-to-broker", READY_TIMEOUT)
+    mesh.wait_settled(ns, READY_TIMEOUT)  # the dispatcher has the subscriber (see above)
     ce_id, resp = mesh.send_event(mesh.channel_url(ns, "app"), ORDER_CREATED)
     assert resp.status_code == 202, resp.text
     got = subscriber.wait_event(ce_id, DELIVERY_TIMEOUT)
