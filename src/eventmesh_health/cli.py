@@ -389,6 +389,77 @@ def dump(output_dir: Path, kubeconfig: Path | None, context: str | None,
     sys.exit(EXIT_HEALTHY)
 
 
+EXIT_TRACE_UNKNOWN = 4
+
+
+@main.command()
+@click.argument("event_id", required=False)
+@click.option("--trace-id", default=None, metavar="ID",
+              help="The trace (32 or 16 hex digits, or the event's traceparent).")
+@click.option("--backend", type=click.Choice(["jaeger", "zipkin"]), default="jaeger",
+              show_default=True, envvar="EVENTMESH_HEALTH_TRACE_BACKEND",
+              help="Jaeger's query API (port 16686) or Zipkin's v2 API (port 9411).")
+@click.option("--url", default=None, envvar="EVENTMESH_HEALTH_TRACE_URL", metavar="URL",
+              help="The backend's base URL, e.g. http://tracing-jaeger-query.kyma-system:16686.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--request-timeout", default="10s", show_default=True, callback=_timeout,
+              help="Give up on a backend request after this long.")
+def trace(event_id: str | None, trace_id: str | None, backend: str, url: str | None,
+          output: str, request_timeout: float) -> None:
+    """Where did an event stop: its trace mapped to the mesh's hops.
+
+    Give the CloudEvent id (found through the span tags a Knative release records it in) or
+    --trace-id. Prints each hop with its timing and, when the event did not arrive, the hop
+    where it stopped and why. Exit codes: 0 delivered, 1 stopped, 2 usage error or no such
+    trace, 3 the backend could not be read, 4 the trace cannot tell.
+    """
+    from eventmesh_health.analysis.trace import diagnose, verdict_json
+    from eventmesh_health.outputs.trace import trace_lines
+    from eventmesh_health.sources.tracing import (
+        TraceBackend,
+        TraceBackendError,
+        TraceNotFound,
+        normalise_trace_id,
+    )
+
+    if (event_id is None) == (trace_id is None):
+        _fail("give either EVENT_ID or --trace-id ID", EXIT_INPUT)
+    if url is None:
+        _fail("--url (or EVENTMESH_HEALTH_TRACE_URL) names the tracing backend", EXIT_INPUT)
+    try:
+        client = TraceBackend(backend, url, timeout=request_timeout)  # type: ignore[arg-type]
+        wanted = normalise_trace_id(trace_id) if trace_id is not None else None
+    except ValueError as err:
+        _fail(str(err), EXIT_INPUT)
+    try:
+        if wanted is None:
+            assert event_id is not None
+            found = client.find_by_event_id(event_id)
+            if not found:
+                _fail(f"{backend} at {client.url} has no span tagged messaging.message_id or "
+                      f"cloudevents.id = {event_id[:80]!r}. Knative records the event id only "
+                      "in v0.14-1.18; Kyma 1.x (Knative 0.12, OpenCensus) and Knative >= 1.19 "
+                      "(OpenTelemetry) do not: look the event up by --trace-id (its "
+                      "traceparent extension)", EXIT_INPUT)
+            if len(found) > 1:
+                click.echo(f"note: {len(found)} traces carry event id {event_id[:80]!r}; "
+                           f"showing the newest ({', '.join(found[1:4])} too)", err=True)
+            wanted = found[0]
+        spans = client.trace(wanted)
+    except TraceNotFound as err:
+        _fail(str(err), EXIT_INPUT)
+    except TraceBackendError as err:
+        _fail(str(err), EXIT_CLUSTER)
+    verdict = diagnose(wanted, spans)
+    if output == "json":
+        click.echo(json.dumps(verdict_json(verdict), indent=2, ensure_ascii=False))
+    else:
+        click.echo("\n".join(trace_lines(verdict)))
+    sys.exit({"delivered": EXIT_HEALTHY, "stopped": EXIT_UNHEALTHY}.get(
+        verdict.outcome, EXIT_TRACE_UNKNOWN))
+
+
 def _version() -> str:
     try:
         return version("eventmesh-health")
