@@ -150,8 +150,9 @@ class Delivery:
     codes: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     attempts: int = 0
-    child: Visit | None = None
+    child: Visit | None = None  # the callee's visit (of the first attempt)
     dead_letter: bool = False
+    dead_letters: list[Delivery] = field(default_factory=list)  # sent when this one failed
 
     @property
     def ok(self) -> bool:
@@ -190,6 +191,9 @@ class TraceVerdict:
     stops: tuple[Stop, ...]
     delivered_to: tuple[str, ...]
     summary: str
+    # spans whose parent is not in the trace besides the trace's entry: spans still arriving
+    # at the backend, or a process that does not export
+    orphans: int = 0
 
 
 def _children(spans: Sequence[Span]) -> dict[str | None, list[Span]]:
@@ -206,12 +210,26 @@ def _is_send(span: Span) -> bool:
     return span.name.startswith("send ") or span.kind in ("client", "producer")
 
 
-def _build_visit(root: Span, children: Mapping[str | None, list[Span]]) -> Visit:
-    """The visit rooted at `root`: the spans of its service below it, its deliveries, and the
-    visits of other services they reached."""
-    visit = Visit(hop=hop_of_service(root.service), service=root.service, name=root.name,
-                  start_us=root.start_us, end_us=root.end_us, code=None, error="")
-    stack = [root]
+def _groups(spans: Iterable[Span]) -> list[list[Span]]:
+    """Spans with one parent, grouped by service: one group = one process's visit. (Knative
+    1.21 opens two SERVER spans per request received, ``kncloudevents.receive`` and
+    ``POST /path``, both children of the caller's span.)"""
+    groups: dict[str, list[Span]] = {}
+    for span in spans:
+        groups.setdefault(span.service, []).append(span)
+    return list(groups.values())
+
+
+def _build_visit(roots: list[Span], children: Mapping[str | None, list[Span]]) -> Visit:
+    """The visit of the spans `roots` (one service, one parent) and the spans of that service
+    below them: its deliveries, and the visits of other services they reached."""
+    first = roots[0]
+    named = next((r for r in roots if children.get(r.span_id)), first)
+    visit = Visit(hop=hop_of_service(first.service), service=first.service, name=named.name,
+                  start_us=min(r.start_us for r in roots), end_us=first.end_us, code=None,
+                  error="")
+    stack = list(roots)
+    foreign: list[Span] = []
     while stack:
         span = stack.pop()
         visit.span_ids.add(span.span_id)
@@ -224,10 +242,8 @@ def _build_visit(root: Span, children: Mapping[str | None, list[Span]]) -> Visit
             visit.deliveries.append(_build_delivery(span, children))
             continue
         for child in children.get(span.span_id, []):
-            if child.service == root.service:
-                stack.append(child)
-            else:
-                visit.orphans.append(_build_visit(child, children))
+            (stack if child.service == first.service else foreign).append(child)
+    visit.orphans = [_build_visit(group, children) for group in _groups(foreign)]
     visit.deliveries.sort(key=lambda d: d.start_us)
     _mark_dead_letters(visit)
     return visit
@@ -237,8 +253,14 @@ def _build_delivery(send: Span, children: Mapping[str | None, list[Span]]) -> De
     url = send.url
     delivery = Delivery(target=url or send.name, target_hop=_hop_of_url(url) if url else
                         "subscriber", start_us=send.start_us, end_us=send.end_us)
-    attempts = [c for c in children.get(send.span_id, [])
-                if c.service == send.service and c.kind == "client"]
+    below = children.get(send.span_id, [])
+    attempts = [c for c in below if c.service == send.service and c.kind == "client"]
+    # A ``send`` inside a failed ``send``: Knative 1.21 dispatches to the dead letter sink
+    # within the span of the delivery that failed (event_dispatcher.go ``dispatchToDLQ``).
+    delivery.dead_letters = [_build_delivery(c, children) for c in below
+                             if c.service == send.service and c.name.startswith("send ")]
+    for letter in delivery.dead_letters:
+        letter.dead_letter = True
     # OTel: one CLIENT span per attempt under ``send``; OpenCensus: the CLIENT span is the one.
     for attempt in attempts or [send]:
         delivery.attempts += 1
@@ -246,13 +268,14 @@ def _build_delivery(send: Span, children: Mapping[str | None, list[Span]]) -> De
             delivery.codes.append(attempt.status_code)
         elif attempt.error:
             delivery.errors.append(attempt.error_message or "error")
-        for child in children.get(attempt.span_id, []):
-            # The callee's SERVER span (it may be the same service: a dispatcher sending to
-            # another channel it serves, as the reply channel in the docs trace).
-            if delivery.child is None and not (child.service == send.service
-                                               and child.kind == "client"):
-                delivery.child = _build_visit(child, children)
-                delivery.target_hop = delivery.child.hop
+        # The callee's SERVER spans (maybe of the same service: a dispatcher sending to
+        # another channel it serves, as the reply channel in the docs trace).
+        callee = [c for c in children.get(attempt.span_id, [])
+                  if not (c.service == send.service and (c.kind == "client"
+                                                         or c.name.startswith("send ")))]
+        if delivery.child is None and callee:
+            delivery.child = _build_visit(_groups(callee)[0], children)
+            delivery.target_hop = delivery.child.hop
     if not attempts and send.status_code is None and send.error:
         delivery.errors = [send.error_message or "error"]
     return delivery
@@ -296,24 +319,27 @@ def _judge(visit: Visit, stops: list[Stop], delivered: list[str], unknown: list[
         stops.append(Stop(here, visit.error))
         return
     failed = [d for d in visit.deliveries if not d.ok and not d.dead_letter]
-    letters = [d for d in visit.deliveries if d.dead_letter]
+    siblings = [d for d in visit.deliveries if d.dead_letter]
     for d in failed:
+        suffix = ""
+        if d.attempts > 1 and d.child is not None:
+            suffix += f"; {d.attempts} attempts by the {here}"
+        for letter in (d.dead_letters or siblings)[:1]:
+            suffix += (f"; dead-lettered by the {here} to {letter.target}"
+                       + (f" (HTTP {letter.codes[-1]})" if letter.codes else
+                          f" ({letter.errors[-1]})" if letter.errors else ""))
         if d.child is not None:
-            # The callee left spans: where it stopped is deeper (a filter answering 500
+            # The callee left spans: where it stopped is deeper (a filter answering 503
             # because its subscriber answered 503), unless it did nothing wrong itself.
             deeper: list[Stop] = []
             _judge(d.child, deeper, delivered, unknown, filtered)
             if deeper:
-                stops.extend(deeper)
+                stops.extend(Stop(stop.hop, stop.reason + suffix) for stop in deeper)
                 continue
         where = f"{here} → {_label(d.target_hop)}"
         failure = _describe_failure(d)
         reason = failure if d.target in failure else f"{failure} from {d.target}"
-        if letters:
-            sent = letters[0]
-            reason += (f"; dead-lettered to {sent.target}"
-                       + (f" (HTTP {sent.codes[-1]})" if sent.codes else ""))
-        stops.append(Stop(where, reason))
+        stops.append(Stop(where, reason + suffix))
     for d in visit.deliveries:
         if d in failed:
             continue
@@ -356,7 +382,7 @@ def diagnose(trace_id: str, spans: Iterable[Span]) -> TraceVerdict:
     if not spans:
         return TraceVerdict(trace_id, "unknown", (), (), (), "the trace has no spans")
     children = _children(spans)
-    roots = [_build_visit(root, children) for root in children.get(None, [])]
+    roots = [_build_visit(group, children) for group in _groups(children.get(None, []))]
     for root in roots:
         if root.hop == "subscriber":
             root.hop = "sender"  # what started the trace, not a destination
@@ -378,11 +404,23 @@ def diagnose(trace_id: str, spans: Iterable[Span]) -> TraceVerdict:
     else:
         outcome = "delivered"
         summary = "delivered to " + ", ".join(dict.fromkeys(delivered))
+    ids = {s.span_id for s in spans}
+    parents = {s.parent_id for s in spans if s.parent_id and s.parent_id not in ids}
     return TraceVerdict(trace_id, outcome, tuple(roots), tuple(stops),
-                        tuple(dict.fromkeys(delivered)), summary)
+                        tuple(dict.fromkeys(delivered)), summary, max(0, len(parents) - 1))
 
 
 # --- JSON ---------------------------------------------------------------------------------------
+
+
+def _delivery_json(d: Delivery, origin_us: int) -> dict[str, object]:
+    return {
+        "target": d.target, "targetHop": d.target_hop, "attempts": d.attempts,
+        "statusCodes": d.codes, "errors": d.errors, "ok": d.ok, "deadLetter": d.dead_letter,
+        "durationMs": round((d.end_us - d.start_us) / 1000, 3),
+        "next": _visit_json(d.child, origin_us) if d.child is not None else None,
+        "deadLetters": [_delivery_json(letter, origin_us) for letter in d.dead_letters],
+    }
 
 
 def _visit_json(visit: Visit, origin_us: int) -> dict[str, object]:
@@ -392,13 +430,7 @@ def _visit_json(visit: Visit, origin_us: int) -> dict[str, object]:
         "startMs": round((visit.start_us - origin_us) / 1000, 3),
         "durationMs": round((visit.end_us - visit.start_us) / 1000, 3),
         "statusCode": visit.code, "error": visit.error or None,
-        "deliveries": [{
-            "target": d.target, "targetHop": d.target_hop, "attempts": d.attempts,
-            "statusCodes": d.codes, "errors": d.errors, "ok": d.ok,
-            "deadLetter": d.dead_letter,
-            "durationMs": round((d.end_us - d.start_us) / 1000, 3),
-            "next": _visit_json(d.child, origin_us) if d.child is not None else None,
-        } for d in visit.deliveries],
+        "deliveries": [_delivery_json(d, origin_us) for d in visit.deliveries],
         "alsoReached": [_visit_json(o, origin_us) for o in visit.orphans],
     }
 
@@ -411,5 +443,6 @@ def verdict_json(verdict: TraceVerdict) -> dict[str, object]:
         "summary": verdict.summary,
         "stops": [{"hop": s.hop, "reason": s.reason} for s in verdict.stops],
         "deliveredTo": list(verdict.delivered_to),
+        "missingParents": verdict.orphans,
         "path": [_visit_json(v, origin) for v in verdict.path],
     }

@@ -12,12 +12,12 @@ def _ms(us: int) -> str:
 
 
 def _delivery_line(d: Delivery) -> str:
-    what = "dead letter → " if d.dead_letter else "→ "
+    what = "→ dead letter sink " if d.dead_letter else f"→ {HOP_LABELS.get(d.target_hop)} "
     codes = ", ".join(str(c) for c in d.codes)
     outcome = f"HTTP {codes}" if codes else ("; ".join(d.errors[-1:]) or "no status")
     attempts = f", {d.attempts} attempts" if d.attempts > 1 else ""
     mark = "ok" if d.ok else "FAILED"
-    return (f"{what}{HOP_LABELS.get(d.target_hop, d.target_hop)} {d.target}  "
+    return (f"{what}{d.target}  "
             f"{outcome}{attempts} ({_ms(d.end_us - d.start_us)}) {mark}")
 
 
@@ -32,6 +32,8 @@ def _visit_lines(visit: Visit, origin: int, depth: int, out: list[str]) -> None:
         out.append(f"{pad}{'':>11}  {_delivery_line(d)}")
         if d.child is not None:
             _visit_lines(d.child, origin, depth + 1, out)
+        for letter in d.dead_letters:
+            out.append(f"{pad}{'':>11}  {_delivery_line(letter)}")
     if visit.hop == "filter" and not visit.deliveries and not visit.orphans:
         out.append(f"{pad}{'':>11}  (sent nothing on: the Trigger's filter did not match)")
     for orphan in visit.orphans:
@@ -50,4 +52,8 @@ def trace_lines(verdict: TraceVerdict) -> list[str]:
             out.append(f"Stopped at {stop.hop}: {stop.reason}")
     else:
         out.append(verdict.summary[:1].upper() + verdict.summary[1:])
+    if verdict.orphans:
+        out.append(f"note: {verdict.orphans} part(s) of the trace hang from spans the backend "
+                   "does not have: the trace may be incomplete (spans still arriving, or a "
+                   "process that does not export them)")
     return out

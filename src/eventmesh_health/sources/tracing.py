@@ -82,12 +82,15 @@ def _int(value: Any, what: str) -> int:
 def _error_of(tags: dict[str, str]) -> tuple[bool, str]:
     status = tags.get("otel.status_code", "").upper()
     description = tags.get("otel.status_description", "")
+    oc = tags.get("opencensus.status_description", "")
     if status == "ERROR":
-        return True, description or tags.get("error.message", "") or "error"
+        # Jaeger turns a Zipkin span's "error" tag into otel.status_code and keeps the
+        # OpenCensus description as it was.
+        return True, description or (oc if oc.upper() != "OK" else "") or tags.get(
+            "error.message", "") or "error"
     # OpenCensus' Zipkin exporter: "error" = the canonical code (UNAVAILABLE, UNKNOWN, ...),
     # the description = the message (contrib.go.opencensus.io/exporter/zipkin v0.1.1 zipkin.go).
     error = tags.get("error", "")
-    oc = tags.get("opencensus.status_description", "")
     if error and error.lower() != "false":
         return True, oc or tags.get("error.message", "") or (
             error if error.lower() != "true" else "error")
