@@ -579,6 +579,12 @@ def _env(name: str) -> str:
 @click.option("--notify-max-attempts", default=5, show_default=True,
               type=click.IntRange(1, 20), envvar=_env("NOTIFY_MAX_ATTEMPTS"),
               help="Posts per notification and target before giving up (logged and counted).")
+@click.option("--trace-url", default=None, envvar=_env("TRACE_URL"), metavar="URL",
+              help="With --probe: a tracing backend (Jaeger query API or Zipkin) where the "
+                   "trace of a hop's newest failed heartbeat is looked up; the hop where it "
+                   "stops is attached to the finding.")
+@click.option("--trace-backend", type=click.Choice(["jaeger", "zipkin"]), default="jaeger",
+              show_default=True, envvar=_env("TRACE_BACKEND"))
 def serve(
     kubeconfig: Path | None, context: str | None, request_timeout: float, host: str, port: int,
     receiver_port: int | None,
@@ -596,6 +602,7 @@ def serve(
     notify_urls: tuple[str, ...] = (), notify_secret: str | None = None,
     notify_link_base: str = "http://eventmesh-health.kyma-system.svc:8080",
     notify_min_interval: timedelta = timedelta(minutes=1), notify_max_attempts: int = 5,
+    trace_url: str | None = None, trace_backend: str = "jaeger",
 ) -> None:
     """Always-on checker: watches the cluster, keeps every Application's health current, and
     serves it (REST API, /metrics, EventMeshHealth objects, annotations, Events).
@@ -618,6 +625,9 @@ def serve(
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     seconds = lease_duration.total_seconds()
     probe_settings = None
+    if trace_url and not probe:
+        _fail("--trace-url looks up the traces of failed heartbeats: it needs --probe",
+              EXIT_INPUT)
     if probe:
         from eventmesh_health.probing.runner import ProbeSettings
 
@@ -652,6 +662,12 @@ def serve(
             _fail(f"--receiver-url-template uses {REPLICA_PLACEHOLDER}, which would be "
                   f"{advertise}, an address nobody can reach: set --advertise-address "
                   "(or $POD_IP)", EXIT_INPUT)
+        if trace_url:
+            from eventmesh_health.sources.tracing import TraceBackend
+            try:
+                TraceBackend(trace_backend, trace_url)  # type: ignore[arg-type]
+            except ValueError as err:
+                _fail(f"--trace-url: {err}", EXIT_INPUT)
         flow_templates: list[tuple[str, str]] = []
         for item in flow_url_templates:
             hop, sep, template = item.partition("=")
@@ -674,7 +690,8 @@ def serve(
                                         or DEFAULT_EVENT_SERVICE_URL_TEMPLATE),
             broker_url_template=broker_url_template or DEFAULT_BROKER_URL_TEMPLATE,
             adapter_url_template=adapter_url_template or None,
-            channel_url_template=channel_url_template or None)
+            channel_url_template=channel_url_template or None,
+            trace_url=trace_url or None, trace_backend=trace_backend)
     notify_settings = None
     if notify_urls or notify_secret:
         from eventmesh_health.serve.notify import NotifySettings, check_url
