@@ -296,3 +296,16 @@ def test_a_partial_trace_says_it_may_be_incomplete() -> None:
     assert verdict.orphans >= 1
     assert "the trace may be incomplete" in "\n".join(trace_lines(verdict))
     assert diagnose(spans[0].trace_id, spans).orphans == 0
+
+
+def test_the_readme_example_is_the_recorded_trace_output() -> None:
+    """README "Traces": the example is what `trace` printed for the real v1.21 trace that
+    tests/test_trace_real.py recorded (v0.48-dead-letter), line for line."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Traces: `trace`", 1)[1]
+    block = section.split("```\n$ ", 1)[1].split("```", 1)[0].splitlines()
+    block[0] = "$ " + block[0]
+    assert block[0].startswith("$ eventmesh-health trace --trace-id ")
+    assert block[-1] == "(exit 1)"
+    spans = parse_jaeger(json.loads((FIXTURES / "v0.48-dead-letter.jaeger.json").read_text()))
+    assert block[1:-1] == trace_lines(diagnose(spans[0].trace_id, spans))
