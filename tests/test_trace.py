@@ -309,3 +309,19 @@ def test_the_readme_example_is_the_recorded_trace_output() -> None:
     assert block[-1] == "(exit 1)"
     spans = parse_jaeger(json.loads((FIXTURES / "v0.48-dead-letter.jaeger.json").read_text()))
     assert block[1:-1] == trace_lines(diagnose(spans[0].trace_id, spans))
+
+
+@pytest.mark.parametrize(("name", "outcome", "stop"), [
+    ("v0.12-delivered", "delivered", None),
+    ("v0.12-filter-no-match", "stopped", "broker filter"),
+    ("v0.12-subscriber-503", "stopped", "broker filter → subscriber"),
+    ("v0.12-dead-dispatcher", "stopped", "broker ingress → channel dispatcher"),
+])
+def test_recorded_kyma1_traces(name: str, outcome: str, stop: str | None) -> None:
+    """Jaeger's answers for the real Knative v0.12 processes' Zipkin spans
+    (tests/test_trace_v012.py records them)."""
+    spans = parse_jaeger(json.loads((FIXTURES / f"{name}.jaeger.json").read_text()))
+    assert {s.service.split(".")[0] for s in spans} >= {"default-broker"}
+    verdict = verdict_json(diagnose(spans[0].trace_id, spans))
+    assert verdict["outcome"] == outcome, verdict["summary"]
+    assert [s["hop"] for s in verdict["stops"]] == ([stop] if stop else [])

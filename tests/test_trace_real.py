@@ -166,7 +166,7 @@ def test_no_matching_trigger_stops_at_the_filter(
         broker_and_trigger(traced_mesh, ns, filter_type="order.cancelled")
         trace_id, status = send_traced(traced_mesh, ns)
         assert status == 202
-        verdict = wait_verdict(jaeger, trace_id, {"broker.filter"},
+        verdict = wait_verdict(jaeger, trace_id, {"broker.ingress", "broker.filter"},
                                lambda v: v["outcome"] == "stopped")
     assert verdict["exitCode"] == 1
     assert [s["hop"] for s in verdict["stops"]] == ["broker filter"]
@@ -185,7 +185,7 @@ def test_subscriber_503_retries_into_dead_letter_sink(
             "deadLetterSink": {"ref": service_ref("dls")}})
         trace_id, status = send_traced(traced_mesh, ns)
         assert status == 202
-        verdict = wait_verdict(jaeger, trace_id, {"broker.filter"},
+        verdict = wait_verdict(jaeger, trace_id, {"broker.ingress", "broker.filter"},
                                # complete: one stop, reached through the dispatcher's retries
                                lambda v: v["outcome"] == "stopped" and len(v["stops"]) == 1
                                and "dead-lettered" in v["summary"])
