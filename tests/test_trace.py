@@ -4,6 +4,7 @@ badly, and the CLI's usage errors and exit codes."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -171,11 +172,13 @@ def test_bad_trace_ids(value: str) -> None:
 
 class _Bad(BaseHTTPRequestHandler):
     routes: ClassVar[dict[str, tuple[int, bytes]]] = {}
+    auth: ClassVar[list[str | None]] = []
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
+        self.auth.append(self.headers.get("Authorization"))
         path = self.path.split("?")[0]
         status, body = next((v for k, v in self.routes.items() if path.startswith(k)),
                             (404, b"not found"))
@@ -188,7 +191,7 @@ class _Bad(BaseHTTPRequestHandler):
 @pytest.fixture
 def bad_backend() -> Iterator[tuple[str, dict[str, tuple[int, bytes]]]]:
     routes: ClassVar[dict[str, tuple[int, bytes]]] = {}
-    handler = type("Handler", (_Bad,), {"routes": routes})
+    handler = type("Handler", (_Bad,), {"routes": routes, "auth": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -325,3 +328,17 @@ def test_recorded_kyma1_traces(name: str, outcome: str, stop: str | None) -> Non
     verdict = verdict_json(diagnose(spans[0].trace_id, spans))
     assert verdict["outcome"] == outcome, verdict["summary"]
     assert [s["hop"] for s in verdict["stops"]] == ([stop] if stop else [])
+
+
+def test_credentials_in_the_url_are_sent_but_never_shown(
+        bad_backend: tuple[str, dict[str, tuple[int, bytes]]]) -> None:
+    url, routes = bad_backend
+    routes["/api/traces/"] = (503, b"down")
+    with_secret = url.replace("http://", "http://reader:s3cr%40t@")
+    exit_code, out = cli("--trace-id", TRACE, "--url", with_secret)
+    assert exit_code == 3 and "answered HTTP 503" in out
+    assert "s3cr" not in out and "reader" not in out
+    handler = next(iter(_Bad.__subclasses__()[-1:]))
+    assert handler.auth[-1] == "Basic " + base64.b64encode(b"reader:s3cr@t").decode()
+    exit_code, out = cli("--trace-id", TRACE, "--url", "http://reader:s3cr3t@[::1")
+    assert exit_code == 2 and "s3cr3t" not in out, out

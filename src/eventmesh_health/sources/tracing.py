@@ -14,6 +14,7 @@ reached, answers an HTTP error, answers something that is not the API's JSON, or
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import re
@@ -179,10 +180,21 @@ class TraceBackend:
     max_bytes: int = MAX_RESPONSE_BYTES
 
     def __post_init__(self) -> None:
-        parts = urllib.parse.urlsplit(self.url)
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            parts = urllib.parse.urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{self.url[:80]!r} is not an http(s) URL")
-        self.url = self.url.rstrip("/")
+            raise ValueError(f"{_redacted(self.url)[:80]!r} is not an http(s) URL")
+        # Credentials in the URL become a Basic header and never appear in a message.
+        self._auth: str | None = None
+        if parts.username is not None:
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        self.url = urllib.parse.urlunsplit(parts).rstrip("/")
 
     def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
         url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
@@ -203,8 +215,11 @@ class TraceBackend:
         # No proxy from the environment: the backend is named explicitly, like a kubeconfig's
         # server; a proxy variable meant for the internet should not capture it.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        if self._auth is not None:
+            request.add_header("Authorization", self._auth)
         try:
-            with opener.open(url, timeout=self.timeout) as resp:
+            with opener.open(request, timeout=self.timeout) as resp:
                 return resp.status, _read_capped(resp, self.url, self.max_bytes)
         except urllib.error.HTTPError as err:
             with err:
@@ -255,6 +270,15 @@ class TraceBackend:
         if not isinstance(data, list):
             raise TraceBackendError(f"jaeger at {self.url}: /api/services is not a list")
         return [s for s in data if isinstance(s, str)][:200]
+
+
+def _redacted(url: str) -> str:
+    """`url` without the password of its userinfo, for messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.partition("@")
+    if not at or "/" in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"
 
 
 def _read_capped(resp: Any, base: str, limit: int) -> bytes:
