@@ -92,3 +92,14 @@ def test_event_id_search_on_jaeger_says_when_the_release_records_none(jaeger: Ja
     code, out = trace(jaeger, "0c6d5f9e-no-such-tag")
     assert code == 2
     assert "do not: look the event up by --trace-id" in out
+
+
+def test_jaeger_stops_cleanly_and_at_once() -> None:
+    """SIGTERM: exit code 0 without waiting on an export of its own spans (none configured)."""
+    running = Jaeger().start()
+    proc = running.proc
+    assert proc is not None
+    started = time.monotonic()
+    running.stop()
+    assert proc.returncode == 0, running.tail()
+    assert time.monotonic() - started < 5

@@ -26,6 +26,9 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 POLL = 0.05
 
+# No self-tracing (telemetry traces, enable_tracing): Jaeger would export its own spans to
+# the default OTLP endpoint 127.0.0.1:4317 (nobody there; at worst another test's Jaeger) and
+# wait 10 s on SIGTERM for that export to time out.
 _CONFIG = """\
 service:
   extensions: [jaeger_storage, jaeger_query, healthcheckv2]
@@ -37,6 +40,8 @@ service:
   telemetry:
     metrics:
       level: none
+    traces:
+      level: none
     logs:
       level: info
 extensions:
@@ -45,6 +50,7 @@ extensions:
     http:
       endpoint: 127.0.0.1:{health}
   jaeger_query:
+    enable_tracing: false
     storage:
       traces: memstore
     http:
