@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test browser envtest kstatus knative knative-v012 tools lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
+.PHONY: demo test browser envtest kstatus knative knative-v012 tools jaeger lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -63,6 +63,11 @@ knative-v012:
 tools:
 	@bash hack/tools/build.sh
 
+# Builds (once, cached outside the repo) Jaeger v1.75.0 from its Go module, the tracing backend
+# the trace tests feed and query; last line = its folder.
+jaeger:
+	@bash hack/jaeger/build.sh
+
 lint: $(BIN)/eventmesh-health
 	$(BIN)/ruff check src tests benchmarks deploy/grafana
 
@@ -71,12 +76,12 @@ typecheck: $(BIN)/eventmesh-health
 
 # In a network namespace where only loopback leads anywhere: a packet to any other address
 # fails the run (hack/loopback-only.sh).
-unit: $(BIN)/eventmesh-health envtest knative knative-v012 tools browser
+unit: $(BIN)/eventmesh-health envtest knative knative-v012 tools jaeger browser
 	EVENTMESH_HEALTH_CHROMIUM=$(CHROMIUM) hack/loopback-only.sh $(BIN)/pytest
 
-# Everything CI runs: install, build the control-plane, Knative, helm and promtool binaries,
+# Everything CI runs: install, build the control-plane, Knative, helm, promtool and Jaeger binaries,
 # Chromium for the browser tests, lint, types, all tests.
-test: $(BIN)/eventmesh-health envtest knative knative-v012 tools browser lint typecheck unit
+test: $(BIN)/eventmesh-health envtest knative knative-v012 tools jaeger browser lint typecheck unit
 
 # Both, one after the other (never in parallel: each measures the machine).
 bench:

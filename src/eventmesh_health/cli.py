@@ -389,6 +389,77 @@ def dump(output_dir: Path, kubeconfig: Path | None, context: str | None,
     sys.exit(EXIT_HEALTHY)
 
 
+EXIT_TRACE_UNKNOWN = 4
+
+
+@main.command()
+@click.argument("event_id", required=False)
+@click.option("--trace-id", default=None, metavar="ID",
+              help="The trace (32 or 16 hex digits, or the event's traceparent).")
+@click.option("--backend", type=click.Choice(["jaeger", "zipkin"]), default="jaeger",
+              show_default=True, envvar="EVENTMESH_HEALTH_TRACE_BACKEND",
+              help="Jaeger's query API (port 16686) or Zipkin's v2 API (port 9411).")
+@click.option("--url", default=None, envvar="EVENTMESH_HEALTH_TRACE_URL", metavar="URL",
+              help="The backend's base URL, e.g. http://tracing-jaeger-query.kyma-system:16686.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--request-timeout", default="10s", show_default=True, callback=_timeout,
+              help="Give up on a backend request after this long.")
+def trace(event_id: str | None, trace_id: str | None, backend: str, url: str | None,
+          output: str, request_timeout: float) -> None:
+    """Where did an event stop: its trace mapped to the mesh's hops.
+
+    Give the CloudEvent id (found through the span tags a Knative release records it in) or
+    --trace-id. Prints each hop with its timing and, when the event did not arrive, the hop
+    where it stopped and why. Exit codes: 0 delivered, 1 stopped, 2 usage error or no such
+    trace, 3 the backend could not be read, 4 the trace cannot tell.
+    """
+    from eventmesh_health.analysis.trace import diagnose, verdict_json
+    from eventmesh_health.outputs.trace import trace_lines
+    from eventmesh_health.sources.tracing import (
+        TraceBackend,
+        TraceBackendError,
+        TraceNotFound,
+        normalise_trace_id,
+    )
+
+    if (event_id is None) == (trace_id is None):
+        _fail("give either EVENT_ID or --trace-id ID", EXIT_INPUT)
+    if url is None:
+        _fail("--url (or EVENTMESH_HEALTH_TRACE_URL) names the tracing backend", EXIT_INPUT)
+    try:
+        client = TraceBackend(backend, url, timeout=request_timeout)  # type: ignore[arg-type]
+        wanted = normalise_trace_id(trace_id) if trace_id is not None else None
+    except ValueError as err:
+        _fail(str(err), EXIT_INPUT)
+    try:
+        if wanted is None:
+            assert event_id is not None
+            found = client.find_by_event_id(event_id)
+            if not found:
+                _fail(f"{backend} at {client.url} has no span tagged messaging.message_id or "
+                      f"cloudevents.id = {event_id[:80]!r}. Knative records the event id only "
+                      "in v0.14-1.18; Kyma 1.x (Knative 0.12, OpenCensus) and Knative >= 1.19 "
+                      "(OpenTelemetry) do not: look the event up by --trace-id (its "
+                      "traceparent extension)", EXIT_INPUT)
+            if len(found) > 1:
+                click.echo(f"note: {len(found)} traces carry event id {event_id[:80]!r}; "
+                           f"showing the newest ({', '.join(found[1:4])} too)", err=True)
+            wanted = found[0]
+        spans = client.trace(wanted)
+    except TraceNotFound as err:
+        _fail(str(err), EXIT_INPUT)
+    except TraceBackendError as err:
+        _fail(str(err), EXIT_CLUSTER)
+    verdict = diagnose(wanted, spans)
+    if output == "json":
+        click.echo(json.dumps(verdict_json(verdict), indent=2, ensure_ascii=False))
+    else:
+        click.echo("\n".join(trace_lines(verdict)))
+    sys.exit({"delivered": EXIT_HEALTHY, "stopped": EXIT_UNHEALTHY}.get(
+        verdict.outcome, EXIT_TRACE_UNKNOWN))
+
+
 def _version() -> str:
     try:
         return version("eventmesh-health")
@@ -508,6 +579,12 @@ def _env(name: str) -> str:
 @click.option("--notify-max-attempts", default=5, show_default=True,
               type=click.IntRange(1, 20), envvar=_env("NOTIFY_MAX_ATTEMPTS"),
               help="Posts per notification and target before giving up (logged and counted).")
+@click.option("--trace-url", default=None, envvar=_env("TRACE_URL"), metavar="URL",
+              help="With --probe: a tracing backend (Jaeger query API or Zipkin) where the "
+                   "trace of a hop's newest failed heartbeat is looked up; the hop where it "
+                   "stops is attached to the finding.")
+@click.option("--trace-backend", type=click.Choice(["jaeger", "zipkin"]), default="jaeger",
+              show_default=True, envvar=_env("TRACE_BACKEND"))
 def serve(
     kubeconfig: Path | None, context: str | None, request_timeout: float, host: str, port: int,
     receiver_port: int | None,
@@ -525,6 +602,7 @@ def serve(
     notify_urls: tuple[str, ...] = (), notify_secret: str | None = None,
     notify_link_base: str = "http://eventmesh-health.kyma-system.svc:8080",
     notify_min_interval: timedelta = timedelta(minutes=1), notify_max_attempts: int = 5,
+    trace_url: str | None = None, trace_backend: str = "jaeger",
 ) -> None:
     """Always-on checker: watches the cluster, keeps every Application's health current, and
     serves it (REST API, /metrics, EventMeshHealth objects, annotations, Events).
@@ -547,6 +625,9 @@ def serve(
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     seconds = lease_duration.total_seconds()
     probe_settings = None
+    if trace_url and not probe:
+        _fail("--trace-url looks up the traces of failed heartbeats: it needs --probe",
+              EXIT_INPUT)
     if probe:
         from eventmesh_health.probing.runner import ProbeSettings
 
@@ -581,6 +662,12 @@ def serve(
             _fail(f"--receiver-url-template uses {REPLICA_PLACEHOLDER}, which would be "
                   f"{advertise}, an address nobody can reach: set --advertise-address "
                   "(or $POD_IP)", EXIT_INPUT)
+        if trace_url:
+            from eventmesh_health.sources.tracing import TraceBackend
+            try:
+                TraceBackend(trace_backend, trace_url)  # type: ignore[arg-type]
+            except ValueError as err:
+                _fail(f"--trace-url: {err}", EXIT_INPUT)
         flow_templates: list[tuple[str, str]] = []
         for item in flow_url_templates:
             hop, sep, template = item.partition("=")
@@ -603,7 +690,8 @@ def serve(
                                         or DEFAULT_EVENT_SERVICE_URL_TEMPLATE),
             broker_url_template=broker_url_template or DEFAULT_BROKER_URL_TEMPLATE,
             adapter_url_template=adapter_url_template or None,
-            channel_url_template=channel_url_template or None)
+            channel_url_template=channel_url_template or None,
+            trace_url=trace_url or None, trace_backend=trace_backend)
     notify_settings = None
     if notify_urls or notify_secret:
         from eventmesh_health.serve.notify import NotifySettings, check_url

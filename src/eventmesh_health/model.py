@@ -86,6 +86,22 @@ class ObjectRef(BaseModel):
         return f"{self.kind} {where}{self.name if self.name is not None else '<unnamed>'}"
 
 
+class HeartbeatTrace(BaseModel):
+    """The trace of the newest failed heartbeat behind a data-plane finding, and, when
+    `serve --trace-url` could look it up, where it stopped."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    trace_id: str = Field(alias="traceId", description="W3C trace id the heartbeat carried.")
+    outcome: str | None = Field(default=None, description="delivered, stopped or unknown; "
+                                "null until the tracing backend was asked.")
+    stopped_at: str | None = Field(default=None, alias="stoppedAt",
+                                   description="The hop where the trace stops, e.g. "
+                                   "'channel dispatcher → broker filter'.")
+    detail: str | None = Field(default=None, description="Why it stopped, or why the "
+                               "lookup could not tell.")
+
+
 class Finding(BaseModel):
     """Something wrong (or not yet settled) about one object."""
 
@@ -98,6 +114,9 @@ class Finding(BaseModel):
     message: str
     root_cause: bool = Field(alias="rootCause")
     caused_by: ObjectRef | None = Field(default=None, alias="causedBy")
+    # Added with heartbeat traces: only data-plane findings have one, and only they show it
+    # (the JSON of every other finding is as it was; `exclude_if` needs pydantic >= 2.11).
+    trace: HeartbeatTrace | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class NamespaceReport(BaseModel):

@@ -522,6 +522,37 @@ class KnativeMesh:
         """Restart the IMC dispatcher on :8080 and wait until it listens."""
         self.start_component("dispatcher")
 
+    # Data-plane processes that export traces (pkg/observability/otel SetupObservabilityOrDie
+    # in the ingress, filter and dispatcher mains); they read config-observability at start.
+    TRACED = ("dispatcher", "ingress", "filter")
+
+    def set_tracing(self, endpoint: str | None) -> None:
+        """Export every span of the data plane to an OTLP HTTP `endpoint` (e.g. a test Jaeger's
+        ``http://127.0.0.1:<port>/v1/traces``), or stop exporting (None: as shipped).
+
+        The keys are knative.dev/pkg's (``observability/tracing/config.go``
+        ``NewFromMap``: ``tracing-protocol``, ``tracing-endpoint``, ``tracing-sampling-rate``)
+        in ``config-observability``; the processes read it only when they start, so they are
+        restarted. The default mesh never traces: only tests that ask pay for it.
+        """
+        data = {"tracing-protocol": "http/protobuf", "tracing-endpoint": endpoint,
+                "tracing-sampling-rate": "1"} if endpoint else {
+                "tracing-protocol": "none", "tracing-endpoint": None,
+                "tracing-sampling-rate": None}
+        self.client.patch(ConfigMap, "config-observability", {"data": data},
+                          namespace=SYSTEM_NAMESPACE, patch_type=PatchType.MERGE)
+        for name in self.TRACED:
+            comp = self.components[name]
+            if endpoint:
+                # The OTel SDK batches spans for 5 s by default (OTEL_BSP_SCHEDULE_DELAY):
+                # a test would wait that long for each trace to be complete.
+                comp.env["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+            else:
+                comp.env.pop("OTEL_BSP_SCHEDULE_DELAY", None)
+            # SIGKILL: a graceful stop drains for ~10 s, and nothing here needs it.
+            self._terminate(comp, signal.SIGKILL)
+            self.start_component(name)
+
     def rss_bytes(self) -> dict[str, int]:
         """Resident set size of each running process (from /proc), for budget reports."""
         out = {}

@@ -11,7 +11,9 @@ launcher:
    forward proxy). A Unix socket with a path is a file, so it crosses network namespaces;
 3. for each ``outbound`` entry ``[unix_path, port]``, listens on ``unix_path`` and relays every
    connection to ``127.0.0.1:port`` inside (the pod's own :8080, for the proxy outside);
-4. starts ``argv`` with ``env`` (stdout/stderr inherited), SIGKILLed if this launcher dies
+4. with ``hosts`` (a list of names), gives the process a mount namespace whose /etc/hosts maps
+   them to 127.0.0.1 (the tracing tests: v0.12's Zipkin exporter resolves its own name);
+5. starts ``argv`` with ``env`` (stdout/stderr inherited), SIGKILLed if this launcher dies
    (``PR_SET_PDEATHSIG``, set from the main thread, which waits on it), forwards SIGTERM/SIGINT
    to it, and exits with its exit code.
 
@@ -88,9 +90,26 @@ def _to_tcp(port: int) -> Any:
     return connect
 
 
+_CLONE_NEWNS = 0x00020000
+
+
+def _hosts(names: list[str], path: Path) -> None:
+    """A mount namespace of this process's own whose /etc/hosts maps `names` to 127.0.0.1:
+    nothing resolves a cluster name here, and v0.12's Zipkin exporter looks up the process's
+    own service name before it exports anything (knative.dev/pkg tracing/opencensus.go,
+    ``zipkin.NewEndpoint(name, name + ":80")``)."""
+    if ctypes.CDLL(None, use_errno=True).unshare(_CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    path.write_text("127.0.0.1 localhost " + " ".join(names) + "\n")
+    subprocess.run(["mount", "--bind", str(path), "/etc/hosts"], check=True)
+
+
 def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    if spec.get("hosts"):
+        _hosts(spec["hosts"], Path(spec_path).with_suffix(".hosts"))
     listeners: list[socket.socket] = []
     for port, path in spec.get("inbound", []):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

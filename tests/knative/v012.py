@@ -299,6 +299,9 @@ class KnativeV012Mesh:
         self._lock = threading.RLock()
         self.kubelet: MiniKubelet | None = None
         self.start_seconds = 0.0
+        # Set by the tracing tests: processes started from then on resolve their own service
+        # names (netns.py ``hosts``), which v0.12's Zipkin exporter needs. Off: as before.
+        self.trace_names = False
 
     @property
     def client(self) -> Client:
@@ -465,6 +468,8 @@ class KnativeV012Mesh:
                         [self.proxy.server_address[1], str(self.sock_dir / "proxy.sock")]],
             "outbound": [[str(pod.sock), POD_PORT]] if pod.sock else [],
         }
+        if self.trace_names:
+            spec["hosts"] = self._own_names(env)
         spec_path = self.log_dir / f"{name}.json"
         spec_path.write_text(json.dumps(spec))
         pod.log = self.log_dir / f"{name}.log"
@@ -478,6 +483,16 @@ class KnativeV012Mesh:
                 ["unshare", "-n", "--", sys.executable, str(NETNS_LAUNCHER), str(spec_path)],
                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                 cwd=self.log_dir, preexec_fn=_die_with_parent)
+
+    @staticmethod
+    def _own_names(env: dict[str, str]) -> list[str]:
+        """The service names a v0.12 process traces under (pkg/tracing/names.go; the IMC
+        dispatcher's "imc-dispatcher"), which its Zipkin exporter resolves at setup."""
+        names = ["imc-dispatcher"]
+        if env.get("BROKER") and env.get("NAMESPACE"):
+            names += [f"{env['BROKER']}-broker.{env['NAMESPACE']}",
+                      f"{env['BROKER']}-broker-filter.{env['NAMESPACE']}"]
+        return names
 
     def _await_http(self, pod: Pod, path: str = "/healthz",
                     timeout: float | None = None) -> None:

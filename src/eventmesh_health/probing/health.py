@@ -54,14 +54,14 @@ the same root causes as (hop, problem, injection) for programs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from eventmesh_health import reasons
-from eventmesh_health.model import Finding, Health, ObjectRef, severity_for
-from eventmesh_health.probing.heartbeat import Hop
+from eventmesh_health.model import Finding, Health, HeartbeatTrace, ObjectRef, severity_for
+from eventmesh_health.probing.heartbeat import Hop, trace_context
 from eventmesh_health.probing.tracker import HopStats, RecentArrival, Tracker
 from eventmesh_health.topology import ByPairLabels, DataPlane, ObjectAt
 from eventmesh_health.topology.registry import DEFAULT
@@ -77,6 +77,9 @@ __all__ = [
     "classify",
     "evaluate",
 ]
+
+# What a tracing backend said about a trace id (None: not asked, or no answer yet).
+TraceLookup = Callable[[str], HeartbeatTrace | None]
 
 REASON_NO_HEARTBEAT = reasons.NO_HEARTBEAT
 REASON_LOST = reasons.HEARTBEATS_LOST
@@ -252,6 +255,7 @@ def evaluate(
     not_meaningful: str | None = None,
     caused_by: ObjectRef | None = None,
     dead_letter: str | None = None,
+    traces: TraceLookup | None = None,
 ) -> DataPlaneVerdict:
     """`classify` on the tracker's figures for the pair at `now` (the tracker's clock)."""
     now = now or tracker.clock()
@@ -260,7 +264,7 @@ def evaluate(
     return classify(
         application, namespace, stats, now=now, since=since, thresholds=thresholds,
         hops=probed, objects=objects, not_meaningful=not_meaningful, caused_by=caused_by,
-        dead_letter=dead_letter,
+        dead_letter=dead_letter, traces=traces,
     )
 
 
@@ -277,13 +281,16 @@ def classify(
     not_meaningful: str | None = None,
     caused_by: ObjectRef | None = None,
     dead_letter: str | None = None,
+    traces: TraceLookup | None = None,
 ) -> DataPlaneVerdict:
     """The verdict for one (application, namespace); see the module docstring.
 
     `stats`: the figures per probed hop; `hops`: which hops are probed (default: those in
     `stats`); `since`: when probing of the pair started (its heartbeat Trigger became
     ready); `dead_letter`: a line about the latest dead-lettered heartbeat, added to the
-    messages of loss and silence.
+    messages of loss and silence; `traces`: what a tracing backend said about a trace id,
+    when it was asked (`serve --trace-url`), attached to those findings with the trace of
+    their newest failed heartbeat.
     """
     limits = thresholds or ProbeThresholds()
     if objects is None:
@@ -313,7 +320,7 @@ def classify(
         for hop, injection, ambiguous in _localise(problem, verdicts, limits, refs.terminal):
             culprits.append(Culprit(hop, problem, injection))
             finding = _problem_finding(problem, hop, injection, ambiguous, verdicts, refs,
-                                       limits, now, dead_letter)
+                                       limits, now, dead_letter, traces)
             key = (finding.reason, finding.object)
             if key not in blamed:
                 blamed.add(key)
@@ -477,7 +484,7 @@ def _good_rounds(problem: Problem, s: HopStats, limits: ProbeThresholds) -> set[
 def _problem_finding(
     problem: Problem, hop: Hop, injection: bool, ambiguous: bool,
     verdicts: Mapping[Hop, HopVerdict], refs: HopObjects, limits: ProbeThresholds,
-    now: datetime, dead_letter: str | None,
+    now: datetime, dead_letter: str | None, traces: TraceLookup | None = None,
 ) -> Finding:
     affected = [h for h in Hop if problem in verdicts[h].problems
                 and (h.position <= hop.position if not injection else h is hop)]
@@ -497,11 +504,16 @@ def _problem_finding(
         where += " (or a segment further down that is not probed)"
     note = f" Last dead letter: {dead_letter}" if dead_letter and problem in (
         Problem.SILENT, Problem.LOSS) else ""
+    trace = _trace(s, traces) if problem in (Problem.SILENT, Problem.LOSS) else None
+    if trace is not None:
+        note += f" Trace of the newest failed heartbeat: {trace.trace_id}"
+        note += (f", stops at {trace.stopped_at}: {trace.detail}." if trace.stopped_at
+                 else ".")
     if problem is Problem.SILENT:
         return _finding(
             Health.UNHEALTHY, refs.segment[hop], REASON_NO_HEARTBEAT,
             f"no heartbeat injected at {hops_text} arrives: {where} is broken. "
-            f"{_figures(problem, s, now)}{note}")
+            f"{_figures(problem, s, now)}{note}").model_copy(update={"trace": trace})
     what = {
         Problem.LOSS: "heartbeats are lost",
         Problem.LATENCY: "heartbeats are slow",
@@ -515,7 +527,24 @@ def _problem_finding(
     }[problem]
     return _finding(
         Health.DEGRADED, refs.segment[hop], _PROBLEM_REASON[problem],
-        f"{what} ({limit}) on {hops_text}: {where}. {_figures(problem, s, now)}{note}")
+        f"{what} ({limit}) on {hops_text}: {where}. {_figures(problem, s, now)}{note}",
+    ).model_copy(update={"trace": trace})
+
+
+def _trace(s: HopStats, traces: TraceLookup | None) -> HeartbeatTrace | None:
+    """The trace of a heartbeat of the hop that should have arrived and did not: the newest
+    one the tracing backend has answered about, else the newest (so the finding keeps one
+    answer while newer heartbeats fail, instead of dropping it every round)."""
+    ids = [trace_context(s.application, s.hop, sequence, run=run,
+                         namespace=s.namespace if s.hop is Hop.BROKER else None)[0]
+           for run, sequence in s.streak_rounds]
+    if not ids:
+        return None
+    for trace_id in ids if traces is not None else ():
+        known = traces(trace_id) if traces is not None else None
+        if known is not None:
+            return known
+    return HeartbeatTrace(trace_id=ids[0])
 
 
 def _problem_text(problem: Problem) -> str:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import re
 import uuid
@@ -81,6 +82,8 @@ __all__ = [
     "to_binary",
     "to_legacy",
     "to_structured",
+    "trace_context",
+    "trace_headers",
 ]
 
 DEFAULT_TYPE = "eventmesh-health.heartbeat"
@@ -224,6 +227,26 @@ def new_heartbeat(
         id=id or str(uuid.uuid4()), application=application, type=type,
         time=at.astimezone(UTC), run=run, sequence=sequence, hop=hop, namespace=namespace,
     )
+
+
+def trace_context(application: str, hop: Hop, sequence: int, *, run: str,
+                  namespace: str | None = None) -> tuple[str, str]:
+    """(W3C trace id, parent span id) of a heartbeat: derived from what identifies it (run,
+    source, hop, broker namespace, sequence), so the health can name the trace of a heartbeat
+    that never arrived from the tracker's (run, sequence) alone, with nothing stored."""
+    key = "\x1f".join((run, application, hop.value, namespace or "", str(sequence)))
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return digest[:32], digest[32:48]
+
+
+def trace_headers(hb: Heartbeat) -> dict[str, str]:
+    """The trace context a heartbeat is posted with: W3C ``traceparent`` (sampled), which
+    Knative >= 0.14 continues, and the same ids as B3 headers, which OpenCensus (Knative 0.12,
+    Kyma 1.x) and the Kyma event-service (from 1.13) propagate."""
+    trace_id, span_id = trace_context(hb.application, hb.hop, hb.sequence, run=hb.run,
+                                      namespace=hb.namespace)
+    return {"traceparent": f"00-{trace_id}-{span_id}-01", "x-b3-traceid": trace_id,
+            "x-b3-spanid": span_id, "x-b3-sampled": "1"}
 
 
 class SequenceCounter:

@@ -93,8 +93,10 @@ from eventmesh_health.probing.sender import (
     jittered,
 )
 from eventmesh_health.probing.signing import Keyring, Verifier
+from eventmesh_health.probing.tracelookup import TraceLookups
 from eventmesh_health.probing.tracker import Arrival, ProbeMetrics, Tracker
 from eventmesh_health.probing.triggers import TriggerConfig, TriggerManager
+from eventmesh_health.sources.tracing import TraceBackend
 from eventmesh_health.topology import ByPairLabels, DataPlane, Profile
 from eventmesh_health.topology.registry import DEFAULT
 
@@ -146,6 +148,10 @@ class ProbeSettings:
     evaluate_every: timedelta | None = None  # default: interval / 4
     timeout: float = 5.0
     thresholds: ProbeThresholds | None = None  # default: ProbeThresholds(interval=interval)
+    # A tracing backend (`--trace-url`, `--trace-backend`): where the trace of a failed
+    # heartbeat stops is looked up there and attached to its finding.
+    trace_url: str | None = None
+    trace_backend: str = "jaeger"
 
     def tracker_window(self) -> timedelta:
         return self.window or max(timedelta(minutes=5), self.interval * 10)
@@ -326,6 +332,12 @@ class ProbeRunner:
 
     def __post_init__(self) -> None:
         s = self.settings
+        self.traces: TraceLookups | None = None
+        if s.trace_url is not None:
+            # A trace not (wholly) there yet is asked about again next round.
+            self.traces = TraceLookups(
+                TraceBackend(s.trace_backend, s.trace_url, timeout=s.timeout),  # type: ignore[arg-type]
+                retry_after=s.interval.total_seconds())
         kwargs: dict[str, Any] = {} if self.clock is None else {"clock": self.clock}
         self.tracker = Tracker(window=s.tracker_window(), grace=s.tracker_grace(),
                                outage_sends=s.limits().silent_sends, **kwargs)
@@ -394,6 +406,8 @@ class ProbeRunner:
 
     async def close(self) -> None:
         await self.sender.close()
+        if self.traces is not None:
+            await self.traces.close()
 
     def leadership_changed(self, leading: bool) -> None:
         """A term starts or ends: forget the figures (an earlier term's last arrivals would
@@ -645,7 +659,8 @@ class ProbeRunner:
                     self.tracker, app.name, ns.name, since=since, now=now, thresholds=limits,
                     objects=objects, not_meaningful=not_meaningful,
                     caused_by=_root_cause(ns) if not_meaningful else None,
-                    dead_letter=letter.describe() if letter else None)
+                    dead_letter=letter.describe() if letter else None,
+                    traces=self.traces.known if self.traces else None)
         for flow in report.flows:
             key = flow_key(flow.flow, flow.namespace, flow.name)
             target = self._flow_targets.get(key)
@@ -654,7 +669,17 @@ class ProbeRunner:
                 continue
             out[(key, flow.namespace)] = self._flow_verdict(flow, target, since, now)
         self.latest = out
+        if self.traces is not None:
+            self._want_traces(out.values())
         return out
+
+    def _want_traces(self, verdicts: Iterable[DataPlaneVerdict]) -> None:
+        """Ask the tracing backend where the named traces stop; re-evaluate on each answer."""
+        assert self.traces is not None
+        wanted = [f.trace.trace_id for v in verdicts for f in v.findings
+                  if f.trace is not None and f.trace.outcome != "stopped"]
+        with contextlib.suppress(RuntimeError):  # no running loop: a synchronous caller
+            self.traces.want(wanted, self._update_soon)
 
     def _flow_verdict(self, flow: FlowReport, target: FlowTarget, since: datetime,
                       now: datetime) -> DataPlaneVerdict:
@@ -672,7 +697,8 @@ class ProbeRunner:
             thresholds=self.settings.limits(), hops=(target.hop,), objects=objects,
             not_meaningful=not_meaningful,
             caused_by=_root_cause(flow) if not_meaningful else None,
-            dead_letter=letter.describe() if letter else None)
+            dead_letter=letter.describe() if letter else None,
+            traces=self.traces.known if self.traces else None)
 
     def merge(self, report: MeshReport, index: _Index | None) -> MeshReport:
         if index is None:

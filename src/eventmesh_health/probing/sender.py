@@ -48,6 +48,7 @@ from eventmesh_health.probing.heartbeat import (
     new_heartbeat,
     to_binary,
     to_legacy,
+    trace_headers,
 )
 from eventmesh_health.probing.signing import Keyring, keyring_from_secret_data
 from eventmesh_health.probing.tracker import Tracker
@@ -278,6 +279,7 @@ class Sender:
         try:
             hb = self._heartbeat(keyring, application, hop, namespace, sequence)
             headers, body = to_binary(hb) if binary else to_legacy(hb)
+            headers.update(trace_headers(hb))
             self.tracker.record_sent(application, hop, hb.sequence, run=self.run, at=hb.time,
                                      namespace=namespace)
             self.sent[key] = self.sent.get(key, 0) + 1
