@@ -60,7 +60,7 @@ class Index:
     def add(self, obj: Any, invalidate: bool = True) -> NameKey | None:
         """Index `obj` (replacing an object of the same identity); its key, or None when it
         is rejected (recorded as bad) or of a kind the profile does not read (counted)."""
-        problem = _basic_problem(obj)
+        problem = basic_problem(obj)
         if problem is not None:
             self._reject(obj, problem)
             return None
@@ -91,7 +91,7 @@ class Index:
         return obj
 
     def key_of(self, obj: Obj) -> NameKey | None:
-        if _basic_problem(obj) is not None:
+        if basic_problem(obj) is not None:
             return None
         key = kind_key(obj["apiVersion"], obj["kind"])
         namespaced = self._namespaced.get(key)
@@ -315,7 +315,7 @@ def _add_twice(index: _Lookup, obj: Obj, value: str) -> None:
     index[(None, value)].append(obj)
 
 
-def _basic_problem(obj: object) -> str | None:
+def basic_problem(obj: object) -> str | None:
     if not isinstance(obj, dict):
         return f"an item is a {type(obj).__name__}, expected an object (a map)"
     if not isinstance(obj.get("apiVersion"), str) or not obj.get("apiVersion"):

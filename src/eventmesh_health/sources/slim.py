@@ -12,7 +12,7 @@ A path that ends at a map or list keeps all of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -34,15 +34,28 @@ def slim(obj: dict[str, Any], fields: Iterable[str],
          annotations_read: Iterable[str] = ()) -> dict[str, Any]:
     """A copy of `obj` with only COMMON_FIELDS, `fields`, our own annotations and those the
     analysis reads (`annotations_read`)."""
-    kept = _copy(obj, _tree((*COMMON_FIELDS, *fields)))
-    annotations = (obj.get("metadata") or {}).get("annotations")
+    return slimmer(tuple(fields), tuple(annotations_read))(obj)
+
+
+@lru_cache(maxsize=256)
+def slimmer(fields: tuple[str, ...],
+            annotations_read: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`slim` for one list of fields, its plan made once (a dump reader slims every object)."""
+    tree = _tree((*COMMON_FIELDS, *fields))
     read = frozenset(annotations_read)
-    if isinstance(annotations, dict):
-        own = {k: v for k, v in annotations.items()
-               if isinstance(k, str) and (k.startswith(OWN_ANNOTATION_PREFIX) or k in read)}
-        if own:
-            kept.setdefault("metadata", {})["annotations"] = own
-    return kept
+
+    def slim_one(obj: dict[str, Any]) -> dict[str, Any]:
+        kept = _copy(obj, tree)
+        metadata = obj.get("metadata")
+        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+        if isinstance(annotations, dict):
+            own = {k: v for k, v in annotations.items()
+                   if isinstance(k, str) and (k.startswith(OWN_ANNOTATION_PREFIX) or k in read)}
+            if own:
+                kept.setdefault("metadata", {})["annotations"] = own
+        return kept
+
+    return slim_one
 
 
 @lru_cache(maxsize=256)
