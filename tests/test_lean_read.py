@@ -192,3 +192,23 @@ def test_random_values_in_items_read_alike(seed: int, tmp_path: Path) -> None:
     path = tmp_path / "mesh.json"
     path.write_text(kubectl_json(objects))
     assert outcome(path, lean=True) == outcome(path, lean=False)
+
+
+@pytest.mark.parametrize("example", ["malformed-objects", "kafka-quota-reached",
+                                     "knative-v1/subscriber-gone"])
+def test_check_json_is_what_json_dumps_writes(example: str, tmp_path: Path) -> None:
+    """`check -o json` lets pydantic-core write the report: byte for byte what
+    json.dumps(indent=2, ensure_ascii=False) writes of the same report, even for text with
+    control characters, line separators and non-ASCII in it."""
+    raw = read_dump(EXAMPLES / example)
+    name = raw.profile_name()
+    profile = lookup(name) if name else detect(raw.kinds(), "the dump")
+    report = analyse(snapshot_of(raw, profile, NOW), profile)
+    assert report.model_dump_json(indent=2, by_alias=True) == json.dumps(
+        report.to_json_dict(), indent=2, ensure_ascii=False)
+    odd = "\x00\x1b[2J\n\t\"\\/\u2028\u2029é\U0001f600\x7f"
+    if report.applications:
+        report.applications[0].name = odd
+    report.source.profile = odd
+    assert report.model_dump_json(indent=2, by_alias=True) == json.dumps(
+        report.to_json_dict(), indent=2, ensure_ascii=False)

@@ -164,7 +164,8 @@ class _Reader:
     only what some profile's analysis reads (`sources.slim`, the allow-list beside each kind)
     and drops objects of kinds no profile reads, counting them, as the index would skip
     them: the whole objects never all live at once, and the report is the same. An object
-    the index would reject is kept whole, so that its finding is the same too."""
+    of such a kind that the index would reject is kept whole, so that its finding is the
+    same too."""
 
     def __init__(self, raw: RawDump, lean: bool) -> None:
         self.raw = raw
@@ -193,10 +194,11 @@ class _Reader:
             return
         key = kind_key(api_version, kind)
         plan = plans.get(key)
-        if basic_problem(obj) is not None:
-            self.raw.objects.append(obj)
-        elif plan is not None:
+        if plan is not None:
+            # keeps every field `basic_problem` reads, as it is: the index judges it alike
             self.raw.objects.append(plan(obj))
+        elif basic_problem(obj) is not None:
+            self.raw.objects.append(obj)
         else:
             raw = self.raw
             raw.skipped[key] = raw.skipped.get(key, 0) + 1
