@@ -5,7 +5,7 @@ result) is the reader every JSON file can rely on; it costs ~70 µs and ~5 KiB p
 kubectl object, and it holds the whole text and every whole object at once. This reader
 takes the one layout kubectl prints (`{`, `"apiVersion": "v1"`, `"items": [` with each item
 indented by 8 spaces, 4-space indentation throughout) and hands the items over a block
-(~16 MiB of text) at a time, so the caller can slim each object and drop the rest while
+(~4 MiB of text) at a time, so the caller can slim each object and drop the rest while
 reading. Each block is decoded by orjson (Rust).
 
 It must accept exactly what `parse_json` accepts and decode it to the same values, so for
@@ -39,7 +39,7 @@ import orjson
 
 from eventmesh_health.sources.parse import MAX_DEPTH
 
-BLOCK = 16 * 2**20
+BLOCK = 4 * 2**20
 # What kubectl prints first (keys sorted, 4-space indentation): the items are then those of
 # the List itself, at the top level.
 _HEAD = b'{\n    "apiVersion": "v1",\n    "items": [\n'

@@ -26,7 +26,7 @@ from eventmesh_health.snapshot import (
 )
 from eventmesh_health.sources import fastjson
 from eventmesh_health.sources.parse import ParseError, parse_json, parse_yaml
-from eventmesh_health.sources.slim import slimmer
+from eventmesh_health.sources.slim import pruner
 from eventmesh_health.topology import Profile, kind_key
 
 SUFFIXES = {".yaml", ".yml", ".json"}
@@ -172,6 +172,15 @@ class _Reader:
         self.plans = _lean_plans() if lean else None
 
     def document(self, document: Any, file: Path, number: int) -> None:
+        plans = self.plans
+        if plans is not None and type(document) is dict:
+            # the common case first: an object of a kind some profile reads
+            kind, api_version = document.get("kind"), document.get("apiVersion")
+            if type(kind) is str and type(api_version) is str and not kind.endswith("List"):
+                plan = plans.get(kind_key(api_version, kind))
+                if plan is not None:  # (never SnapshotInfo: it is no profile's kind)
+                    self.raw.objects.append(plan(document))
+                    return
         for item in _items(document):
             if _is_info(item):
                 self.raw.info, self.raw.info_file = item, file
@@ -217,7 +226,8 @@ def _lean_plans() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         for kind in profile.kinds:
             fields.setdefault(kind.key, {}).update(dict.fromkeys(kind.fields))
             annotations.setdefault(kind.key, {}).update(dict.fromkeys(kind.annotations))
-    return {key: slimmer(tuple(fields[key]), tuple(annotations[key])) for key in fields}
+    # pruned in place: the reader has just decoded them and nothing else holds them
+    return {key: pruner(tuple(fields[key]), tuple(annotations[key])) for key in fields}
 
 
 def read_dump(path: Path, lean: bool = True) -> RawDump:

@@ -98,3 +98,40 @@ def _copy(value: Any, tree: _Tree) -> dict[str, Any]:
         else:
             result[name] = item  # a wrong type is kept as it is: the analysis reports it
     return result
+
+
+@lru_cache(maxsize=256)
+def pruner(fields: tuple[str, ...],
+           annotations_read: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`slimmer`, but cutting the object itself down instead of copying what it keeps: for a
+    reader that owns the objects it has just decoded (no new maps, none to free)."""
+    tree = _tree((*COMMON_FIELDS, *fields))
+    read = frozenset(annotations_read)
+
+    def prune_one(obj: dict[str, Any]) -> dict[str, Any]:
+        metadata = obj.get("metadata")
+        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+        _prune(obj, tree)
+        if isinstance(annotations, dict):
+            own = {k: v for k, v in annotations.items()
+                   if isinstance(k, str) and (k.startswith(OWN_ANNOTATION_PREFIX) or k in read)}
+            if own:
+                obj.setdefault("metadata", {})["annotations"] = own
+        return obj
+
+    return prune_one
+
+
+def _prune(value: dict[str, Any], tree: _Tree) -> None:
+    for name in [name for name in value if name not in tree]:
+        del value[name]
+    for name, (walk, below) in tree.items():
+        if below is None:
+            continue
+        item = value.get(name)
+        if walk and isinstance(item, list):
+            for element in item:
+                if isinstance(element, dict):
+                    _prune(element, below)
+        elif isinstance(item, dict):
+            _prune(item, below)
