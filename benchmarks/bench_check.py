@@ -233,9 +233,6 @@ def main() -> None:
         args.apps, args.repeat = args.apps or list(GROWTH_APPS), args.repeat or 1
     args.apps, args.repeat = args.apps or [1000, 4545, 10000], args.repeat or 3
 
-    kstatus = args.kstatus or subprocess.run(
-        ["bash", str(ROOT / "hack/kstatus/build.sh")], stdout=subprocess.PIPE, text=True,
-        check=True).stdout.strip().splitlines()[-1]
     check = shutil.which("eventmesh-health", path=str(Path(sys.executable).parent)) \
         or shutil.which("eventmesh-health")
     if check is None:
@@ -243,6 +240,9 @@ def main() -> None:
     if args.growth:
         growth(check, args.apps, args.namespaces, args.repeat)
         return
+    kstatus = args.kstatus or subprocess.run(
+        ["bash", str(ROOT / "hack/kstatus/build.sh")], stdout=subprocess.PIPE, text=True,
+        check=True).stdout.strip().splitlines()[-1]
     how = _how()
     print(f"whole processes, best of {args.repeat}; wall time and peak RSS by {how}; "
           f"{os.cpu_count()} CPUs")
