@@ -1,9 +1,10 @@
 """The lean reading of a dump (slimmed objects, kinds no profile reads dropped, kubectl's JSON
-read a block at a time by orjson) gives the report the plain reading gives, and refuses
-exactly what the plain reader refuses."""
+read a block at a time by orjson) gives the report (and what `explain` shows) the plain
+reading gives, and refuses exactly what the plain reader refuses."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from datetime import UTC, datetime
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from eventmesh_health.analysis import analyse
+from eventmesh_health.analysis import analyse, analyse_graph
+from eventmesh_health.outputs.tree import explain_flow_json, explain_json
 from eventmesh_health.sources import fastjson, files
 from eventmesh_health.sources.files import (
     RawDump,
@@ -21,10 +24,11 @@ from eventmesh_health.sources.files import (
     snapshot_of,
 )
 from eventmesh_health.topology.registry import ProfileError, detect, lookup
-from tests.test_hostile_input import base_objects
+from tests.test_hostile_input import _WRONG, _damage_cases, _set, base_objects
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 NOW = datetime(2020, 6, 15, 10, 0, tzinfo=UTC)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 FOLDERS = sorted(
     str(folder.relative_to(EXAMPLES)) for folder in EXAMPLES.rglob("*")
     if folder.is_dir() and any(folder.glob("*.yaml"))
@@ -35,6 +39,19 @@ def report_of(raw: RawDump) -> dict[str, Any]:
     name = raw.profile_name()
     profile = lookup(name) if name else detect(raw.kinds(), "the dump")
     return analyse(snapshot_of(raw, profile, NOW), profile).to_json_dict()
+
+
+def explained(raw: RawDump) -> list[Any]:
+    """What `explain` shows of every application and flow."""
+    name = raw.profile_name()
+    profile = lookup(name) if name else detect(raw.kinds(), "the dump")
+    analysis = analyse_graph(snapshot_of(raw, profile, NOW), profile)
+    return [
+        *(explain_json(unit, report, analysis.causes) for unit, report
+          in zip(analysis.graph.apps, analysis.report.applications, strict=True)),
+        *(explain_flow_json(unit, report, analysis.causes) for unit, report
+          in zip(analysis.graph.flows, analysis.report.flows, strict=True)),
+    ]
 
 
 def kubectl_json(objects: list[Any]) -> str:
@@ -83,6 +100,7 @@ def test_lean_and_plain_reading_give_the_same_report(
     assert lean.kinds() == plain.kinds()
     expected = report_of(plain)
     assert report_of(lean) == expected
+    assert explained(lean) == explained(plain)
     # the same objects as one `kubectl get -o json` List, read by the block reader
     info = [plain.info] if plain.info is not None else []
     path = tmp_path / "mesh.json"
@@ -212,3 +230,21 @@ def test_check_json_is_what_json_dumps_writes(example: str, tmp_path: Path) -> N
     report.source.profile = odd
     assert report.model_dump_json(indent=2, by_alias=True) == json.dumps(
         report.to_json_dict(), indent=2, ensure_ascii=False)
+
+
+def test_every_damaged_field_reads_alike(tmp_path: Path) -> None:
+    """Each wrong type in each field the analysis reads of the base mesh
+    (`test_hostile_input`'s damage cases): read lean, the same report as read plainly, so
+    no field the analysis reads is missing from the slimming allow-lists."""
+    cases = _damage_cases()
+    original = base_objects()
+    differ = []
+    for position, path, wrong in cases:
+        objects = copy.deepcopy(original)
+        _set(objects[position], path, copy.deepcopy(_WRONG[wrong]))
+        file = tmp_path / "mesh.yaml"
+        file.write_text(yaml.dump_all(objects, Dumper=_DUMPER))
+        if outcome(file, lean=True) != outcome(file, lean=False):
+            differ.append(f"{objects[position]['kind']} {'.'.join(map(str, path))} "
+                          f"= {_WRONG[wrong]!r:.20}")
+    assert not differ, "\n".join(differ)
