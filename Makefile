@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test browser envtest kstatus knative knative-v012 tools jaeger lint typecheck unit bench bench-analysis bench-check bench-probe bench-detection bench-yaml clean
+.PHONY: demo test browser envtest kstatus knative knative-v012 tools jaeger lint typecheck unit bench bench-analysis bench-check bench-growth bench-probe bench-detection bench-yaml clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -92,10 +92,14 @@ bench:
 bench-analysis: $(BIN)/eventmesh-health
 	$(BIN)/python benchmarks/bench_analysis.py
 
-# Whole processes on the same dump: check (JSON, YAML) against kstatus (JSON), 1,000 and 10,000
-# applications x 3 namespaces; needs Go to build kstatus once.
+# Whole processes on the same dump: check (JSON, YAML) against kstatus (JSON), 1,000, 4,545 and
+# 10,000 applications x 3 namespaces; needs Go to build kstatus once.
 bench-check: $(BIN)/eventmesh-health kstatus
 	$(BIN)/python benchmarks/bench_check.py
+
+# check's time and peak RSS against objects (1k to 550k): the README's cost-growth table.
+bench-growth: $(BIN)/eventmesh-health
+	$(BIN)/python benchmarks/bench_check.py --growth
 
 # Heartbeat receiver (one core) and sender throughput on loopback; needs 2 CPUs, ~2 min.
 bench-probe: $(BIN)/eventmesh-health

@@ -1,7 +1,8 @@
 """`eventmesh-health check` against kstatus on the same dump, as whole processes.
 
     make bench          # builds kstatus (hack/kstatus/build.sh), then runs this
-    .venv/bin/python benchmarks/bench_check.py [--apps 1000 10000] [--repeat 3] [--skip-yaml]
+    .venv/bin/python benchmarks/bench_check.py [--apps 1000 4545 10000] [--repeat 3] [--skip-yaml]
+    .venv/bin/python benchmarks/bench_check.py --growth [--repeat 1]
 
 For each size, the synthetic healthy mesh (synthetic.mesh: N applications x 3 namespaces,
 55 objects per application) is written once as a `kubectl get -o json` List and once as a
@@ -19,6 +20,11 @@ if present, else from a fresh, small Python process that runs the one command an
 getrusage(RUSAGE_CHILDREN). A command whose first run takes longer than --single-run-after
 seconds is not repeated (the table says how many runs it had). check must exit 0 (the mesh
 is healthy) and kstatus must count every object, else the benchmark fails.
+
+--growth measures only `check --snapshot mesh.json -o json`, at about 1k, 10k, 100k, 250k and
+550k objects (18, 182, 1,818, 4,545 and 10,000 applications x 3 namespaces), and prints its
+wall time, CPU time and peak RSS against objects, and what each object added since the size
+before costs (CPU, RSS): where that stops being about constant, growth is not linear.
 
 kstatus only judges each object on its own; check also links them into chains per
 application and names root causes, so the two do not do the same work: the comparison is
@@ -38,6 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -122,30 +129,121 @@ def measure(command: list[str], out: Path) -> tuple[int, float, float]:
     return code, wall, peak_kib / 1024
 
 
+# About 1k, 10k, 100k, 250k and 550k objects (55 per application, 15 for the system).
+GROWTH_APPS = (18, 182, 1818, 4545, 10000)
+
+
+def write_child(folder: Path, apps: int, namespaces: int, yaml_too: bool) -> dict[str, Any]:
+    """write_dumps in a child: on Linux a process's peak RSS is inherited by the children
+    it forks, so this one must stay small for theirs to mean anything."""
+    return dict(json.loads(subprocess.run(
+        [sys.executable, __file__, "--write", str(folder), "--apps", str(apps),
+         "--namespaces", str(namespaces)] + ([] if yaml_too else ["--skip-yaml"]),
+        stdout=subprocess.PIPE, text=True, check=True).stdout))
+
+
+def growth(check: str, sizes: list[int], namespaces: int, repeat: int) -> None:
+    """check's cost against objects (--growth)."""
+    rows: list[tuple[int, float, float, float]] = []  # objects, wall, cpu, peak MiB
+    print("check --snapshot mesh.json -o json, JSON only; best of "
+          f"{repeat} per size; wall time, user+system CPU and peak RSS by {_how()}")
+    with LoadSampler() as sampler:
+        for apps in sizes:
+            with tempfile.TemporaryDirectory(prefix="bench-growth-") as tmp:
+                folder = Path(tmp)
+                written = write_child(folder, apps, namespaces, yaml_too=False)
+                objects = written["objects"]
+                best: tuple[float, float, float] | None = None
+                for _ in range(repeat):
+                    code, wall, peak, cpu = measure_cpu(
+                        [check, "check", "--snapshot", str(folder / "mesh.json"), "-o", "json"],
+                        folder / "stdout")
+                    if code != 0:
+                        sys.exit(f"check exited {code} at {apps} applications (expected 0)")
+                    if best is None or wall < best[0]:
+                        best = (wall, cpu, peak)
+                assert best is not None
+                rows.append((objects, *best))
+                print(f"  {objects:>9,} objects ({written['sizes']['json'] / 2**20:,.0f} MiB): "
+                      f"{best[0]:7.2f} s wall, {best[1]:7.2f} s CPU, {best[2]:7,.0f} MiB",
+                      flush=True)
+    print()
+    print("| objects | applications | wall | CPU | peak RSS | CPU per added object "
+          "| RSS per added object |")
+    print("|---|---|---|---|---|---|---|")
+    previous: tuple[int, float, float, float] | None = None
+    for row, apps in zip(rows, sizes, strict=True):
+        objects, wall, cpu, peak = row
+        if previous is None:
+            cpu_step = rss_step = "—"
+        else:
+            added = objects - previous[0]
+            cpu_step = f"{(cpu - previous[2]) / added * 1e6:.1f} µs"
+            rss_step = f"{(peak - previous[3]) * 1024 / added:.2f} KiB"
+        print(f"| {objects:,} | {apps:,} | {wall:.2f} s | {cpu:.2f} s | {peak:,.0f} MiB "
+              f"| {cpu_step} | {rss_step} |")
+        previous = row
+    print(f"load average (1 min) during the run: {sampler.summary()}")
+
+
+def _how() -> str:
+    return "/usr/bin/time -v" if os.access(GNU_TIME, os.X_OK) else "getrusage(RUSAGE_CHILDREN)"
+
+
+def measure_cpu(command: list[str], out: Path) -> tuple[int, float, float, float]:
+    """(exit code, wall seconds, peak RSS MiB, user+system CPU seconds) of `command`."""
+    result = subprocess.run([sys.executable, "-c", _MEASURE_CPU, str(out), *command],
+                            capture_output=True, text=True, check=True)
+    code, wall, peak_kib, cpu = json.loads(result.stdout)
+    return code, wall, peak_kib / 1024, cpu
+
+
+# As _MEASURE, and the child's CPU time (user + system).
+_MEASURE_CPU = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.call(sys.argv[2:], stdout=open(sys.argv[1], "wb"))
+wall = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps([code, wall, usage.ru_maxrss, usage.ru_utime + usage.ru_stime]))
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--apps", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--apps", type=int, nargs="+",
+                        help="applications x 3 namespaces (default 1000 4545 10000; with "
+                        f"--growth {' '.join(map(str, GROWTH_APPS))})")
     parser.add_argument("--namespaces", type=int, default=3, help=argparse.SUPPRESS)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per command; the best counts")
+    parser.add_argument("--repeat", type=int,
+                        help="runs per command; the best counts (default 3; with --growth 1)")
     parser.add_argument("--skip-yaml", action="store_true", help="do not write or check YAML")
     parser.add_argument("--single-run-after", type=float, default=180.0, metavar="SECONDS",
                         help="a command whose first run takes longer is not repeated")
     parser.add_argument("--kstatus", default=os.environ.get("KSTATUS"),
                         help="the kstatus binary (default: built by hack/kstatus/build.sh)")
+    parser.add_argument("--growth", action="store_true",
+                        help="check's time and memory at 1k to 550k objects (JSON only)")
     parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.write:
         write_dumps(args.write, args.apps[0], args.namespaces, not args.skip_yaml)
         return
+    if args.growth:
+        args.apps, args.repeat = args.apps or list(GROWTH_APPS), args.repeat or 1
+    args.apps, args.repeat = args.apps or [1000, 4545, 10000], args.repeat or 3
 
-    kstatus = args.kstatus or subprocess.run(
-        ["bash", str(ROOT / "hack/kstatus/build.sh")], stdout=subprocess.PIPE, text=True,
-        check=True).stdout.strip().splitlines()[-1]
     check = shutil.which("eventmesh-health", path=str(Path(sys.executable).parent)) \
         or shutil.which("eventmesh-health")
     if check is None:
         sys.exit("eventmesh-health is not installed (make bench installs it into .venv)")
-    how = "/usr/bin/time -v" if os.access(GNU_TIME, os.X_OK) else "getrusage(RUSAGE_CHILDREN)"
+    if args.growth:
+        growth(check, args.apps, args.namespaces, args.repeat)
+        return
+    kstatus = args.kstatus or subprocess.run(
+        ["bash", str(ROOT / "hack/kstatus/build.sh")], stdout=subprocess.PIPE, text=True,
+        check=True).stdout.strip().splitlines()[-1]
+    how = _how()
     print(f"whole processes, best of {args.repeat}; wall time and peak RSS by {how}; "
           f"{os.cpu_count()} CPUs")
 
@@ -155,13 +253,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
                 folder = Path(tmp)
                 start = time.perf_counter()
-                # written by a child: on Linux a process's peak RSS is inherited by the
-                # children it forks, so this one must stay small for theirs to mean anything
-                written = json.loads(subprocess.run(
-                    [sys.executable, __file__, "--write", str(folder), "--apps", str(apps),
-                     "--namespaces", str(args.namespaces)]
-                    + (["--skip-yaml"] if args.skip_yaml else []),
-                    stdout=subprocess.PIPE, text=True, check=True).stdout)
+                written = write_child(folder, apps, args.namespaces, not args.skip_yaml)
                 objects, sizes = written["objects"], written["sizes"]
                 print(f"{apps:,} applications x {args.namespaces} namespaces: {objects:,} objects, "
                       + ", ".join(f"{fmt} {size / 2**20:,.0f} MiB" for fmt, size in sizes.items())

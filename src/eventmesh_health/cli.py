@@ -288,6 +288,10 @@ def check(
                        profile_name).report
     if output == "table":
         print_check(report, _console())
+    elif output == "json":
+        # pydantic-core writes what json.dumps(indent=2, ensure_ascii=False) of
+        # to_json_dict() would (tests/test_lean_read.py), without the Python dicts between
+        click.echo(report.model_dump_json(indent=2, by_alias=True))
     else:
         _emit(report.to_json_dict(), output)
     sys.exit(EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY)

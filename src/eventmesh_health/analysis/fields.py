@@ -35,6 +35,18 @@ class DuplicateCondition(Malformed):
 
 
 def _walk(obj: object, path: tuple[str, ...]) -> object:
+    # Nearly always a walk through maps: no check per step. Only a map has `get` among what
+    # a dump decodes to, so anything else ends the fast walk, and the careful one says why.
+    current: Any = obj
+    try:
+        for key in path:
+            current = current.get(key)
+    except AttributeError:
+        return _walk_carefully(obj, path)
+    return current
+
+
+def _walk_carefully(obj: object, path: tuple[str, ...]) -> object:
     current = obj
     for depth, key in enumerate(path):
         if current is None:

@@ -23,6 +23,7 @@ from eventmesh_health.analysis.rules import (
     Verdict,
     decide,
     judge,
+    plainly_ready,
 )
 from eventmesh_health.model import Health, ObjectRef
 from eventmesh_health.snapshot import Snapshot
@@ -321,6 +322,12 @@ class _Builder:
     def _judge(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None = None) -> Verdict:
         key = (id(obj), link_judge)
         verdict = self.verdicts.get(key)
+        if verdict is None and link_judge is Judge.KNATIVE and label is None:
+            # what `judge` decides first for most objects, without making their Context
+            kind = kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
+            if kind not in self.classes and plainly_ready(
+                    obj, self.observes_generation.get(kind, False)):
+                verdict = self.verdicts[key] = HEALTHY
         if verdict is None:
             try:
                 ctx = self._context(obj, link_judge, label)

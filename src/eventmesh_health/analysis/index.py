@@ -60,7 +60,7 @@ class Index:
     def add(self, obj: Any, invalidate: bool = True) -> NameKey | None:
         """Index `obj` (replacing an object of the same identity); its key, or None when it
         is rejected (recorded as bad) or of a kind the profile does not read (counted)."""
-        problem = _basic_problem(obj)
+        problem = basic_problem(obj)
         if problem is not None:
             self._reject(obj, problem)
             return None
@@ -91,7 +91,7 @@ class Index:
         return obj
 
     def key_of(self, obj: Obj) -> NameKey | None:
-        if _basic_problem(obj) is not None:
+        if basic_problem(obj) is not None:
             return None
         key = kind_key(obj["apiVersion"], obj["kind"])
         namespaced = self._namespaced.get(key)
@@ -315,6 +315,51 @@ def _add_twice(index: _Lookup, obj: Obj, value: str) -> None:
     index[(None, value)].append(obj)
 
 
+def basic_problem(obj: object) -> str | None:
+    # Called for every object of a dump: the common case (all well) is checked in one go,
+    # the messages in their order only when something is wrong.
+    if type(obj) is dict:
+        api_version, kind, meta = obj.get("apiVersion"), obj.get("kind"), obj.get("metadata")
+        if (type(api_version) is str and type(kind) is str and type(meta) is dict
+                and (api_version, kind) in _GOOD_TYPES):
+            name = meta.get("name")
+            labels = meta.get("labels")
+            refs = meta.get("ownerReferences")
+            if (type(name) is str and name and len(name) <= 253 and name.isprintable()
+                    and (labels is None or (type(labels) is dict
+                                            and all(map(_is_str, labels.values()))))
+                    and (refs is None or _good_refs(refs))
+                    and _good_metadata(meta)):
+                return None
+    return _basic_problem(obj)
+
+
+_STR_OR_NONE = frozenset({str, type(None)})
+_INT_OR_NONE = frozenset({int, type(None)})
+_GOOD_TYPES: set[tuple[str, str]] = set()  # (apiVersion, kind) known to be fine
+
+
+def _is_str(value: object) -> bool:
+    return type(value) is str
+
+
+def _good_refs(refs: object) -> bool:
+    return type(refs) is list and all(
+        type(r) is dict and type(r.get("uid")) is str for r in refs)
+
+
+def _good_metadata(meta: dict[str, Any]) -> bool:
+    # _METADATA_TYPES, unrolled
+    get = meta.get
+    if not (type(get("namespace")) in _STR_OR_NONE and type(get("uid")) in _STR_OR_NONE
+            and type(get("creationTimestamp")) in _STR_OR_NONE
+            and type(get("generation")) in _INT_OR_NONE
+            and type(get("deletionTimestamp")) in _STR_OR_NONE):
+        return False
+    finalizers = get("finalizers")
+    return finalizers is None or (type(finalizers) is list and all(map(_is_str, finalizers)))
+
+
 def _basic_problem(obj: object) -> str | None:
     if not isinstance(obj, dict):
         return f"an item is a {type(obj).__name__}, expected an object (a map)"
@@ -332,6 +377,8 @@ def _basic_problem(obj: object) -> str | None:
     if len(obj["kind"]) > 100 or len(obj["apiVersion"]) > 253 or not (
             obj["kind"].isprintable() and obj["apiVersion"].isprintable()):
         return "apiVersion or kind is not a Kubernetes name"
+    if len(_GOOD_TYPES) < 10_000 and type(obj["kind"]) is str and type(obj["apiVersion"]) is str:
+        _GOOD_TYPES.add((obj["apiVersion"], obj["kind"]))  # bounded, as a dump may be hostile
     # What links objects: read wrongly, an object would silently fall out of its chain. The
     # API server validates metadata, so only a dump can hold these (serve never sees them).
     labels = meta.get("labels")

@@ -508,7 +508,7 @@ RULES: dict[Judge, tuple[Rule, ...]] = {
 }
 
 
-def _plainly_ready(obj: Obj, observes_generation: bool) -> bool:
+def plainly_ready(obj: Obj, observes_generation: bool) -> bool:
     """The common case, decided without the full rule list: not being deleted, latest
     generation observed, every condition well-formed and Ready True. Anything else (or
     anything odd) goes through the rules, which say exactly what is wrong."""
@@ -539,6 +539,6 @@ def _plainly_ready(obj: Obj, observes_generation: bool) -> bool:
 
 def judge(kind: Judge, obj: Obj, ctx: Context) -> Verdict:
     if (kind is Judge.KNATIVE and ctx.classes is None
-            and _plainly_ready(obj, ctx.observes_generation)):
+            and plainly_ready(obj, ctx.observes_generation)):
         return HEALTHY
     return decide(RULES[kind], obj, ctx)

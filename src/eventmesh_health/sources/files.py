@@ -7,21 +7,26 @@ present, says when the dump was taken and which kinds it covers.
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from eventmesh_health.analysis.index import basic_problem
 from eventmesh_health.snapshot import (
     SNAPSHOT_INFO_API_VERSION,
     SNAPSHOT_INFO_KIND,
     InputProblem,
     Snapshot,
 )
+from eventmesh_health.sources import fastjson
 from eventmesh_health.sources.parse import ParseError, parse_json, parse_yaml
+from eventmesh_health.sources.slim import pruner
 from eventmesh_health.topology import Profile, kind_key
 
 SUFFIXES = {".yaml", ".yml", ".json"}
@@ -74,14 +79,18 @@ def _documents(path: Path) -> list[Any]:
         raise SnapshotError(f"{where}: {err}") from None
 
 
-def _items(document: Any) -> Iterator[Any]:
-    """Flatten `List` documents (and `...List` kinds such as `DeploymentList`)."""
-    if (
+def _is_list(document: Any) -> bool:
+    return (
         isinstance(document, dict)
         and isinstance(document.get("kind"), str)
         and document["kind"].endswith("List")
         and "items" in document
-    ):
+    )
+
+
+def _items(document: Any) -> Iterator[Any]:
+    """Flatten `List` documents (and `...List` kinds such as `DeploymentList`)."""
+    if _is_list(document):
         items = document.get("items")
         if items is None:
             return
@@ -111,17 +120,19 @@ class RawDump:
     problems: list[InputProblem] = field(default_factory=list)
     info: dict[str, Any] | None = None
     info_file: Path | None = None
+    # Objects of kinds no profile reads, dropped while reading: counts per kind key, and the
+    # kind keys (plain and at their version) for detection.
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_kinds: set[str] = field(default_factory=set)
 
     def kinds(self) -> frozenset[str]:
         """Kind keys of the objects, and the resources SnapshotInfo says were collected
         (a dump of an empty mesh still names its kinds there): what detection looks at."""
-        present: set[str] = set()
+        present: set[str] = set(self.skipped_kinds)
         for obj in self.objects:
             api_version, kind = obj.get("apiVersion"), obj.get("kind")
             if isinstance(api_version, str) and isinstance(kind, str):
-                key = kind_key(api_version, kind)
-                # and at its version: what tells Knative v1 from v0.12 (`Kind.versioned`)
-                present.update((key, f"{key}/{api_version.rpartition('/')[2]}"))
+                present.update(_kind_keys(api_version, kind))
         collected = (self.info or {}).get("collected")
         if isinstance(collected, list):
             present.update(r for r in collected if isinstance(r, str))
@@ -132,23 +143,123 @@ class RawDump:
         name = (self.info or {}).get("profile")
         return name if isinstance(name, str) and name else None
 
+    def merge(self, other: RawDump) -> None:
+        self.objects.extend(other.objects)
+        self.problems.extend(other.problems)
+        if other.info is not None:
+            self.info, self.info_file = other.info, other.info_file
+        for key, count in other.skipped.items():
+            self.skipped[key] = self.skipped.get(key, 0) + count
+        self.skipped_kinds |= other.skipped_kinds
 
-def read_dump(path: Path) -> RawDump:
-    """Every object under `path`, and our SnapshotInfo if there is one."""
+
+def _kind_keys(api_version: str, kind: str) -> tuple[str, str]:
+    key = kind_key(api_version, kind)
+    # and at its version: what tells Knative v1 from v0.12 (`Kind.versioned`)
+    return key, f"{key}/{api_version.rpartition('/')[2]}"
+
+
+class _Reader:
+    """Takes the items of a dump into a RawDump. Lean (the default), it keeps of each object
+    only what some profile's analysis reads (`sources.slim`, the allow-list beside each kind)
+    and drops objects of kinds no profile reads, counting them, as the index would skip
+    them: the whole objects never all live at once, and the report is the same. An object
+    of such a kind that the index would reject is kept whole, so that its finding is the
+    same too."""
+
+    def __init__(self, raw: RawDump, lean: bool) -> None:
+        self.raw = raw
+        self.plans = _lean_plans() if lean else None
+
+    def document(self, document: Any, file: Path, number: int) -> None:
+        plans = self.plans
+        if plans is not None and type(document) is dict:
+            # the common case first: an object of a kind some profile reads
+            kind, api_version = document.get("kind"), document.get("apiVersion")
+            if type(kind) is str and type(api_version) is str and not kind.endswith("List"):
+                plan = plans.get(kind_key(api_version, kind))
+                if plan is not None:  # (never SnapshotInfo: it is no profile's kind)
+                    self.raw.objects.append(plan(document))
+                    return
+        for item in _items(document):
+            if _is_info(item):
+                self.raw.info, self.raw.info_file = item, file
+            elif isinstance(item, dict):
+                self.object(item)
+            else:
+                self.raw.problems.append(InputProblem(
+                    f"{file} (document {number})",
+                    f"a {type(item).__name__} where an object was expected: {item!r:.60}",
+                ))
+
+    def object(self, obj: dict[str, Any]) -> None:
+        plans = self.plans
+        if plans is None:
+            self.raw.objects.append(obj)
+            return
+        api_version, kind = obj.get("apiVersion"), obj.get("kind")
+        if not isinstance(api_version, str) or not isinstance(kind, str):
+            self.raw.objects.append(obj)  # rejected by the index, as it is
+            return
+        key = kind_key(api_version, kind)
+        plan = plans.get(key)
+        if plan is not None:
+            # keeps every field `basic_problem` reads, as it is: the index judges it alike
+            self.raw.objects.append(plan(obj))
+        elif basic_problem(obj) is not None:
+            self.raw.objects.append(obj)
+        else:
+            raw = self.raw
+            raw.skipped[key] = raw.skipped.get(key, 0) + 1
+            raw.skipped_kinds.update(_kind_keys(api_version, kind))
+
+
+@lru_cache(maxsize=1)
+def _lean_plans() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    """{kind key: its slimmer}, for every kind of every profile (the profile is chosen only
+    after reading, from what was read): the union of what each profile reads of it."""
+    from eventmesh_health.topology.registry import PROFILES
+
+    fields: dict[str, dict[str, None]] = {}
+    annotations: dict[str, dict[str, None]] = {}
+    for profile in PROFILES.values():
+        for kind in profile.kinds:
+            fields.setdefault(kind.key, {}).update(dict.fromkeys(kind.fields))
+            annotations.setdefault(kind.key, {}).update(dict.fromkeys(kind.annotations))
+    # pruned in place: the reader has just decoded them and nothing else holds them
+    return {key: pruner(tuple(fields[key]), tuple(annotations[key])) for key in fields}
+
+
+def read_dump(path: Path, lean: bool = True) -> RawDump:
+    """Every object under `path` (`lean`: slimmed, see `_Reader`), and our SnapshotInfo if
+    there is one."""
     raw = RawDump()
-    for file in dump_files(path):
-        for number, document in enumerate(_documents(file), start=1):
-            for item in _items(document):
-                if _is_info(item):
-                    raw.info, raw.info_file = item, file
-                elif isinstance(item, dict):
-                    raw.objects.append(item)
-                else:
-                    raw.problems.append(InputProblem(
-                        f"{file} (document {number})",
-                        f"a {type(item).__name__} where an object was expected: {item!r:.60}",
-                    ))
+    reader = _Reader(raw, lean)
+    # Reading allocates containers by the million and frees none: the cyclic GC would only
+    # scan them again and again.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for file in dump_files(path):
+            if lean and file.suffix.lower() == ".json" and _read_kubectl_json(file, reader):
+                continue
+            for number, document in enumerate(_documents(file), start=1):
+                reader.document(document, file, number)
+    finally:
+        if collecting:
+            gc.enable()
     return raw
+
+
+def _read_kubectl_json(file: Path, reader: _Reader) -> bool:
+    """The file read by `fastjson` into `reader`'s dump, if it can vouch for it."""
+    part = RawDump()
+    into = _Reader(part, lean=True)
+    skeleton = fastjson.read_list(file, lambda item: into.document(item, file, 1))
+    if skeleton is None or not _is_list(skeleton):
+        return False  # (not a List: its items would be one object's field; never kubectl's)
+    reader.raw.merge(part)
+    return True
 
 
 def load_snapshot(path: Path, profile: Profile, now: datetime) -> Snapshot:
@@ -165,7 +276,7 @@ def snapshot_of(raw: RawDump, profile: Profile, now: datetime) -> Snapshot:
         taken_at, collected = _read_info(raw.info, raw.info_file, profile)
         unavailable = _read_unavailable(raw.info, raw.info_file, profile, collected)
     return Snapshot(objects=raw.objects, taken_at=taken_at, collected=collected,
-                    unavailable=unavailable, problems=raw.problems)
+                    unavailable=unavailable, skipped=dict(raw.skipped), problems=raw.problems)
 
 
 def _read_unavailable(

@@ -12,7 +12,7 @@ A path that ends at a map or list keeps all of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -34,15 +34,28 @@ def slim(obj: dict[str, Any], fields: Iterable[str],
          annotations_read: Iterable[str] = ()) -> dict[str, Any]:
     """A copy of `obj` with only COMMON_FIELDS, `fields`, our own annotations and those the
     analysis reads (`annotations_read`)."""
-    kept = _copy(obj, _tree((*COMMON_FIELDS, *fields)))
-    annotations = (obj.get("metadata") or {}).get("annotations")
+    return slimmer(tuple(fields), tuple(annotations_read))(obj)
+
+
+@lru_cache(maxsize=256)
+def slimmer(fields: tuple[str, ...],
+            annotations_read: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`slim` for one list of fields, its plan made once (a dump reader slims every object)."""
+    tree = _tree((*COMMON_FIELDS, *fields))
     read = frozenset(annotations_read)
-    if isinstance(annotations, dict):
-        own = {k: v for k, v in annotations.items()
-               if isinstance(k, str) and (k.startswith(OWN_ANNOTATION_PREFIX) or k in read)}
-        if own:
-            kept.setdefault("metadata", {})["annotations"] = own
-    return kept
+
+    def slim_one(obj: dict[str, Any]) -> dict[str, Any]:
+        kept = _copy(obj, tree)
+        metadata = obj.get("metadata")
+        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+        if isinstance(annotations, dict):
+            own = {k: v for k, v in annotations.items()
+                   if isinstance(k, str) and (k.startswith(OWN_ANNOTATION_PREFIX) or k in read)}
+            if own:
+                kept.setdefault("metadata", {})["annotations"] = own
+        return kept
+
+    return slim_one
 
 
 @lru_cache(maxsize=256)
@@ -85,3 +98,50 @@ def _copy(value: Any, tree: _Tree) -> dict[str, Any]:
         else:
             result[name] = item  # a wrong type is kept as it is: the analysis reports it
     return result
+
+
+@lru_cache(maxsize=256)
+def pruner(fields: tuple[str, ...],
+           annotations_read: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`slimmer`, but cutting the object itself down instead of copying what it keeps: for a
+    reader that owns the objects it has just decoded (no new maps, none to free)."""
+    plan = _plan(_tree((*COMMON_FIELDS, *fields)))
+    read = frozenset(annotations_read)
+
+    def prune_one(obj: dict[str, Any]) -> dict[str, Any]:
+        metadata = obj.get("metadata")
+        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+        _prune(obj, plan)
+        if isinstance(annotations, dict):
+            own = {k: v for k, v in annotations.items()
+                   if isinstance(k, str) and (k.startswith(OWN_ANNOTATION_PREFIX) or k in read)}
+            if own:
+                obj.setdefault("metadata", {})["annotations"] = own
+        return obj
+
+    return prune_one
+
+
+# A tree as `_prune` walks it: the names kept, and those below which only some is kept.
+_Plan = tuple[dict[str, None], tuple[tuple[str, bool, "_Plan"], ...]]
+
+
+def _plan(tree: _Tree) -> _Plan:
+    return (dict.fromkeys(tree),
+            tuple((name, walk, _plan(below)) for name, (walk, below) in tree.items()
+                  if below is not None))
+
+
+def _prune(value: dict[str, Any], plan: _Plan) -> None:
+    kept, branches = plan
+    if not value.keys() <= kept.keys():  # (mostly all is kept: one test in C)
+        for name in [name for name in value if name not in kept]:
+            del value[name]
+    for name, walk, below in branches:
+        item = value.get(name)
+        if walk and isinstance(item, list):
+            for element in item:
+                if isinstance(element, dict):
+                    _prune(element, below)
+        elif isinstance(item, dict):
+            _prune(item, below)
