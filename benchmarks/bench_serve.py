@@ -432,6 +432,7 @@ class Run:
     streamed: int = 0  # changes of the background stream during the measured ones
     apiserver_rss: int = 0
     etcd_rss: int = 0
+    commit: str = ""  # of the serve code that ran (`git describe --dirty` when it started)
     sync_seconds: float = float("nan")
     written_seconds: float = float("nan")  # process start -> every EventMeshHealth written
     settled_seconds: float = float("nan")  # process start -> last write of the first burst
@@ -465,6 +466,8 @@ def run_serve(cp: ControlPlane, kubeconfig: Path, run: Run, args: argparse.Names
         run.qps = "20/30"  # serve's defaults
     log(f"serve ({run.mode}) on {run.apps:,} applications x {run.namespaces} namespaces "
         f"({run.objects:,} objects)")
+    run.commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                                capture_output=True, text=True).stdout.strip()
     serve = Serve(cp, kubeconfig, write, folder, profile, extra)
     sampler = LoadSampler()
     try:
@@ -648,7 +651,7 @@ COLUMNS = (
     "apps", "ns", "objects", "load s", "obj/s", "mode", "qps/burst", "sync s", "written s",
     "stream", "p50 ms", "p90 ms",
     "p99 ms", "max ms", "n", "analysis ms", "RSS MiB", "CPU s", "sync CPU s", "quiet CPU %",
-    "reads/min", "watches/min", "writes/min", "load avg",
+    "reads/min", "watches/min", "writes/min", "commit", "load avg",
 )
 
 
@@ -668,7 +671,7 @@ def row(r: Run) -> list[str]:
         f"{r.analysis_mean * 1000:.0f}", f"{r.rss_peak / 2**20:.0f}", f"{r.cpu_total:.1f}",
         f"{r.cpu_sync:.1f}", f"{quiet_cpu:.1f}",
         *(f"{r.quiet[k] * per_minute:.0f}" for k in ("read", "watch", "write")),
-        r.load_average,
+        r.commit, r.load_average,
     ]
 
 
@@ -682,7 +685,7 @@ def print_table(runs: list[Run], file: Any = sys.stdout) -> None:
 
 
 GROWTH_COLUMNS = ("apps", "objects", "sync s", "sync CPU s", "RSS MiB", "KiB/object",
-                  "apiserver RSS MiB", "etcd RSS MiB", "load avg")
+                  "apiserver RSS MiB", "etcd RSS MiB", "commit", "load avg")
 
 
 def print_growth(runs: list[Run], file: Any = sys.stdout) -> None:
@@ -691,7 +694,8 @@ def print_growth(runs: list[Run], file: Any = sys.stdout) -> None:
     rows = [list(GROWTH_COLUMNS)] + [[
         f"{r.apps:,}", f"{r.objects:,}", f"{r.sync_seconds:.1f}", f"{r.cpu_sync:.1f}",
         f"{r.rss_sync / 2**20:.0f}", f"{r.rss_sync / 1024 / r.objects:.2f}",
-        f"{r.apiserver_rss / 2**20:.0f}", f"{r.etcd_rss / 2**20:.0f}", r.load_average,
+        f"{r.apiserver_rss / 2**20:.0f}", f"{r.etcd_rss / 2**20:.0f}", r.commit,
+        r.load_average,
     ] for r in runs]
     widths = [max(len(r[i]) for r in rows) for i in range(len(GROWTH_COLUMNS))]
     for r in rows:
@@ -730,8 +734,8 @@ def main() -> None:
                         help="other changes per second meanwhile (default: 5)")
     parser.add_argument("--quiet", type=float, default=60.0,
                         help="seconds of the steady-state window (default: 60)")
-    parser.add_argument("--concurrency", type=int, default=8,
-                        help="connections of the bulk loader (default: 8, the fastest here)")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="connections of the bulk loader (default: 64, the fastest here)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="serve runs per size (default: no-write write)")
     parser.add_argument("--kube-api-qps", type=float, nargs="+", default=[],
