@@ -383,12 +383,17 @@ class ClusterCache:
     async def _list(self, state: _KindState) -> None:
         kind = state.kind
         params = {"limit": str(self._chunk_size)}
-        items: list[Any] = []
+        # Slimmed page by page: the whole list of a big kind as the API server sends it
+        # (managedFields, Pod specs) would be most of serve's peak memory.
+        objects: dict[_ObjKey, dict[str, Any]] = {}
         while True:
             body = await self._get_list_page(kind, params)
             page = body.get("items")
             if isinstance(page, list):
-                items.extend(page)
+                for item in page:
+                    if isinstance(item, dict):
+                        obj = self._kept(state, item)
+                        objects[_key(obj)] = obj
             metadata = body.get("metadata")
             if not isinstance(metadata, dict):
                 metadata = {}
@@ -402,11 +407,6 @@ class ClusterCache:
                           "resourceVersion")
         if _is_custom(kind) and self._crd_known_absent(kind):
             raise _NotServed(404)  # a CRD being removed can still answer for a moment
-        objects: dict[_ObjKey, dict[str, Any]] = {}
-        for item in items:
-            if isinstance(item, dict):
-                obj = self._kept(state, item)
-                objects[_key(obj)] = obj
         self._replace(state, objects)
         state.resource_version = str(version)
         state.fresh_list = True
