@@ -63,6 +63,7 @@ from typing import Any, Literal
 import httpx2
 import lightkube
 
+from eventmesh_health.serve.compact import compact
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.sources.cluster import (
     _BUILT_IN_GROUPS,
@@ -532,11 +533,12 @@ class ClusterCache:
     def _kept(self, state: _KindState, item: dict[str, Any]) -> dict[str, Any]:
         """What the cache keeps of an object: the fields the analysis reads (`Kind.fields`,
         as a dump keeps them), not a Pod's spec or a Deployment's template — most of the
-        bytes of a big cluster. The CRDs the cache watches for itself are kept whole."""
+        bytes of a big cluster — with its short strings shared (`compact`: a third less
+        again). The CRDs the cache watches for itself are kept whole."""
         obj = _plain(item, state.kind)
         if state is self._crd:
             return obj
-        return slim(obj, state.kind.fields, state.kind.annotations)
+        return compact(slim(obj, state.kind.fields, state.kind.annotations))
 
     def _apply(self, state: _KindState, event_type: str, obj: dict[str, Any]) -> None:
         key = _key(obj)
