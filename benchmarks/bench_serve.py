@@ -623,9 +623,12 @@ def bench_all(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
                     if apps in args.growth:
                         plans.append(("sync", False))
                     if apps in args.apps:
-                        plans += [(mode, False) for mode in args.modes]
+                        modes = [m for m in args.modes
+                                 if m != "write" or args.write_max is None
+                                 or apps <= args.write_max]
+                        plans += [(mode, False) for mode in modes]
                         if args.profile:
-                            plans += [(mode, True) for mode in args.modes]
+                            plans += [(mode, True) for mode in modes]
                     for mode, profiled in plans:
                         run = Run(apps, args.namespaces, progress.objects, load_seconds,
                                   progress.requests, mode, profiled)
@@ -738,6 +741,9 @@ def main() -> None:
                         help="connections of the bulk loader (default: 64, the fastest here)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="serve runs per size (default: no-write write)")
+    parser.add_argument("--write-max", type=int, default=None, metavar="APPS",
+                        help="write runs only at sizes up to this (their first sync takes "
+                             "3 x APPS / --kube-api-qps seconds)")
     parser.add_argument("--kube-api-qps", type=float, nargs="+", default=[],
                         help="serve's --kube-api-qps in the write runs, one per size of "
                              "--apps in ascending order (default: serve's own, 20)")
