@@ -508,6 +508,10 @@ def run_serve(cp: ControlPlane, kubeconfig: Path, run: Run, args: argparse.Names
                 run.analysis_mean = (serve.metric("eventmesh_analysis_duration_seconds_sum")
                                      - base_sum) / runs
             time.sleep(SETTLE)  # the last change's writes, and their audit events
+            if write:
+                # The changes' writes queue behind the rate limit (3 per transition at 20/s
+                # by default): the quiet window starts once they have drained.
+                settle_writes(serve, audit, 300.0)
             log(f"  quiet window of {args.quiet:.0f}s")
             cpu_before, start = serve.cpu(), datetime.now(UTC)
             time.sleep(args.quiet)
@@ -525,6 +529,20 @@ def run_serve(cp: ControlPlane, kubeconfig: Path, run: Run, args: argparse.Names
         run.load_average = sampler.summary()
     if profile is not None:
         log(f"  profile: {profile}")
+
+
+def settle_writes(serve: Serve, audit: AuditTail, timeout: float) -> None:
+    """Until SETTLE seconds pass without a write of serve's."""
+    deadline = time.monotonic() + timeout
+    last, count = time.monotonic(), len(audit.writes())
+    while time.monotonic() - last < SETTLE:
+        serve.alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"serve still writing after {timeout:.0f}s")
+        time.sleep(0.5)
+        now = len(audit.writes())
+        if now != count:
+            last, count = time.monotonic(), now
 
 
 def _control_plane_rss(cp: ControlPlane, run: Run) -> None:
@@ -568,12 +586,7 @@ def measure_first_writes(serve: Serve, audit: AuditTail, run: Run) -> None:
                                f"written; last lines of serve's log:\n{serve.tail()}")
         time.sleep(0.5)
     log(f"  every EventMeshHealth written {run.written_seconds:.1f}s after the start")
-    last, count = time.monotonic(), len(audit.writes())
-    while time.monotonic() - last < SETTLE:
-        time.sleep(0.5)
-        now = len(audit.writes())
-        if now != count:
-            last, count = time.monotonic(), now
+    settle_writes(serve, audit, 600.0)
     writes = audit.writes()
     last_write = max(e.received for e in writes)
     started = datetime.now(UTC).timestamp() - (time.monotonic() - serve.started)
