@@ -349,7 +349,16 @@ class BulkLoader:
         started = time.monotonic()
         if system:
             self.load(iter([namespaces_ + [o for o in system if o not in webhooks]]))
-        self.load(groups(), report)
+        before = Progress(self.progress.objects, self.progress.requests)
+
+        def step(progress: Progress, elapsed: float) -> None:
+            """Progress reports count this step's objects only."""
+            if report is not None:
+                report(Progress(progress.objects - before.objects,
+                                progress.requests - before.requests, progress.retries),
+                       elapsed)
+
+        self.load(groups(), step)
         if webhooks:
             self.load(iter([webhooks]))
         return time.monotonic() - started, self.progress
