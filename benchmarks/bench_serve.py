@@ -1,23 +1,28 @@
-"""Benchmark `eventmesh-health serve` on a real API server with a synthetic mesh (issue 4).
+"""Benchmark `eventmesh-health serve` on a real API server with a synthetic mesh (issues 4, 14).
 
-    .venv/bin/python benchmarks/bench_serve.py --apps 1000 [--apps 10000] [--changes 100]
+    .venv/bin/python benchmarks/bench_serve.py --apps 1000 10000 --namespaces 3 \
+        --growth 18 182 1818 4545 10000
 
-For each size: a fresh control plane (kube-apiserver + etcd, `tests/envtest`) with the test
-CRDs and the EventMeshHealth CRD; the synthetic healthy mesh of N applications x 1 namespace
-(`synthetic.application(i, 1)` plus `synthetic.system()`, i.e. `synthetic.mesh(N, 1)`, with
-the fields the API server requires and the synthetic dumps leave out filled in) created through
-a few concurrent connections: namespaces first, owners before what they own (ownerReferences
-rewritten to the server's uids), status written through `/status` where the resource has one.
-Then `python -m eventmesh_health serve` runs against it, as user `bench-serve`, once per mode:
+One control plane (kube-apiserver + etcd, `tests/envtest`, with the benchmark's flags of
+`bulk_load.bench_control_plane`) with the test CRDs and the EventMeshHealth CRD, loaded in
+steps with the synthetic healthy mesh of N applications x `--namespaces` namespaces
+(`synthetic.mesh(N, M)`) by the bulk loader (`bulk_load.py`: concurrent creates, status in
+the same pass). At each size of `--growth`, serve runs once, `--no-write`, to the end of its
+initial sync only (the cost-growth table: sync time and RSS against objects). At each size
+of `--apps`, `python -m eventmesh_health serve` runs as user `bench-serve` once per mode:
 
 - `no-write` (`--no-write`): the watch + analysis + REST path alone;
 - `write` (the default of serve): the first sync writes one EventMeshHealth (create + status)
-  and one annotation patch per Application; the time until all are written is measured, and
-  the quiet window then shows whether the steady state makes zero writes.
+  and one annotation patch per Application, at serve's client-side rate limit
+  (`--kube-api-qps`, default serve's own); the time until all are written is measured, and
+  the quiet window then shows whether the steady state makes zero writes. Afterwards its
+  objects and annotations are removed again, so that the next size's write run starts
+  from nothing written too.
 
 Measured per run: initial sync (process start -> `/readyz` 200 and `/api/v1/health` 200),
 detection latency of `--changes` status flips (a random application's Trigger Ready False,
-then True again, through `/status`; each from the moment the API server's 200 for the write
+then True again, through `/status`, one after the other, while a stream of `--stream` other
+flips per second runs on other Triggers; each from the moment the API server's 200 for the write
 arrived to the moment `GET /api/v1/applications/<app>` shows the new health, polled every
 10 ms), the serve process' CPU time and peak RSS (`VmHWM`), and its API requests per minute
 over a quiet window (audit events of user `bench-serve` received in the window: reads, watches
@@ -46,23 +51,27 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
-from lightkube import Client, KubeConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.envtest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # synthetic
 
 from tests.envtest.controlplane import ControlPlane, _die_with_parent, free_port
-from tests.envtest.fixtures import install_crds, load_test_crds
 
 import synthetic
+from bulk_load import (
+    BulkLoader,
+    Progress,
+    Resource,
+    bench_control_plane,
+    install_all_crds,
+    report_progress,
+)
 from machine import LoadSampler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,41 +99,6 @@ def log(message: str) -> None:
 # --- the API server -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Resource:
-    plural: str
-    namespaced: bool
-    has_status: bool
-    base: str
-
-    def url(self, namespace: str | None = None, name: str | None = None,
-            sub: str | None = None) -> str:
-        parts = [self.base]
-        if self.namespaced and namespace:
-            parts += ["namespaces", namespace]
-        parts.append(self.plural)
-        if name:
-            parts.append(name)
-        if sub:
-            parts.append(sub)
-        return "/".join(parts)
-
-
-def discover(http: httpx.Client) -> dict[tuple[str, str], Resource]:
-    found: dict[tuple[str, str], Resource] = {}
-    versions = ["v1"] + [v["groupVersion"] for g in http.get("/apis").json()["groups"]
-                         for v in g["versions"]]
-    for gv in versions:
-        base = "/api/v1" if gv == "v1" else f"/apis/{gv}"
-        listing = http.get(base).json()["resources"]
-        names = {r["name"] for r in listing}
-        for r in listing:
-            if "/" not in r["name"]:
-                found[(gv, r["kind"])] = Resource(r["name"], r["namespaced"],
-                                                  f"{r['name']}/status" in names, base)
-    return found
-
-
 def request(http: httpx.Client, method: str, url: str, body: Any = None,
             patch: bool = False) -> httpx.Response:
     """One request; 429 (storage initialising right after a CRD) and transport errors are
@@ -149,155 +123,6 @@ def checked(answer: httpx.Response, what: str) -> httpx.Response:
     if answer.is_error:
         raise RuntimeError(f"{what}: HTTP {answer.status_code}: {answer.text[:500]}")
     return answer
-
-
-def install_all_crds(cp: ControlPlane) -> None:
-    crds = [*load_test_crds(), yaml.safe_load(HEALTH_CRD.read_text())]
-    with Client(KubeConfig.from_file(cp.kubeconfig_path), trust_env=False) as client:
-        install_crds(client, crds, timeout=60)
-
-
-# --- loading the mesh -----------------------------------------------------------------------
-
-
-def _containers(name: str) -> list[dict[str, Any]]:
-    return [{"name": name, "image": f"bench.local/{name}:1"}]
-
-
-def loadable(obj: dict[str, Any]) -> dict[str, Any]:
-    """The synthetic object as a controller would create it: server-set metadata dropped,
-    and what the API server requires but the analysis never reads filled in (Pod containers,
-    a Deployment's pod template, a Service's ports, an Application service's display names,
-    a webhook's side effects)."""
-    body = json.loads(json.dumps(obj))
-    meta = body["metadata"]
-    for key in SERVER_SET:
-        meta.pop(key, None)
-    kind, spec = body.get("kind"), body.get("spec")
-    if kind == "Pod" and body["apiVersion"] == "v1":
-        body["spec"] = {"containers": _containers("main")}
-        for status in body.get("status", {}).get("containerStatuses", []):
-            status.setdefault("image", f"bench.local/{status['name']}:1")
-            status.setdefault("imageID", "")
-    elif kind == "Deployment" and isinstance(spec, dict):
-        labels = spec["selector"]["matchLabels"]
-        spec["template"] = {"metadata": {"labels": dict(labels)},
-                            "spec": {"containers": _containers("main")}}
-    elif kind == "Application":
-        for service in spec.get("services", []):
-            service.setdefault("displayName", service["name"])
-            service.setdefault("providerDisplayName", "bench")
-            service.setdefault("description", service["name"])
-    elif kind == "Service" and body["apiVersion"] == "v1":
-        body.setdefault("spec", {})["ports"] = [{"port": 443, "targetPort": 8443}]
-    elif kind == "ValidatingWebhookConfiguration":
-        for hook in body.get("webhooks", []):
-            # No rules: it intercepts nothing (no webhook runs here), but is still judged.
-            hook.setdefault("sideEffects", "None")
-            hook.setdefault("admissionReviewVersions", ["v1"])
-    return body
-
-
-@dataclass
-class LoadStats:
-    objects: int = 0
-    requests: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, objects: int, requests: int) -> None:
-        with self.lock:
-            self.objects += objects
-            self.requests += requests
-
-
-class Loader:
-    def __init__(self, cp: ControlPlane, workers: int) -> None:
-        self.http = cp.http_client(timeout=60.0)
-        self.workers = workers
-        self.resources = discover(self.http)
-        self.stats = LoadStats()
-        self.stopping = threading.Event()
-
-    def close(self) -> None:
-        self.http.close()
-
-    def create_all(self, objects: list[dict[str, Any]]) -> None:
-        """Namespaces first, then owners before what they own, sequentially."""
-        uids: dict[str, str] = {}
-        pending = sorted(objects, key=lambda o: o["kind"] != "Namespace")
-        requests = 0
-        while pending:
-            later = []
-            for obj in pending:
-                owners = [r["uid"] for r in obj["metadata"].get("ownerReferences", [])]
-                if any(u not in uids and any(o["metadata"]["uid"] == u for o in pending)
-                       for u in owners):
-                    later.append(obj)
-                    continue
-                uids[obj["metadata"]["uid"]] = self.create(obj, uids)
-                requests += 1 + bool(self._status_separately(obj))
-            if len(later) == len(pending):
-                raise RuntimeError(f"ownerReferences in a cycle: {later[:3]}")
-            pending = later
-        self.stats.add(len(objects), requests)
-
-    def _status_separately(self, obj: dict[str, Any]) -> bool:
-        res = self.resources[(obj["apiVersion"], obj["kind"])]
-        return res.has_status and bool(obj.get("status"))
-
-    def create(self, obj: dict[str, Any], uids: dict[str, str]) -> str:
-        if self.stopping.is_set():
-            raise RuntimeError("stopped")
-        res = self.resources[(obj["apiVersion"], obj["kind"])]
-        body = loadable(obj)
-        for ref in body["metadata"].get("ownerReferences", []):
-            ref["uid"] = uids.get(ref["uid"], ref["uid"])
-        status = body.pop("status", None) if res.has_status else None
-        namespace, name = body["metadata"].get("namespace"), body["metadata"]["name"]
-        answer = request(self.http, "POST", res.url(namespace), body)
-        if answer.status_code == 409:
-            # A fresh cluster: it exists because a create that failed in transit went through.
-            answer = request(self.http, "GET", res.url(namespace, name))
-        created = checked(answer, f"creating {obj['kind']} {namespace}/{name}").json()
-        if status:
-            checked(request(self.http, "PATCH", res.url(namespace, name, "status"),
-                            {"status": status}, patch=True),
-                    f"writing the status of {obj['kind']} {namespace}/{name}")
-        return str(created["metadata"]["uid"])
-
-    def load(self, apps: int) -> tuple[float, int, int]:
-        """The whole mesh; returns (seconds, objects, requests)."""
-        started = time.monotonic()
-        system = synthetic.system()
-        webhooks = [o for o in system if o["kind"].endswith("WebhookConfiguration")]
-        namespaces = [{"apiVersion": "v1", "kind": "Namespace",
-                       "metadata": {"name": n, "uid": f"bench-ns-{n}"}}
-                      for n in SYSTEM_NAMESPACES]
-        self.create_all(namespaces + [o for o in system if o not in webhooks])
-        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="load")
-        futures: list[Future[None]] = []
-        progress = threading.Thread(target=self._progress, args=(started, apps), daemon=True)
-        progress.start()
-        try:
-            futures = [pool.submit(lambda i=i: self.create_all(synthetic.application(i, 1)))
-                       for i in range(apps)]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in done:
-                future.result()
-        finally:
-            self.stopping.set()  # also ends the progress thread
-            pool.shutdown(wait=True, cancel_futures=True)
-        self.stopping.clear()
-        self.create_all(webhooks)  # last: the API server would call them on later writes
-        return time.monotonic() - started, self.stats.objects, self.stats.requests
-
-    def _progress(self, started: float, apps: int) -> None:
-        while not self.stopping.wait(15.0):
-            elapsed = time.monotonic() - started
-            log(f"  loaded {self.stats.objects:,} objects ({self.stats.requests:,} requests) "
-                f"in {elapsed:.0f}s: {self.stats.objects / elapsed:,.0f} objects/s, "
-                f"{self.stats.requests / elapsed:,.0f} requests/s; "
-                f"load average {os.getloadavg()[0]:.1f}")
 
 
 # --- the audit log --------------------------------------------------------------------------
@@ -405,7 +230,7 @@ def _cpu_seconds(pid: int) -> float:
 
 class Serve:
     def __init__(self, cp: ControlPlane, kubeconfig: Path, write: bool, folder: Path,
-                 profile: Path | None) -> None:
+                 profile: Path | None, extra: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = folder / f"serve-{'write' if write else 'no-write'}.log"
@@ -415,7 +240,7 @@ class Serve:
             python += ["-m", "cProfile", "-o", str(profile)]
         command = [*python, "-m", "eventmesh_health", "serve", "--kubeconfig", str(kubeconfig),
                    "--host", "127.0.0.1", "--port", str(self.port), "--no-leader-election",
-                   "--write" if write else "--no-write"]
+                   "--write" if write else "--no-write", *(extra or [])]
         self.started = time.monotonic()
         with self.log_path.open("wb") as out:
             self.process = subprocess.Popen(
@@ -546,17 +371,68 @@ def measure_changes(serve: Serve, http: httpx.Client, trigger: Resource, apps: i
     return result
 
 
+class ChangeStream:
+    """A steady stream of other changes while the measured ones run: `rate` per second, each
+    a random application's second Trigger (in its last namespace) flipped through `/status`,
+    so that serve's analysis and writer are busy as in a live cluster."""
+
+    def __init__(self, cp: ControlPlane, trigger: Resource, apps: int, namespaces: int,
+                 rate: float, seed: int) -> None:
+        self.cp, self.trigger, self.apps, self.namespaces = cp, trigger, apps, namespaces
+        self.rate, self.rng = rate, random.Random(seed)
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="changes")
+        self._broken: set[str] = set()
+
+    def _run(self) -> None:
+        with self.cp.http_client(timeout=60.0) as http:
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                app = f"app-{self.rng.randrange(self.apps):05d}"
+                ready = app in self._broken
+                self._broken.symmetric_difference_update({app})
+                namespace = f"{app}-ns{self.namespaces - 1}"
+                checked(request(http, "PATCH", self.trigger.url(
+                    namespace, f"{app}-customer-created", "status"), trigger_status(ready),
+                    patch=True), f"streaming a change of {app}")
+                self.sent += 1
+                next_at += 1 / self.rate
+                self._stop.wait(max(0.0, next_at - time.monotonic()))  # the pace, not a wait
+            for app in sorted(self._broken):  # mend what is still broken
+                checked(request(http, "PATCH", self.trigger.url(
+                    f"{app}-ns{self.namespaces - 1}", f"{app}-customer-created", "status"),
+                    trigger_status(True), patch=True), f"mending {app}")
+                self.sent += 1
+
+    def __enter__(self) -> ChangeStream:
+        if self.rate > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
 # --- one run --------------------------------------------------------------------------------
 
 
 @dataclass
 class Run:
     apps: int
+    namespaces: int
     objects: int
     load_seconds: float
     load_requests: int
-    mode: str
+    mode: str  # no-write, write, or sync (the growth table: sync and RSS only)
     profiled: bool = False
+    qps: str = "-"  # --kube-api-qps/--kube-api-burst of a write run
+    streamed: int = 0  # changes of the background stream during the measured ones
+    apiserver_rss: int = 0
+    etcd_rss: int = 0
+    commit: str = ""  # of the serve code that ran (`git describe --dirty` when it started)
     sync_seconds: float = float("nan")
     written_seconds: float = float("nan")  # process start -> every EventMeshHealth written
     settled_seconds: float = float("nan")  # process start -> last write of the first burst
@@ -565,6 +441,7 @@ class Run:
     analysis_mean: float = float("nan")  # serve's own analysis time per run, during changes
     rss_peak: int = 0
     rss_end: int = 0
+    rss_sync: int = 0  # peak RSS at the end of the initial sync
     cpu_sync: float = float("nan")
     cpu_written: float = float("nan")  # at the end of the first sync's write burst
     cpu_quiet: float = float("nan")
@@ -580,8 +457,18 @@ def run_serve(cp: ControlPlane, kubeconfig: Path, run: Run, args: argparse.Names
     write = run.mode == "write"
     audit = AuditTail(cp.audit_log_path, USER)
     profile = args.profile / f"serve-{run.apps}-{run.mode}.prof" if run.profiled else None
-    log(f"serve ({run.mode}) on {run.apps:,} applications")
-    serve = Serve(cp, kubeconfig, write, folder, profile)
+    extra = []
+    qps = args.qps_for.get(run.apps)
+    if write and qps is not None:
+        extra = ["--kube-api-qps", str(qps), "--kube-api-burst", str(args.kube_api_burst)]
+        run.qps = f"{qps:g}/{args.kube_api_burst}"
+    elif write:
+        run.qps = "20/30"  # serve's defaults
+    log(f"serve ({run.mode}) on {run.apps:,} applications x {run.namespaces} namespaces "
+        f"({run.objects:,} objects)")
+    run.commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                                capture_output=True, text=True).stdout.strip()
+    serve = Serve(cp, kubeconfig, write, folder, profile, extra)
     sampler = LoadSampler()
     try:
         with sampler:
@@ -592,6 +479,8 @@ def run_serve(cp: ControlPlane, kubeconfig: Path, run: Run, args: argparse.Names
                              lambda: serve.get("/api/v1/health").status_code == 200, 60)
             run.sync_seconds = time.monotonic() - serve.started
             run.cpu_sync = serve.cpu()
+            run.rss_sync = _proc_status(serve.pid, "VmHWM")
+            _control_plane_rss(cp, run)
             report = serve.get("/api/v1/health").json()
             run.health = report["health"]
             unhealthy = [a["name"] for a in report["applications"] if a["health"] != "Healthy"]
@@ -600,17 +489,29 @@ def run_serve(cp: ControlPlane, kubeconfig: Path, run: Run, args: argparse.Names
             if run.health != "Healthy" or len(report["applications"]) != run.apps:
                 raise RuntimeError(f"the loaded mesh is not healthy or incomplete: system "
                                    f"{report['system']}, first unhealthy {unhealthy[:5]}")
+            if run.mode == "sync":
+                run.rss_peak = _proc_status(serve.pid, "VmHWM")
+                run.rss_end = _proc_status(serve.pid, "VmRSS")
+                run.cpu_total = serve.cpu()
+                return
             if write:
                 measure_first_writes(serve, audit, run)
             base_sum = serve.metric("eventmesh_analysis_duration_seconds_sum")
             base_count = serve.metric("eventmesh_analysis_duration_seconds_count")
-            run.latencies = measure_changes(serve, http, trigger, run.apps, args.changes,
-                                            random.Random(args.seed))
+            with ChangeStream(cp, trigger, run.apps, run.namespaces, args.stream,
+                              args.seed + 1) as stream:
+                run.latencies = measure_changes(serve, http, trigger, run.apps, args.changes,
+                                                random.Random(args.seed))
+            run.streamed = stream.sent
             runs = serve.metric("eventmesh_analysis_duration_seconds_count") - base_count
             if runs > 0:
                 run.analysis_mean = (serve.metric("eventmesh_analysis_duration_seconds_sum")
                                      - base_sum) / runs
             time.sleep(SETTLE)  # the last change's writes, and their audit events
+            if write:
+                # The changes' writes queue behind the rate limit (3 per transition at 20/s
+                # by default): the quiet window starts once they have drained.
+                settle_writes(serve, audit, 300.0)
             log(f"  quiet window of {args.quiet:.0f}s")
             cpu_before, start = serve.cpu(), datetime.now(UTC)
             time.sleep(args.quiet)
@@ -628,6 +529,41 @@ def run_serve(cp: ControlPlane, kubeconfig: Path, run: Run, args: argparse.Names
         run.load_average = sampler.summary()
     if profile is not None:
         log(f"  profile: {profile}")
+
+
+def settle_writes(serve: Serve, audit: AuditTail, timeout: float) -> None:
+    """Until SETTLE seconds pass without a write of serve's."""
+    deadline = time.monotonic() + timeout
+    last, count = time.monotonic(), len(audit.writes())
+    while time.monotonic() - last < SETTLE:
+        serve.alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"serve still writing after {timeout:.0f}s")
+        time.sleep(0.5)
+        now = len(audit.writes())
+        if now != count:
+            last, count = time.monotonic(), now
+
+
+def _control_plane_rss(cp: ControlPlane, run: Run) -> None:
+    pids = cp.pids()
+    run.apiserver_rss = _proc_status(pids["kube-apiserver"], "VmRSS")
+    run.etcd_rss = _proc_status(pids["etcd"], "VmRSS")
+
+
+def forget_writes(loader: BulkLoader, http: httpx.Client, apps: int) -> None:
+    """Undo a write run's first sync (its EventMeshHealth objects and annotations), so that
+    the next write run, on more applications, starts from nothing written as well."""
+    health = loader.resources[("eventmesh-health.kyma-project.io/v1alpha1", "EventMeshHealth")]
+    checked(request(http, "DELETE", health.url()), "deleting every EventMeshHealth")
+    application = loader.resources[("applicationconnector.kyma-project.io/v1alpha1",
+                                    "Application")]
+    keys = {f"eventmesh-health.kyma-project.io/{k}": None
+            for k in ("health", "reason", "last-transition-time")}
+    seconds, _ = loader.patch_all(
+        [(application.url(None, f"app-{i:05d}"), {"metadata": {"annotations": keys}})
+         for i in range(apps)])
+    log(f"  removed the write run's EventMeshHealth objects and annotations ({seconds:.0f}s)")
 
 
 def measure_first_writes(serve: Serve, audit: AuditTail, run: Run) -> None:
@@ -650,12 +586,7 @@ def measure_first_writes(serve: Serve, audit: AuditTail, run: Run) -> None:
                                f"written; last lines of serve's log:\n{serve.tail()}")
         time.sleep(0.5)
     log(f"  every EventMeshHealth written {run.written_seconds:.1f}s after the start")
-    last, count = time.monotonic(), len(audit.writes())
-    while time.monotonic() - last < SETTLE:
-        time.sleep(0.5)
-        now = len(audit.writes())
-        if now != count:
-            last, count = time.monotonic(), now
+    settle_writes(serve, audit, 600.0)
     writes = audit.writes()
     last_write = max(e.received for e in writes)
     started = datetime.now(UTC).timestamp() - (time.monotonic() - serve.started)
@@ -666,54 +597,77 @@ def measure_first_writes(serve: Serve, audit: AuditTail, run: Run) -> None:
     log(f"  first writes: {dict(run.first_writes)}")
 
 
-# --- one size -------------------------------------------------------------------------------
+# --- all sizes on one control plane ----------------------------------------------------------
 
 
-def bench_size(apps: int, args: argparse.Namespace) -> list[Run]:
-    log(f"=== {apps:,} applications x 1 namespace: starting a control plane")
-    cp = ControlPlane()
-    runs: list[Run] = []
-    loader: Loader | None = None
+def bench_all(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
+    """One control plane, loaded in steps up to the largest size: at each size of `--apps`
+    the measured runs, at each of `--growth` a sync-only run. Returns (measured, growth)."""
+    sizes = sorted(set(args.apps) | set(args.growth))
+    log(f"=== sizes {sizes} applications x {args.namespaces} namespaces: starting a "
+        "control plane")
+    cp = bench_control_plane()
+    measured: list[Run] = []
+    growth: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         try:
             cp.start()
             install_all_crds(cp)
-            loader = Loader(cp, args.workers)
-            log(f"loading the mesh with {args.workers} connections")
-            with LoadSampler() as load_sampler:
-                seconds, objects, requests = loader.load(apps)
-            log(f"loaded {objects:,} objects ({requests:,} requests) in {seconds:.1f}s: "
-                f"{objects / seconds:,.0f} objects/s, load average {load_sampler.summary()}")
+            loader = BulkLoader(cp, args.concurrency)
             kubeconfig = cp.make_user_kubeconfig(USER, ["system:masters"])
             trigger = loader.resources[("eventing.knative.dev/v1alpha1", "Trigger")]
-            plans = [(mode, False) for mode in args.modes]
-            if args.profile:
-                plans += [(mode, True) for mode in args.modes]
-            for mode, profiled in plans:
-                run = Run(apps, objects, seconds, requests, mode, profiled)
-                run_serve(cp, kubeconfig, run, args, loader.http, trigger, Path(tmp))
-                runs.append(run)
-                print_table([run], file=sys.stderr)
+            loaded, load_seconds = 0, 0.0
+            with cp.http_client(timeout=120.0) as http:
+                for apps in sizes:
+                    log(f"loading applications {loaded:,}..{apps - 1:,} with "
+                        f"{args.concurrency} connections")
+                    with LoadSampler() as load_sampler:
+                        before = Progress(loader.progress.objects, loader.progress.requests)
+                        seconds, progress = loader.load_mesh(loaded, apps, args.namespaces,
+                                                             report_progress)
+                    load_seconds += seconds
+                    step = progress.objects - before.objects
+                    log(f"loaded {step:,} objects ({progress.requests - before.requests:,} "
+                        f"requests) in {seconds:.1f}s: {step / seconds:,.0f} objects/s, "
+                        f"load average {load_sampler.summary()}; "
+                        f"{progress.objects:,} objects in all")
+                    loaded = apps
+                    plans: list[tuple[str, bool]] = []
+                    if apps in args.growth:
+                        plans.append(("sync", False))
+                    if apps in args.apps:
+                        modes = [m for m in args.modes
+                                 if m != "write" or args.write_max is None
+                                 or apps <= args.write_max]
+                        plans += [(mode, False) for mode in modes]
+                        if args.profile:
+                            plans += [(mode, True) for mode in modes]
+                    for mode, profiled in plans:
+                        run = Run(apps, args.namespaces, progress.objects, load_seconds,
+                                  progress.requests, mode, profiled)
+                        run_serve(cp, kubeconfig, run, args, http, trigger, Path(tmp))
+                        (growth if mode == "sync" else measured).append(run)
+                        print_table([run], file=sys.stderr)
+                        if mode == "write" and apps != sizes[-1]:
+                            forget_writes(loader, http, apps)
         except BaseException:
             for path in Path(tmp).glob("serve-*.log"):
                 log(f"last lines of {path.name}:\n" + "\n".join(
                     path.read_text(errors="replace").splitlines()[-20:]))
             raise
         finally:
-            if loader is not None:
-                loader.stopping.set()
-                loader.close()
             cp.stop()
-    return runs
+    return measured, growth
 
 
 # --- output ---------------------------------------------------------------------------------
 
 
 COLUMNS = (
-    "apps", "objects", "load s", "obj/s", "mode", "sync s", "written s", "p50 ms", "p90 ms",
+    "apps", "ns", "objects", "load s", "obj/s", "mode", "qps/burst", "sync s", "written s",
+    "stream", "p50 ms", "p90 ms",
     "p99 ms", "max ms", "n", "analysis ms", "RSS MiB", "CPU s", "sync CPU s", "quiet CPU %",
-    "reads/min", "watches/min", "writes/min", "load avg",
+    "reads/min", "watches/min", "writes/min", "commit", "load avg",
 )
 
 
@@ -723,22 +677,43 @@ def row(r: Run) -> list[str]:
     per_minute = 60 / r.quiet_seconds if r.quiet_seconds else float("nan")
     quiet_cpu = 100 * r.cpu_quiet / r.quiet_seconds if r.quiet_seconds else float("nan")
     return [
-        f"{r.apps:,}", f"{r.objects:,}", f"{r.load_seconds:.0f}",
-        f"{r.objects / r.load_seconds:,.0f}", r.mode + ("+prof" if r.profiled else ""),
+        f"{r.apps:,}", f"{r.namespaces}", f"{r.objects:,}", f"{r.load_seconds:.0f}",
+        f"{r.objects / r.load_seconds:,.0f}", r.mode + ("+prof" if r.profiled else ""), r.qps,
         f"{r.sync_seconds:.1f}", f"{r.written_seconds:.1f}" if r.mode == "write" else "-",
+        f"{r.streamed}",
         *(f"{lat[k] * 1000:.0f}" for k in ("p50", "p90", "p99", "max")),
         f"{len(r.latencies.seconds)}"
         + (f"+{r.latencies.timeouts} timed out" if r.latencies.timeouts else ""),
         f"{r.analysis_mean * 1000:.0f}", f"{r.rss_peak / 2**20:.0f}", f"{r.cpu_total:.1f}",
         f"{r.cpu_sync:.1f}", f"{quiet_cpu:.1f}",
         *(f"{r.quiet[k] * per_minute:.0f}" for k in ("read", "watch", "write")),
-        r.load_average,
+        r.commit, r.load_average,
     ]
 
 
 def print_table(runs: list[Run], file: Any = sys.stdout) -> None:
     rows = [list(COLUMNS), *(row(r) for r in runs)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    for r in rows:
+        print("  ".join(c.rjust(w) if i != len(r) - 1 else c
+                        for i, (c, w) in enumerate(zip(r, widths, strict=True))),
+              file=file, flush=True)
+
+
+GROWTH_COLUMNS = ("apps", "objects", "sync s", "sync CPU s", "RSS MiB", "KiB/object",
+                  "apiserver RSS MiB", "etcd RSS MiB", "commit", "load avg")
+
+
+def print_growth(runs: list[Run], file: Any = sys.stdout) -> None:
+    """serve's cost against the objects it watches: its initial sync (time, CPU, peak RSS
+    at its end) in the sync-only and the no-write runs."""
+    rows = [list(GROWTH_COLUMNS)] + [[
+        f"{r.apps:,}", f"{r.objects:,}", f"{r.sync_seconds:.1f}", f"{r.cpu_sync:.1f}",
+        f"{r.rss_sync / 2**20:.0f}", f"{r.rss_sync / 1024 / r.objects:.2f}",
+        f"{r.apiserver_rss / 2**20:.0f}", f"{r.etcd_rss / 2**20:.0f}", r.commit,
+        r.load_average,
+    ] for r in runs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(GROWTH_COLUMNS))]
     for r in rows:
         print("  ".join(c.rjust(w) if i != len(r) - 1 else c
                         for i, (c, w) in enumerate(zip(r, widths, strict=True))),
@@ -763,39 +738,58 @@ def print_details(runs: list[Run]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--apps", type=int, nargs="+", action="extend",
-                        help="applications (x 1 namespace); repeatable (default: 1000)")
+                        help="applications of the measured runs; repeatable (default: 1000)")
+    parser.add_argument("--namespaces", type=int, default=3,
+                        help="namespaces per application (default: 3)")
+    parser.add_argument("--growth", type=int, nargs="+", action="extend", default=[],
+                        help="applications at which serve's sync time and RSS alone are "
+                             "measured (the cost-growth table), e.g. 18 182 1818 4545 10000")
     parser.add_argument("--changes", type=int, default=100,
                         help="status changes timed per run (default: 100)")
+    parser.add_argument("--stream", type=float, default=5.0,
+                        help="other changes per second meanwhile (default: 5)")
     parser.add_argument("--quiet", type=float, default=60.0,
                         help="seconds of the steady-state window (default: 60)")
-    parser.add_argument("--workers", type=int, default=8,
-                        help="concurrent connections while loading (default: 8)")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="connections of the bulk loader (default: 64, the fastest here)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="serve runs per size (default: no-write write)")
+    parser.add_argument("--write-max", type=int, default=None, metavar="APPS",
+                        help="write runs only at sizes up to this (their first sync takes "
+                             "3 x APPS / --kube-api-qps seconds)")
+    parser.add_argument("--kube-api-qps", type=float, nargs="+", default=[],
+                        help="serve's --kube-api-qps in the write runs, one per size of "
+                             "--apps in ascending order (default: serve's own, 20)")
+    parser.add_argument("--kube-api-burst", type=int, default=30,
+                        help="serve's --kube-api-burst with --kube-api-qps (default: 30)")
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="one more run per mode under cProfile, into "
                              "DIR/serve-<apps>-<mode>.prof")
     args = parser.parse_args()
     args.apps = args.apps or [1000]
+    if len(args.kube_api_qps) > len(args.apps):
+        parser.error("--kube-api-qps: at most one per size of --apps")
+    args.qps_for = dict(zip(sorted(args.apps), args.kube_api_qps, strict=False))
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
         args.profile = args.profile.resolve()
 
     log(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
         f"({os.cpu_count()} CPUs)")
-    runs: list[Run] = []
     try:
-        for apps in args.apps:
-            runs.extend(bench_size(apps, args))
+        measured, growth = bench_all(args)
     except KeyboardInterrupt:
         log("interrupted: everything stopped")
-        if runs:
-            print_table(runs)
         sys.exit(130)
-    print_table(runs)
+    print_table(measured)
     print()
-    print_details(runs)
+    print_details(measured)
+    growth += [r for r in measured if r.mode == "no-write" and not r.profiled]
+    if growth:
+        print()
+        print_growth(sorted(growth, key=lambda r: r.objects))
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -269,3 +269,31 @@ def test_stop_and_start_apiserver(control_plane: ControlPlane, kube_client: Clie
     # Data lives in etcd, which kept running.
     with Client(KubeConfig.from_file(control_plane.kubeconfig_path), trust_env=False) as client:
         assert client.get(ConfigMap, "survivor", namespace=namespace).metadata.name == "survivor"
+
+
+def test_own_audit_policy_and_etcd_flags_and_pids() -> None:
+    """What the benchmarks' control plane uses: an audit policy of its own (here: one user's
+    requests not audited), extra etcd flags, and the process ids."""
+    policy = ("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages:\n- RequestReceived\n"
+              "rules:\n- level: None\n  users: [quiet-user]\n- level: Metadata\n")
+    with ControlPlane(extra_etcd_flags=["--quota-backend-bytes=4294967296"],
+                      audit_policy=policy) as cp:
+        pids = cp.pids()
+        assert set(pids) == {"etcd", "kube-apiserver"}
+        for name, pid in pids.items():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert Path(cmdline[0].decode()).name == name
+            if name == "etcd":
+                assert b"--quota-backend-bytes=4294967296" in cmdline
+        for user in ("quiet-user", "loud-user"):
+            config = KubeConfig.from_file(cp.make_user_kubeconfig(user, ["system:masters"]))
+            with Client(config, trust_env=False) as client:
+                client.create(ConfigMap(metadata=ObjectMeta(name=user, namespace="default")))
+
+        def loud_create() -> list[dict[str, Any]]:
+            return [e for e in cp.audit_events()
+                    if e.get("verb") == "create" and e["user"]["username"] == "loud-user"]
+
+        assert wait_for(loud_create)  # logged after quiet-user's would have been
+        assert not [e for e in cp.audit_events() if e["user"]["username"] == "quiet-user"]
+    assert cp.pids() == {}

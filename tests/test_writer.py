@@ -35,6 +35,7 @@ from eventmesh_health.model import (
     severity_for,
 )
 from eventmesh_health.serve.leader import DEFAULT_LEASE_NAME, LeaderElector
+from eventmesh_health.serve.ratelimit import TokenBucket
 from eventmesh_health.serve.writer import (
     ALL_HEALTHY,
     EVENT_KIND,
@@ -410,6 +411,37 @@ async def test_health_objects_have_owner_spec_and_the_reports_status(
     assert broken["symptoms"] == 3
     assert [f["object"]["kind"] for f in broken["rootCauses"]] == [
         "KafkaChannel", "Broker", "Deployment"]
+
+
+@envtest
+async def test_every_write_waits_for_a_token_of_the_rate_limit(
+    control_plane: ControlPlane, writer_client: AsyncClient, user_name: str,
+    apps: Callable[..., dict[str, Any]],
+) -> None:
+    """The first sync's writes (create, status, annotations per Application) go at
+    `--kube-api-burst`, then one per 1/`--kube-api-qps` seconds: with a fake clock, each
+    write beyond the burst waits exactly one interval, and the audit log holds exactly as
+    many writes as tokens were taken."""
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = TokenBucket(4.0, 2, clock=lambda: now[0], sleep=sleep)
+    made = [apps(f"limited-{i}") for i in range(3)]
+    names = [a["metadata"]["name"] for a in made]
+    writer = HealthWriter(writer_client, is_leader=lambda: True, limiter=limiter)
+
+    await writer.publish(mesh(*(healthy_app(n) for n in names)),
+                         dict(zip(names, made, strict=True)), {n: T0 for n in names})
+
+    assert writer.write_errors == {}
+    writes = sum(writer.write_counts.values())
+    assert writes >= 3 * len(names)  # create + status + annotations each
+    assert slept == [pytest.approx(0.25)] * (writes - 2)
+    assert len(await settled_audit(control_plane, writer_client, user_name)) == writes
 
 
 @envtest

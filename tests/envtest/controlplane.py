@@ -338,11 +338,15 @@ class ControlPlane:
         start_timeout: float = DEFAULT_START_TIMEOUT,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         extra_apiserver_flags: list[str] | None = None,
+        extra_etcd_flags: list[str] | None = None,
+        audit_policy: str = AUDIT_POLICY,
     ) -> None:
         self.binaries_dir: Path | None = Path(binaries_dir) if binaries_dir else None
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.extra_apiserver_flags = list(extra_apiserver_flags or [])
+        self.extra_etcd_flags = list(extra_etcd_flags or [])
+        self.audit_policy = audit_policy
         self.tmp_dir: Path | None = None
         self._etcd: subprocess.Popen[bytes] | None = None
         self._apiserver: subprocess.Popen[bytes] | None = None
@@ -384,6 +388,12 @@ class ControlPlane:
         """(client certificate, private key) of the ``system:masters`` admin user."""
         return self._path("certs", "admin.crt"), self._path("certs", "admin.key")
 
+    def pids(self) -> dict[str, int]:
+        """The process ids of the running ``etcd`` and ``kube-apiserver``."""
+        return {name: proc.pid for name, proc in
+                (("etcd", self._etcd), ("kube-apiserver", self._apiserver))
+                if proc is not None and proc.poll() is None}
+
     @property
     def apiserver_running(self) -> bool:
         return self._apiserver is not None and self._apiserver.poll() is None
@@ -405,7 +415,7 @@ class ControlPlane:
             self._write_certs()
             self._start_etcd()
             self._port = free_port()
-            (self.tmp_dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+            (self.tmp_dir / "audit-policy.yaml").write_text(self.audit_policy)
             self.kubeconfig_path.write_text(
                 _kubeconfig(self.url, self._serving_ca.cert_pem, self._admin, "admin")
             )
@@ -581,6 +591,7 @@ class ControlPlane:
             f"--initial-advertise-peer-urls={peer_url}",
             f"--initial-cluster=envtest={peer_url}",
             "--unsafe-no-fsync=true",
+            *self.extra_etcd_flags,
         ]
         log = self.tmp_dir / "etcd.log"
         self._etcd = self._spawn(args, log)

@@ -53,6 +53,7 @@ from eventmesh_health.serve.informer import Change, ClusterCache
 from eventmesh_health.serve.leader import LeaderElector
 from eventmesh_health.serve.metrics import Metrics
 from eventmesh_health.serve.notify import Notifier, NotifySettings, opted_out
+from eventmesh_health.serve.ratelimit import DEFAULT_BURST, DEFAULT_QPS, TokenBucket
 from eventmesh_health.serve.state import HealthState
 from eventmesh_health.serve.views import (
     app_root_cause,
@@ -132,6 +133,9 @@ class Settings:
     profile: Profile = DEFAULT
     # Transition notifications (`--notify-url`, `--notify-secret`); None: off.
     notify: NotifySettings | None = None
+    # The writer's client-side rate limit (`--kube-api-qps`, `--kube-api-burst`).
+    kube_api_qps: float = DEFAULT_QPS
+    kube_api_burst: int = DEFAULT_BURST
 
 
 def _now() -> datetime:
@@ -180,6 +184,7 @@ class Service:
             # the mesh-wide parts alone (no application is ever in its report).
             application=profile.application or _any_application(),
             history=self.state.history.persisted, on_history=self._seed_history,
+            limiter=TokenBucket(settings.kube_api_qps, settings.kube_api_burst),
         )
         self.prober: ProbeRunner | None = None
         self.leftovers: LeftoverTriggers | None = None

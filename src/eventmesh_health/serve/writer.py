@@ -79,6 +79,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
 from eventmesh_health.model import ApplicationReport, Finding, Health, MeshReport, ObjectRef
+from eventmesh_health.serve.ratelimit import TokenBucket
 from eventmesh_health.sources.cluster import resource_class
 from eventmesh_health.topology import Kind
 from eventmesh_health.topology.registry import DEFAULT
@@ -483,6 +484,7 @@ class HealthWriter:
         application: Kind | None = DEFAULT.application,
         history: Callable[[str], list[dict[str, Any]]] | None = None,
         on_history: Callable[[str, list[dict[str, Any]]], None] | None = None,
+        limiter: TokenBucket | None = None,
     ) -> None:
         if events_namespace not in EVENTS_NAMESPACES:
             raise ValueError(
@@ -506,6 +508,8 @@ class HealthWriter:
         # status.history: what to write for an application, and where what is read goes.
         self._history = history
         self._on_history = on_history
+        # Every write request takes a token first (None: unlimited).
+        self._limiter = limiter
 
         self._health_res = resource_class(HEALTH_KIND)
         # The profile's application kind: what health objects are owned by and annotate.
@@ -634,7 +638,9 @@ class HealthWriter:
         """Every write goes through here: leadership is checked right before the request
         (and before each retry of a 429)."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            if not self._is_leader():
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            if not self._is_leader():  # after the wait: leadership may have gone meanwhile
                 raise _NotLeader
             self._counts[(resource, verb)] += 1
             try:
