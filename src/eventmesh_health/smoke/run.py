@@ -263,10 +263,10 @@ class Smoke:
         # below its injection point, so the break is in the segment above it; one that
         # gets no answer names that injection point itself.
         failing = first
-        # A lost event used the whole deadline: localising gets a budget of its own.
-        self._deadline = max(self._deadline, time.monotonic() + min(self.timeout,
-                                                                    LOCALISE_BUDGET))
         for injection in rest:
+            # A lost event used the whole deadline: each further one gets a budget too.
+            self._deadline = max(self._deadline, time.monotonic() + min(self.timeout,
+                                                                        LOCALISE_BUDGET))
             if injection.url is None:
                 res.step(f"localise {injection.hop}", None, f"{injection.entry_text}: no "
                          f"address known (--hop-url {injection.hop}=URL)")
