@@ -17,15 +17,19 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from eventmesh_health.smoke.objects import EXPIRES_ANNOTATION, SMOKE_LABEL
 from tests.envtest.controlplane import free_port
-from tests.knative.mesh import DISPATCHER_HTTP_PORT, KnativeMesh
+from tests.knative.mesh import DISPATCHER_HTTP_PORT, KnativeMesh, resource
+from tests.live_objects import ApiServer
+from tests.test_helm_chart import apply_all, ensure_namespace, render, sa_identity
 
 pytestmark = pytest.mark.knative
 
@@ -42,15 +46,16 @@ def hop_urls(mesh: KnativeMesh) -> list[str]:
 
 
 def smoke_command(mesh: KnativeMesh, ns: str, target: str, *extra: str,
-                  timeout: str = "20s") -> list[str]:
+                  timeout: str = "20s", kubeconfig: Path | None = None) -> list[str]:
     return [sys.executable, "-m", "eventmesh_health", "smoke", target, "-n", ns,
-            "--kubeconfig", str(mesh.kubeconfig_path), "--profile", "knative-v1",
+            "--kubeconfig", str(kubeconfig or mesh.kubeconfig_path), "--profile", "knative-v1",
             "--timeout", timeout, "-o", "json", *hop_urls(mesh), *extra]
 
 
-def run_smoke(mesh: KnativeMesh, ns: str, target: str, *extra: str,
-              timeout: str = "20s") -> tuple[int, dict[str, Any], str]:
-    proc = subprocess.run(smoke_command(mesh, ns, target, *extra, timeout=timeout),
+def run_smoke(mesh: KnativeMesh, ns: str, target: str, *extra: str, timeout: str = "20s",
+              kubeconfig: Path | None = None) -> tuple[int, dict[str, Any], str]:
+    proc = subprocess.run(smoke_command(mesh, ns, target, *extra, timeout=timeout,
+                                        kubeconfig=kubeconfig),
                           capture_output=True, text=True, timeout=RUN_TIMEOUT, env=_env())
     assert proc.stdout, f"no report (exit {proc.returncode}); stderr:\n{proc.stderr}"
     return proc.returncode, json.loads(proc.stdout), proc.stderr
@@ -66,7 +71,6 @@ def labelled(mesh: KnativeMesh) -> list[str]:
     """Every smoke-labelled Trigger and Subscription, in every namespace, not yet gone."""
     out = []
     for kind in ("Trigger", "Subscription"):
-        from tests.knative.mesh import resource
         for obj in mesh.client.list(resource(kind), namespace="*",
                                     labels={SMOKE_LABEL: None}):
             meta = obj.metadata
@@ -236,7 +240,6 @@ def test_sigkill_leftovers_removed_by_the_next_run(knative_mesh: KnativeMesh,
     assert labelled(mesh) == killed
     mesh.restore()
     name = killed[0].rsplit("/", 1)[1]
-    from tests.knative.mesh import resource
     trigger = mesh.client.get(resource("Trigger"), name, namespace=broker)
     assert trigger.metadata is not None and trigger.metadata.annotations is not None
     expires = datetime.fromisoformat(
@@ -250,3 +253,34 @@ def test_sigkill_leftovers_removed_by_the_next_run(knative_mesh: KnativeMesh,
     assert len(report["leftovers"]["removed"]) == 1
     assert report["leftovers"]["removed"][0].startswith(f"Trigger {broker}/{name} (run ")
     assert_nothing_left(mesh)
+
+
+def test_the_charts_smoke_role_is_enough(knative_mesh: KnativeMesh, broker: str) -> None:
+    """As the smoke CronJob's ServiceAccount with the chart's smoke ClusterRole alone (helm
+    template, applied to the mesh's API server): the run passes, nothing refused."""
+    tag = uuid.uuid4().hex[:6]
+    # objects named <release>-<role>; a user name (certificate CN) of at most 64 characters
+    release, namespace = f"eventmesh-health-{tag}", f"emh-{tag}"
+    docs = [d for d in render("smoke.enabled=true", "rbac.serve.enabled=false",
+                              release=release, namespace=namespace)
+            if d["apiVersion"].startswith("rbac.") or d["kind"] == "ServiceAccount"]
+    api = ApiServer(knative_mesh.control_plane)
+    try:
+        ensure_namespace(api, namespace)
+        apply_all(api, docs)
+    finally:
+        api.close()
+    kubeconfig = knative_mesh.control_plane.make_user_kubeconfig(
+        *sa_identity(namespace, f"{release}-smoke"))
+    # The authorizer learns of the new binding through its informers: wait for it.
+    deadline = time.monotonic() + READY_TIMEOUT
+    command = smoke_command(knative_mesh, broker, "broker/default", kubeconfig=kubeconfig)
+    while True:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                              env=_env())
+        if proc.returncode != 2 or "403" not in proc.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert json.loads(proc.stdout)["passed"]
+    assert_nothing_left(knative_mesh)
