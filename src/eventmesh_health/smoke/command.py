@@ -201,12 +201,14 @@ def print_text(result: SmokeResult, out: TextIO = sys.stdout) -> None:
     print(f"  event {result.event_id or '(not sent)'}, trace {result.trace_id}", file=out)
     for step in result.steps:
         took = f"  [{step.seconds:.2f}s]" if step.seconds is not None else ""
-        print(f"  {_MARK[step.ok]} {step.name:<22} {step.detail}{took}", file=out)
+        print(f"  {_MARK[step.ok]} {step.name:<25} {step.detail}{took}", file=out)
     if result.outcome == Outcome.PASSED:
         trace = {True: "traceparent arrived with it", False: "traceparent not propagated",
                  None: ""}[result.trace_propagated]
         print(f"Result: ✓ {verdict}: delivered in {result.latency or 0:.3f}s"
               + (f" ({trace})" if trace else ""), file=out)
+    elif result.outcome == Outcome.INTERRUPTED:
+        print(f"Result: ✗ {verdict} ({result.failed_at}); what it created is removed", file=out)
     else:
         print(f"Result: ✗ {verdict}: the event did not pass {result.failed_at}", file=out)
     if result.left_behind:

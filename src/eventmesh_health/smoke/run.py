@@ -326,8 +326,10 @@ class Smoke:
             return LOST, None
         latency = arrival.at - began
         if arrival.dead_letter:
-            res.step(received, False, f"dead-lettered after {latency:.3f}s: the subscriber "
-                     f"answered {arrival.error_code or 'nothing'}", latency)
+            why = (f"{_without_path(arrival.error_dest)} answered "
+                   f"{arrival.error_code or 'nothing'}" if arrival.error_dest
+                   else "no knativeerrordest: the hop that failed gave no answer")
+            res.step(received, False, f"dead-lettered after {latency:.3f}s: {why}", latency)
             return DEAD, arrival
         if primary:
             res.latency = latency
