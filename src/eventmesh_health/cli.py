@@ -713,6 +713,18 @@ def smoke(
       3  the cluster could not be read
       130, 143  interrupted by SIGINT, SIGTERM (after cleaning up)
     """
+    try:
+        _smoke(target, namespace, timeout, output, listen, receiver_url, dead_letter_url,
+               hop_urls, kubeconfig, context, request_timeout, profile_name)
+    except KeyboardInterrupt:  # before the run's own handlers: nothing created yet
+        _fail("interrupted before anything was created", 130)
+
+
+def _smoke(
+    target: str, namespace: str, timeout: timedelta, output: str, listen: str,
+    receiver_url: str | None, dead_letter_url: str | None, hop_urls: tuple[str, ...],
+    kubeconfig: Path | None, context: str | None, request_timeout: float, profile_name: str,
+) -> NoReturn:
     import asyncio
 
     import httpx2

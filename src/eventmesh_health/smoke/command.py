@@ -1,9 +1,9 @@
 """`eventmesh-health smoke`: the run's life around `run.Smoke` — the receiver, the signals,
 the target, the exit code — and the report as text or JSON.
 
-Signals: SIGINT and SIGTERM cancel the run (once; a second one is told to wait), whose
-`finally` deletes what it created; exit 130 / 143 as a shell reports them. SIGKILL cannot be
-caught: the next run removes the object once its expiry annotation has passed.
+Signals: SIGINT and SIGTERM cancel the run (once), whose `finally` deletes what it created;
+a signal during that cleanup is only told to wait; exit 130 / 143 as a shell reports them.
+SIGKILL cannot be caught: the next run removes the object once its expiry has passed.
 """
 
 from __future__ import annotations
@@ -152,10 +152,13 @@ async def execute(client: Any, profile: Profile, settings: SmokeSettings,
     assert task is not None
     caught: list[signal.Signals] = []
 
+    cleaning: list[bool] = []
+
     def handle(sig: signal.Signals) -> None:
-        if caught:
+        if caught or cleaning:
             if on_signal:
-                on_signal(f"{sig.name} again: still cleaning up, wait a few seconds")
+                on_signal(f"{sig.name}: cleaning up, wait a few seconds")
+            caught[:] = caught or [sig]
             return
         caught.append(sig)
         if on_signal:
@@ -173,16 +176,15 @@ async def execute(client: Any, profile: Profile, settings: SmokeSettings,
                                dead + receiver.path + "/deadletter")
         result.target = plan.what
         await smoke.sweep()
-        try:
-            await smoke.run(plan, traceparent)
-        except asyncio.CancelledError:
-            if not caught:
-                raise
-            result.outcome = Outcome.INTERRUPTED
-            result.failed_at = f"interrupted by {caught[0].name}"
-        finally:
-            await asyncio.shield(smoke.cleanup())
+        await smoke.run(plan, traceparent)
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        result.outcome = Outcome.INTERRUPTED
+        result.failed_at = f"interrupted by {caught[0].name}"
     finally:
+        cleaning.append(True)  # from here on a signal no longer cancels: it would leak
+        await smoke.cleanup()
         await receiver.stop()
         for sig in EXIT_SIGNAL:
             loop.remove_signal_handler(sig)

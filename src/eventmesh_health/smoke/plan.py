@@ -99,6 +99,22 @@ def flow_probe_of(profile: Profile, target: str) -> tuple[FlowProbe, Kind, str] 
     return None
 
 
+# Knative retries 404 (and 5xx, 408, 409, 429, no answer) "because a 404 can be returned when
+# a pod is in the process of becoming ready" (knative/eventing@v0.48.0
+# pkg/kncloudevents/retries.go SelectiveRetry): the broker filter answers 404 for a Trigger
+# its informer has not seen yet, after the Trigger is Ready and its subscription
+# acknowledged — seen on the real mesh as a lost first event. A few quick retries (3 s in
+# all) cover that, and a broken hop still ends in the dead letter that names it.
+SMOKE_RETRY = {"retry": 5, "backoffPolicy": "linear", "backoffDelay": "PT0.2S"}
+
+
+def _with_retry(body: dict[str, Any]) -> dict[str, Any]:
+    delivery = body["spec"].get("delivery")
+    if isinstance(delivery, dict):  # not on v1alpha1 (Knative v0.12): no spec.delivery there
+        delivery.update(SMOKE_RETRY)
+    return body
+
+
 def _templated(url: str) -> str:
     return url.replace("{", "{{").replace("}", "}}")
 
@@ -125,7 +141,7 @@ def flow_plan(probe: FlowProbe, root: Kind, namespace: str, name: str,
                                     probe.inner_entry_text.format(**fmt),
                                     probe.inner_segment_text.format(**fmt)))
     return Plan(root, namespace, name, target.key, probe.subscriber.kind,
-                desired_subscriber(config, target), tuple(injections))
+                _with_retry(desired_subscriber(config, target)), tuple(injections))
 
 
 def application_plan(profile: Profile, application: str, namespace: str,
@@ -156,4 +172,5 @@ def application_plan(profile: Profile, application: str, namespace: str,
     root = profile.application
     assert root is not None
     return Plan(root, "", application, application, plane.trigger,
-                desired_trigger(config, application, broker_ns), tuple(injections))
+                _with_retry(desired_trigger(config, application, broker_ns)),
+                tuple(injections))

@@ -3,7 +3,7 @@
 `Smoke.run()` never leaves what it created behind when it returns or is cancelled
 (SIGINT/SIGTERM cancel it: the CLI's handlers): the delete of the run's object is in a
 `finally`, by its deterministic name (a create cancelled in flight may have succeeded),
-shielded from a second cancellation, with a time budget of its own. Only SIGKILL (or a
+with a time budget of its own; signals during the cleanup do not interrupt it. Only SIGKILL (or a
 lost API server) can leave it; then its expiry annotation lets the next run remove it.
 
 Steps, each reported with its outcome and duration:
