@@ -111,6 +111,8 @@ def test_healthy_broker_flow_passes_and_cleans_up(knative_mesh: KnativeMesh,
     assert by["received"]["ok"] and report["latencySeconds"] is not None
     assert by["cleanup"]["ok"], by["cleanup"]
     assert len(report["traceId"]) == 32
+    # The real ingress, dispatcher and filter carry the W3C trace context to the subscriber.
+    assert report["traceParentReceived"] is True
     assert report["leftBehind"] == []
     assert_nothing_left(knative_mesh)
 
@@ -231,17 +233,19 @@ def wait_created(mesh: KnativeMesh, proc: subprocess.Popen[str]) -> list[str]:
     return found
 
 
-def test_sigint_mid_run_cleans_up(knative_mesh: KnativeMesh, broker: str) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_run_cleans_up(knative_mesh: KnativeMesh, broker: str,
+                                  sig: signal.Signals, code: int) -> None:
     knative_mesh.stop_component("controllers")  # it waits for Ready: mid-run
     proc = start_smoke(knative_mesh, broker, "60s")
     try:
         wait_created(knative_mesh, proc)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=RUN_TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, (out, err)
+    assert proc.returncode == code, (out, err)
     report = json.loads(out)
     assert report["outcome"] == "interrupted"
     assert steps(report)["cleanup"]["ok"]
