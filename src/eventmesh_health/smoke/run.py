@@ -411,10 +411,18 @@ class Smoke:
                        "acknowledged the subscription yet")
 
     def _kind(self, kind: str, obj: Mapping[str, Any]) -> Kind | None:
-        """The profile's kind of this name, in the API group of `obj`'s apiVersion."""
-        group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+        """The profile's kind of this name: at `obj`'s apiVersion, else in its group, else
+        at its version (a Trigger's Subscription: another group, the same generation of
+        Knative), else any."""
+        group, _, version = str(obj.get("apiVersion", "")).rpartition("/")
         same = [k for k in self.profile.kinds if k.kind == kind]
-        return next((k for k in same if k.group == group or kind == "Subscription"), None)
+        for fits in (lambda k: k.group == group and k.version == version,
+                     lambda k: k.group == group, lambda k: k.version == version,
+                     lambda k: True):
+            found = next((k for k in same if fits(k)), None)
+            if found is not None:
+                return found
+        return None
 
     async def cleanup(self) -> None:
         """Step 7: delete what this run created (by name; 404 is fine)."""
