@@ -61,7 +61,11 @@ SWITCHES = {
     "prometheusRule.enabled": "true",
     "dashboard.enabled": "true",
     "notify.secretName": "eventmesh-health-notify",
+    "smoke.enabled": "true",
 }
+# A smoke target, so that its CronJob and NetworkPolicy are rendered too.
+SMOKE_TARGET = ("smoke.enabled=true", "smoke.targets[0].name=shop-broker",
+                "smoke.targets[0].target=broker/default", "smoke.targets[0].namespace=shop")
 # What deploy/*.yaml hold: the chart with every RBAC part, probing's RBAC but no key Secret.
 DEPLOY_VALUES = ("rbac.reader.enabled=true", "rbac.probe.enabled=true",
                  "probe.keys.create=false")
@@ -113,6 +117,7 @@ def test_helm_lint_strict_with_defaults_and_every_switch_flipped() -> None:
     helm("lint", "--strict", str(CHART))
     flipped = tuple(f"{name}={value}" for name, value in SWITCHES.items())
     helm("lint", "--strict", str(CHART), *sets(flipped))
+    helm("lint", "--strict", str(CHART), *sets(flipped + SMOKE_TARGET))
 
 
 def test_the_chart_rule_files_are_the_generated_ones() -> None:
@@ -235,6 +240,36 @@ def test_monitoring_objects_include_the_rules_and_dashboards_files() -> None:
     assert (configmap.get("data") or {}) == dashboards
 
 
+def test_smoke_cronjob_runs_smoke_as_its_own_account_on_the_pod_address() -> None:
+    docs = render(*SMOKE_TARGET, "smoke.schedule=*/5 * * * *")
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    assert cron["metadata"]["name"] == f"{RELEASE}-smoke-shop-broker"
+    assert cron["spec"]["schedule"] == "*/5 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0  # a failed run is a result, not retried
+    pod = job["template"]["spec"]
+    assert pod["serviceAccountName"] == f"{RELEASE}-smoke" and pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["args"] == ["smoke", "broker/default", "--namespace=shop", "--timeout=30s",
+                                 "--profile=auto", "--listen=0.0.0.0:8090"]
+    assert container["env"] == [{"name": "POD_IP",
+                                 "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Not serve's Pods: neither its Service nor its NetworkPolicy select them.
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    labels = job["template"]["metadata"]["labels"]
+    assert not set(service["spec"]["selector"].items()) <= set(labels.items())
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"
+                 and d["metadata"]["name"] == f"{RELEASE}-smoke"]
+    assert set(policy["spec"]["podSelector"]["matchLabels"].items()) <= set(labels.items())
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": 8090, "protocol": "TCP"}]
+    refused = helm("template", RELEASE, str(CHART), *sets(SMOKE_TARGET),
+                   "--set", "smoke.targets[0].color=red", check=False)
+    assert refused.returncode != 0 and "color" in refused.stderr
+
+
 # --- on the API server --------------------------------------------------------------------
 
 
@@ -326,7 +361,8 @@ def _monitoring_crds() -> list[dict[str, Any]]:
 
 CASES = {"defaults": (), **{f"{name}={value}": (f"{name}={value}",)
                             for name, value in SWITCHES.items()},
-         "all-flipped": tuple(f"{n}={v}" for n, v in SWITCHES.items())}
+         "smoke-target": SMOKE_TARGET,
+         "all-flipped": tuple(f"{n}={v}" for n, v in SWITCHES.items()) + SMOKE_TARGET}
 
 
 @pytest.mark.envtest
@@ -442,6 +478,8 @@ ROLE_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
               ("serve-probe", "serve-probe-keys")),
     "reader": (("rbac.serve.enabled=false", "rbac.reader.enabled=true"), ("reader",)),
     "notify": (("notify.secretName=eventmesh-health-notify",), ("notify",)),
+    # its own ServiceAccount: alone, so that every rule tested is one bound to that account
+    "smoke": (("smoke.enabled=true", "rbac.serve.enabled=false"), ("smoke",)),
 }
 # What serve (or check) does with each rule: (role without the release prefix, a resource).
 PURPOSE = {
@@ -455,6 +493,10 @@ PURPOSE = {
                                       "Subscriptions",
     ("serve-probe-keys", "secrets"): "probing reads the heartbeat signing keys",
     ("notify", "secrets"): "notifications read the URLs to post to",
+    ("smoke", "triggers"): "smoke creates its Trigger, waits for it, finds leftovers of killed "
+                           "runs and deletes them",
+    ("smoke", "subscriptions"): "smoke creates its Subscription (a Trigger's: reads it), finds "
+                                "leftovers and deletes them",
 }
 Request = tuple[str, str, str, str, str]  # verb, group, resource, namespace, name
 
@@ -472,7 +514,8 @@ def capability(role: str, rule: dict[str, Any]) -> str:
         if (role, resource.split("/")[0]) in PURPOSE:
             return PURPOSE[(role, resource.split("/")[0])]
     groups = ", ".join(g or "core" for g in rule["apiGroups"])
-    what = "check/dump read" if role == "reader" else "serve's watch caches of"
+    what = {"reader": "check/dump read",
+            "smoke": "smoke reads by name"}.get(role, "serve's watch caches of")
     return f"{what} {', '.join(rule['resources'])} ({groups})"
 
 
@@ -482,7 +525,7 @@ def capability(role: str, rule: dict[str, Any]) -> str:
 TEMPLATE_RULES = {"serve-leader-election": 2, "serve-events": 1, "serve-probe-keys": 1,
                   "notify": 1}
 RULE_FILES = {"serve": "serve-rules.yaml", "serve-probe": "probe-rules.yaml",
-              "reader": "reader-rules.yaml"}
+              "reader": "reader-rules.yaml", "smoke": "smoke-rules.yaml"}
 
 
 def rule_cases() -> dict[str, tuple[str, str, int]]:
@@ -510,7 +553,7 @@ def test_the_rule_cases_are_every_rule_the_chart_renders() -> None:
                                                           if c[0] == set_name}
     # every role of the chart is in a set
     every = render("rbac.probe.enabled=true", "rbac.reader.enabled=true", "probe.enabled=true",
-                   "notify.secretName=eventmesh-health-notify")
+                   "notify.secretName=eventmesh-health-notify", "smoke.enabled=true")
     assert {d["metadata"]["name"].removeprefix(f"{RELEASE}-") for d in every
             if d["kind"] in ("Role", "ClusterRole")} == {
         role for _, roles in ROLE_SETS.values() for role in roles}
@@ -562,7 +605,8 @@ def test_without_any_one_rule_a_named_capability_is_refused(
         if d["kind"] == doc["kind"] and d["metadata"]["name"] == target:
             del d["rules"][index]
     apply_all(api, applied)
-    user, groups = sa_identity(namespace, release)
+    # The smoke CronJobs run as an account of their own.
+    user, groups = sa_identity(namespace, f"{release}-smoke" if set_name == "smoke" else release)
     with client_for(own_control_plane, user, groups, tmp_path) as http:
         # The authorizer learns of new bindings through its informers: wait for them.
         wait_for(lambda: all(may(http, r) for r in sorted(others)[:1]) and all(

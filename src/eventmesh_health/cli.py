@@ -756,3 +756,132 @@ def serve(
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a clean stop, no traceback
         asyncio.run(run())
+
+
+def _hop_url(item: str) -> tuple[str, str]:
+    hop, sep, url = item.partition("=")
+    if not sep or not hop or not url.startswith(("http://", "https://")):
+        _fail(f"--hop-url must be HOP=URL with an http(s) URL, not {item[:80]!r}", EXIT_INPUT)
+    return hop, url
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        _fail(f"--listen must be HOST:PORT (PORT 0: any free one), not {value[:80]!r}",
+              EXIT_INPUT)
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@main.command()
+@click.argument("target")
+@click.option("-n", "--namespace", default="default", show_default=True,
+              help="The flow's namespace, or the namespace an application is bound to.")
+@click.option("--timeout", default="30s", show_default=True, callback=_positive_duration,
+              help="Deadline for the whole run up to the event's arrival (cleanup comes "
+              "after it).")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--listen", default="127.0.0.1:0", show_default=True,
+              help="HOST:PORT the run's receiver listens on (in a Pod: 0.0.0.0:PORT).")
+@click.option("--receiver-url", default=None, envvar=_env("SMOKE_RECEIVER_URL"),
+              help="Base URL the mesh reaches the receiver at (default: http://$POD_IP:PORT "
+              "in a Pod, else the --listen address).")
+@click.option("--dead-letter-url", default=None,
+              help="Base URL for the run's dead letters (default: --receiver-url).")
+@click.option("--hop-url", "hop_urls", multiple=True, metavar="HOP=URL",
+              help="Post into HOP at URL instead of the address the cluster names "
+              "({namespace}, {name}, {app}); HOP: broker, trigger-channel, channel "
+              "(Knative v1), ingress, channel, broker (Kyma 1.x). Repeatable.")
+@_input_options
+def smoke(
+    target: str, namespace: str, timeout: timedelta, output: str, listen: str,
+    receiver_url: str | None, dead_letter_url: str | None, hop_urls: tuple[str, ...],
+    kubeconfig: Path | None, context: str | None, request_timeout: float,
+    profile_name: str = AUTO,
+) -> None:
+    """Send one event through the mesh and see where it stops; remove what it made.
+
+    TARGET: a Kyma 1.x Application (in --namespace, a namespace bound to it), or a Knative
+    v1 flow as broker/NAME or channel/NAME (a bare NAME: the Broker, else the Channel). A
+    temporary Trigger (Subscription) labelled eventmesh-health.kyma-project.io/smoke=<run>
+    delivers to this command's receiver; it is deleted on success, failure, timeout,
+    SIGINT and SIGTERM, and by the next run once expired after a SIGKILL.
+
+    \b
+    Exit codes:
+      0  the event arrived
+      1  it did not (or not in time): the report names the hop
+      2  bad usage or input (unknown target, kubeconfig), or a permission error
+      3  the cluster could not be read
+      130, 143  interrupted by SIGINT, SIGTERM (after cleaning up)
+    """
+    try:
+        _smoke(target, namespace, timeout, output, listen, receiver_url, dead_letter_url,
+               hop_urls, kubeconfig, context, request_timeout, profile_name)
+    except KeyboardInterrupt:  # before the run's own handlers: nothing created yet
+        _fail("interrupted before anything was created", 130)
+
+
+def _smoke(
+    target: str, namespace: str, timeout: timedelta, output: str, listen: str,
+    receiver_url: str | None, dead_letter_url: str | None, hop_urls: tuple[str, ...],
+    kubeconfig: Path | None, context: str | None, request_timeout: float, profile_name: str,
+) -> NoReturn:
+    import asyncio
+
+    import httpx2
+    import lightkube
+
+    from eventmesh_health.smoke.command import (
+        SmokeInputError,
+        SmokeSettings,
+        execute,
+        print_text,
+    )
+    from eventmesh_health.sources.cluster import load_config
+
+    host, port = _listen(listen)
+    settings = SmokeSettings(
+        target=target, namespace=namespace, timeout=timeout.total_seconds(),
+        listen_host=host, listen_port=port, receiver_url=receiver_url,
+        dead_letter_url=dead_letter_url, hop_urls=tuple(_hop_url(h) for h in hop_urls))
+    connection = _connection(kubeconfig, context, request_timeout)
+    try:
+        config = load_config(connection)
+    except ClusterError as err:
+        _fail(str(err), EXIT_INPUT)
+    profile = _live_profile(profile_name, connection)
+
+    async def run() -> tuple[Any, int]:
+        client = lightkube.AsyncClient(config, timeout=httpx2.Timeout(request_timeout),
+                                       trust_env=True)
+        try:
+            return await execute(client, profile, settings,
+                                 on_signal=lambda text: click.echo(text, err=True))
+        finally:
+            await client.close()
+
+    try:
+        result, code = asyncio.run(run())
+    except SmokeInputError as err:
+        _fail(str(err), EXIT_INPUT)
+    except OSError as err:  # the receiver's port
+        _fail(f"the receiver cannot listen on {listen}: {err.strerror or err}", EXIT_INPUT)
+    except Exception as err:  # the API server refused or could not be reached
+        _smoke_cluster_failure(err)
+    if output == "json":
+        click.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print_text(result)
+    sys.exit(code)
+
+
+def _smoke_cluster_failure(err: Exception) -> NoReturn:
+    from lightkube import ApiError
+
+    if isinstance(err, ApiError):
+        code = err.status.code or 0
+        message = f"the API server answered {code}: {err.status.message}"
+        _fail(message, EXIT_INPUT if code in (401, 403, 404, 422) else EXIT_CLUSTER)
+    _cluster_failure(err)

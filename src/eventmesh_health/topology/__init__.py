@@ -359,6 +359,12 @@ class FlowProbe:
     segment_text: str
     entry_text: str
     classes: tuple[str, tuple[str, ...]] | None = None
+    # Where in the root's object the address of the next hop is (a Broker's trigger
+    # channel), what to call it and what lies behind it ({kind}, {namespace}, {name}):
+    # `smoke` injects a second event there to tell which of the synchronous hops failed.
+    inner_address: tuple[str, ...] | None = None
+    inner_entry_text: str = ""
+    inner_segment_text: str = ""
 
     def root_kind(self, kind: str) -> Kind | None:
         """The root kind of this name (a `FlowReport.kind`), if it is probed."""

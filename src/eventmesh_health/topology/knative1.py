@@ -289,6 +289,15 @@ DATA_PLANE = DataPlane(
             "heartbeat Trigger)",
             "the ingress of Broker {namespace}/{name}",
             classes=(BROKER_CLASS, (MT_BROKER, *KAFKA_BROKERS)),
+            # pkg/reconciler/broker/broker.go propagateTriggerChannelReadiness writes it;
+            # pkg/broker/ingress/ingress_handler.go getChannelAddress posts there.
+            inner_address=("status", "annotations", "knative.dev/channelAddress"),
+            inner_entry_text="the trigger channel of Broker {namespace}/{name} (its channel "
+            "dispatcher)",
+            # A failing subscriber is dead-lettered by the filter: an event the trigger
+            # channel took that arrives nowhere stopped at the filter.
+            inner_segment_text="the broker filter of Broker {namespace}/{name} (trigger "
+            "channel → broker filter → Trigger)",
         ),
         FlowProbe(
             "channel", (CHANNEL, IN_MEMORY_CHANNEL, KAFKA_CHANNEL), "channel",
