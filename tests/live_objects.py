@@ -49,7 +49,7 @@ import httpx
 import yaml
 
 from eventmesh_health.snapshot import SNAPSHOT_INFO_API_VERSION, SNAPSHOT_INFO_KIND
-from eventmesh_health.sources.files import load_snapshot
+from eventmesh_health.sources.files import read_dump, snapshot_of
 from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 from tests.envtest.controlplane import ControlPlane
 from tests.envtest.fixtures import load_test_crds
@@ -135,7 +135,9 @@ def scenarios() -> list[str]:
 
 def load_example(name: str) -> Example:
     path = EXAMPLES / name
-    snapshot = load_snapshot(path, KYMA_1, now=datetime.now(UTC))
+    # Whole objects, not the lean reading `check` does: they go to an API server, which wants
+    # every field it validates (a Deployment's selector and containers).
+    snapshot = snapshot_of(read_dump(path, lean=False), KYMA_1, now=datetime.now(UTC))
     assert not snapshot.problems, f"{name}: unusable input {snapshot.problems}"
     objects = [copy.deepcopy(o) for o in snapshot.objects if isinstance(o, dict)]
     return Example(name, path, objects, snapshot.taken_at)
