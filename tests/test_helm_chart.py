@@ -62,6 +62,7 @@ SWITCHES = {
     "dashboard.enabled": "true",
     "notify.secretName": "eventmesh-health-notify",
     "smoke.enabled": "true",
+    "tracing.url": "http://tracing-jaeger-query.kyma-system:16686",
 }
 # A smoke target, so that its CronJob and NetworkPolicy are rendered too.
 SMOKE_TARGET = ("smoke.enabled=true", "smoke.targets[0].name=shop-broker",
@@ -118,6 +119,30 @@ def test_helm_lint_strict_with_defaults_and_every_switch_flipped() -> None:
     flipped = tuple(f"{name}={value}" for name, value in SWITCHES.items())
     helm("lint", "--strict", str(CHART), *sets(flipped))
     helm("lint", "--strict", str(CHART), *sets(flipped + SMOKE_TARGET))
+
+
+def _env_of(doc: dict[str, Any]) -> dict[str, str]:
+    spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+    containers = spec["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in containers[0].get("env", [])}
+
+
+def test_tracing_url_reaches_serve_with_probing_and_the_smoke_jobs() -> None:
+    url = "http://tracing-jaeger-query.kyma-system:16686"
+    docs = render("probe.enabled=true", f"tracing.url={url}", "tracing.backend=zipkin",
+                  *SMOKE_TARGET)
+    jobs = [_env_of(d) for d in docs if d["kind"] in ("Deployment", "CronJob")]
+    assert len(jobs) == 2
+    for env in jobs:
+        assert env["EVENTMESH_HEALTH_TRACE_URL"] == url
+        assert env["EVENTMESH_HEALTH_TRACE_BACKEND"] == "zipkin"
+    # serve looks traces up only for failed heartbeats: without probing it is not told
+    (deploy,) = [d for d in render(f"tracing.url={url}") if d["kind"] == "Deployment"]
+    assert "EVENTMESH_HEALTH_TRACE_URL" not in _env_of(deploy)
+    # a plain value: credentials in it are refused by the schema
+    ran = helm("template", RELEASE, str(CHART),
+               *sets(("tracing.url=http://user:secret@jaeger:16686",)), check=False)
+    assert ran.returncode != 0 and "tracing" in ran.stderr, ran.stderr
 
 
 def test_the_chart_rule_files_are_the_generated_ones() -> None:

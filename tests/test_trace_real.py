@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from eventmesh_health.cli import main
 from tests.knative.mesh import KnativeMesh
 from tests.knative.receiver import Receiver
+from tests.test_smoke_knative import assert_nothing_left, run_smoke
 from tests.tracing.jaeger import Jaeger
 
 pytestmark = pytest.mark.knative
@@ -213,3 +214,36 @@ def test_dead_dispatcher_stops_between_ingress_and_dispatcher(
     (stop,) = verdict["stops"]
     assert stop["hop"] == "broker ingress → channel dispatcher", verdict
     print_example(jaeger, trace_id, "dead-dispatcher")
+
+
+# -- smoke --trace-url: the smoke event's own trace, read back from the real Jaeger ----------
+
+
+def smoke_with_trace(mesh: KnativeMesh, jaeger: Jaeger, ns: str) -> tuple[int, dict[str, Any]]:
+    mesh.create_broker(ns)
+    mesh.wait_ready("Broker", ns, "default", READY_TIMEOUT)
+    mesh.wait_settled(ns, READY_TIMEOUT)
+    code, report, stderr = run_smoke(mesh, ns, "broker/default", "--trace-url",
+                                     jaeger.query_url, "--trace-backend", "jaeger")
+    assert report["trace"] is not None, (report, stderr)
+    assert report["trace"]["traceId"] == report["traceId"]
+    assert_nothing_left(mesh)
+    return code, report
+
+
+def test_smoke_reports_its_events_trace_delivered(traced_mesh: KnativeMesh, jaeger: Jaeger,
+                                                   ns: str) -> None:
+    code, report = smoke_with_trace(traced_mesh, jaeger, ns)
+    assert code == 0, report
+    assert report["trace"]["outcome"] == "delivered", report["trace"]
+    assert report["trace"]["complete"] is True
+
+
+def test_smoke_reports_where_its_events_trace_stops(traced_mesh: KnativeMesh, jaeger: Jaeger,
+                                                    ns: str) -> None:
+    """The filter stopped: the receiver never gets the event, and the trace says where."""
+    traced_mesh.stop_component("filter")
+    code, report = smoke_with_trace(traced_mesh, jaeger, ns)
+    assert code == 1, report
+    assert report["trace"]["outcome"] == "stopped", report["trace"]
+    assert "broker filter" in report["trace"]["stoppedAt"], report["trace"]

@@ -793,10 +793,16 @@ def _listen(value: str) -> tuple[str, int]:
               help="Post into HOP at URL instead of the address the cluster names "
               "({namespace}, {name}, {app}); HOP: broker, trigger-channel, channel "
               "(Knative v1), ingress, channel, broker (Kyma 1.x). Repeatable.")
+@click.option("--trace-url", default=None, envvar=_env("TRACE_URL"), metavar="URL",
+              help="A tracing backend (Jaeger query API or Zipkin): the event's trace is "
+                   "looked up after the run and where it stops is reported.")
+@click.option("--trace-backend", type=click.Choice(["jaeger", "zipkin"]), default="jaeger",
+              show_default=True, envvar=_env("TRACE_BACKEND"))
 @_input_options
 def smoke(
     target: str, namespace: str, timeout: timedelta, output: str, listen: str,
     receiver_url: str | None, dead_letter_url: str | None, hop_urls: tuple[str, ...],
+    trace_url: str | None, trace_backend: str,
     kubeconfig: Path | None, context: str | None, request_timeout: float,
     profile_name: str = AUTO,
 ) -> None:
@@ -818,7 +824,8 @@ def smoke(
     """
     try:
         _smoke(target, namespace, timeout, output, listen, receiver_url, dead_letter_url,
-               hop_urls, kubeconfig, context, request_timeout, profile_name)
+               hop_urls, trace_url, trace_backend, kubeconfig, context, request_timeout,
+               profile_name)
     except KeyboardInterrupt:  # before the run's own handlers: nothing created yet
         _fail("interrupted before anything was created", 130)
 
@@ -826,6 +833,7 @@ def smoke(
 def _smoke(
     target: str, namespace: str, timeout: timedelta, output: str, listen: str,
     receiver_url: str | None, dead_letter_url: str | None, hop_urls: tuple[str, ...],
+    trace_url: str | None, trace_backend: str,
     kubeconfig: Path | None, context: str | None, request_timeout: float, profile_name: str,
 ) -> NoReturn:
     import asyncio
@@ -840,9 +848,16 @@ def _smoke(
         print_text,
     )
     from eventmesh_health.sources.cluster import load_config
+    from eventmesh_health.sources.tracing import TraceBackend
 
     host, port = _listen(listen)
-    settings = SmokeSettings(
+    backend = None
+    if trace_url:
+        try:
+            backend = TraceBackend(trace_backend, trace_url)  # type: ignore[arg-type]
+        except ValueError as err:
+            _fail(f"--trace-url: {err}", EXIT_INPUT)
+    settings = SmokeSettings(trace_backend=backend,
         target=target, namespace=namespace, timeout=timeout.total_seconds(),
         listen_host=host, listen_port=port, receiver_url=receiver_url,
         dead_letter_url=dead_letter_url, hop_urls=tuple(_hop_url(h) for h in hop_urls))

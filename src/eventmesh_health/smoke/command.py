@@ -31,6 +31,8 @@ from eventmesh_health.smoke.plan import (
 )
 from eventmesh_health.smoke.receiver import SmokeReceiver
 from eventmesh_health.smoke.run import Outcome, Smoke, SmokeResult, new_traceparent
+from eventmesh_health.smoke.trace import look_up
+from eventmesh_health.sources.tracing import TraceBackend
 from eventmesh_health.topology import Kind, Profile
 
 __all__ = ["EXIT_SIGNAL", "SmokeSettings", "execute", "print_text"]
@@ -49,6 +51,8 @@ class SmokeSettings:
     receiver_url: str | None = None  # base URL the mesh reaches the receiver at
     dead_letter_url: str | None = None
     hop_urls: tuple[tuple[str, str], ...] = ()
+    trace_backend: TraceBackend | None = None  # --trace-url: the event's trace is looked up
+    trace_wait: float = 10.0  # for its spans to reach the backend
 
 
 class SmokeInputError(Exception):
@@ -190,6 +194,9 @@ async def execute(client: Any, profile: Profile, settings: SmokeSettings,
             loop.remove_signal_handler(sig)
     if caught:
         return result, EXIT_SIGNAL[caught[0]]
+    if settings.trace_backend is not None and result.event_id:
+        result.trace = await asyncio.to_thread(look_up, settings.trace_backend,
+                                               result.trace_id, settings.trace_wait)
     return result, EXIT_PASSED if result.outcome == Outcome.PASSED else EXIT_FAILED
 
 
@@ -213,6 +220,8 @@ def print_text(result: SmokeResult, out: TextIO = sys.stdout) -> None:
         print(f"Result: ✗ {verdict} ({result.failed_at}); what it created is removed", file=out)
     else:
         print(f"Result: ✗ {verdict}: the event did not pass {result.failed_at}", file=out)
+    if result.trace is not None:
+        print(f"  {result.trace.line()}", file=out)
     if result.left_behind:
         print(f"Left behind (removed by the next run): {', '.join(result.left_behind)}",
               file=out)

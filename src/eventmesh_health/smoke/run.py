@@ -56,6 +56,7 @@ from eventmesh_health.smoke.objects import (
 )
 from eventmesh_health.smoke.plan import Injection, Plan
 from eventmesh_health.smoke.receiver import Arrival, SmokeReceiver
+from eventmesh_health.smoke.trace import SmokeTrace
 from eventmesh_health.topology import Kind, Profile
 
 __all__ = ["Outcome", "Smoke", "SmokeResult", "Step", "new_traceparent"]
@@ -102,6 +103,7 @@ class SmokeResult:
     leftovers_kept: list[str] = field(default_factory=list)
     left_behind: list[str] = field(default_factory=list)  # could not be deleted (!)
     trace_propagated: bool | None = None  # the traceparent arrived with the event
+    trace: SmokeTrace | None = None  # with --trace-url: where the backend's trace stops
 
     def step(self, name: str, ok: bool | None, detail: str,
              seconds: float | None = None) -> Step:
@@ -119,6 +121,7 @@ class SmokeResult:
             "steps": [s.to_json() for s in self.steps],
             "leftovers": {"removed": self.leftovers_removed, "kept": self.leftovers_kept},
             "leftBehind": self.left_behind,
+            "trace": None if self.trace is None else self.trace.to_json(),
         }
 
 
