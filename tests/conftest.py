@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.envtest.fixtures", "tests.knative.fixtures"]
+pytest_plugins = ["tests.envtest.fixtures", "tests.knative.fixtures", "tests.tracing.fixtures"]

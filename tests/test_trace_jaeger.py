@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,12 +18,6 @@ from tests.tracing.jaeger import Jaeger
 
 FIXTURES = Path(__file__).parent / "fixtures" / "traces"
 ARRIVAL_TIMEOUT = 15.0
-
-
-@pytest.fixture(scope="module")
-def jaeger() -> Iterator[Jaeger]:
-    with Jaeger() as running:
-        yield running
 
 
 def post_zipkin(jaeger: Jaeger, name: str, trace_id: str | None = None) -> tuple[str, int]:

@@ -35,12 +35,6 @@ ORDER_CREATED = "order.created"
 
 
 @pytest.fixture(scope="module")
-def jaeger() -> Iterator[Jaeger]:
-    with Jaeger() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def traced_mesh(knative_mesh: KnativeMesh, jaeger: Jaeger) -> Iterator[KnativeMesh]:
     """The session's mesh with its ingress, filter and dispatcher exporting to Jaeger; back to
     not tracing afterwards (restarting those three)."""

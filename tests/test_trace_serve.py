@@ -37,12 +37,6 @@ pytestmark = pytest.mark.knative
 
 
 @pytest.fixture(scope="module")
-def jaeger() -> Iterator[Jaeger]:
-    with Jaeger() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def traced_mesh(knative_mesh: KnativeMesh, jaeger: Jaeger) -> Iterator[KnativeMesh]:
     knative_mesh.set_tracing(jaeger.otlp_url)
     try:

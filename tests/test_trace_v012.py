@@ -58,12 +58,6 @@ def _expose(mesh: KnativeV012Mesh, ns: str, name: str, service_port: int, port: 
 
 
 @pytest.fixture(scope="module")
-def jaeger() -> Iterator[Jaeger]:
-    with Jaeger() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def traced_v012(knative_v012: KnativeV012Mesh, jaeger: Jaeger) -> Iterator[KnativeV012Mesh]:
     mesh = knative_v012
     mesh.trace_names = True
