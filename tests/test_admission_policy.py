@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from lightkube import Client, KubeConfig
 
 from tests.envtest.controlplane import ControlPlane
-from tests.envtest.fixtures import install_crds, load_test_crds, wait_served
+from tests.envtest.fixtures import (
+    control_plane_with_test_crds,
+)
 from tests.live_objects import ApiServer
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -45,15 +46,8 @@ def own_control_plane() -> Iterator[ControlPlane]:
     """An API server of this module's own: one that had a CRD deleted and installed again
     (tests/test_serve.py does) was seen never to load a new policy (status {}, nothing
     enforced; kube-apiserver v1.34.4), so these tests do not depend on what ran before."""
-    cp = ControlPlane()
-    try:
-        cp.start()
-        with Client(KubeConfig.from_file(cp.kubeconfig_path), trust_env=False) as client:
-            install_crds(client, load_test_crds())
-        wait_served(cp, load_test_crds())
+    with control_plane_with_test_crds() as cp:
         yield cp
-    finally:
-        cp.stop()
 
 
 @pytest.fixture(scope="module")

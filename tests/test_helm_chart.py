@@ -26,11 +26,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from lightkube import Client, KubeConfig
 
 from eventmesh_health.topology import rbac
 from tests.envtest.controlplane import ControlPlane, free_port
-from tests.envtest.fixtures import install_crds, load_test_crds, wait_served
+from tests.envtest.fixtures import (
+    control_plane_with_test_crds,
+)
 from tests.live_objects import ApiServer, apply_example
 
 REPO = Path(__file__).resolve().parents[1]
@@ -303,15 +304,8 @@ def own_control_plane() -> Iterator[ControlPlane]:
     """An API server of this module's own (the chart installs cluster-wide objects: the CRD,
     admission policies) with the test CRDs and the healthy example mesh."""
     tools()  # a missing helm fails here, before an API server is started
-    cp = ControlPlane()
-    try:
-        cp.start()
-        with Client(KubeConfig.from_file(cp.kubeconfig_path), trust_env=False) as client:
-            install_crds(client, load_test_crds())
-        wait_served(cp, load_test_crds())
+    with control_plane_with_test_crds() as cp:
         yield cp
-    finally:
-        cp.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from lightkube import Client, KubeConfig
 
 from eventmesh_health.smoke.objects import SMOKE_LABEL
-from tests.envtest.controlplane import ControlPlane
-from tests.envtest.fixtures import install_crds, load_test_crds, wait_served
+from tests.envtest.fixtures import (
+    control_plane_with_test_crds,
+)
 from tests.live_objects import ApiServer
 from tests.test_helm_chart import apply_all, ensure_namespace, render
 
@@ -33,12 +33,7 @@ def smoke_account() -> Iterator[tuple[ApiServer, httpx.Client]]:
     """A control plane of its own (a fresh one loads new policies reliably: see
     tests/test_admission_policy.py), the chart's smoke objects, a client with the smoke
     ServiceAccount's token."""
-    cp = ControlPlane()
-    try:
-        cp.start()
-        with Client(KubeConfig.from_file(cp.kubeconfig_path), trust_env=False) as client:
-            install_crds(client, load_test_crds())
-        wait_served(cp, load_test_crds())
+    with control_plane_with_test_crds() as cp:
         api = ApiServer(cp)
         for ns in (NAMESPACE, "stage"):
             ensure_namespace(api, ns)
@@ -58,8 +53,6 @@ def smoke_account() -> Iterator[tuple[ApiServer, httpx.Client]]:
                           headers={"Authorization": f"Bearer {token}"}, timeout=10) as smoke:
             yield api, smoke
         api.close()
-    finally:
-        cp.stop()
 
 
 def trigger(name: str, labels: dict[str, str]) -> dict[str, Any]:

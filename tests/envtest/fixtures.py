@@ -97,18 +97,26 @@ def wait_served(cp: ControlPlane, crds: list[dict[str, Any]], timeout: float = 3
                 time.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
-def control_plane() -> Iterator[ControlPlane]:
-    """A running kube-apiserver + etcd for the whole session, with the test CRDs installed."""
+@contextlib.contextmanager
+def control_plane_with_test_crds(timeout: float = 30.0) -> Iterator[ControlPlane]:
+    """A kube-apiserver + etcd of its own with the test CRDs installed and served; stopped on
+    exit. Modules that install cluster-wide objects (policies, the chart) use one of their own."""
     cp = ControlPlane()
     try:
         cp.start()
         with Client(KubeConfig.from_file(cp.kubeconfig_path), trust_env=False) as client:
-            install_crds(client, load_test_crds(), CRD_ESTABLISH_TIMEOUT)
-        wait_served(cp, load_test_crds(), CRD_ESTABLISH_TIMEOUT)
+            install_crds(client, load_test_crds(), timeout)
+        wait_served(cp, load_test_crds(), timeout)
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """A running kube-apiserver + etcd for the whole session, with the test CRDs installed."""
+    with control_plane_with_test_crds(CRD_ESTABLISH_TIMEOUT) as cp:
+        yield cp
 
 
 @pytest.fixture
