@@ -89,6 +89,7 @@ class Leftover:
     name: str
     run: str
     expires: datetime | None  # None: the annotation is missing or unreadable
+    uid: str = ""  # what its dependents' ownerReferences name
 
     def text(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name} (run {self.run})"
@@ -106,7 +107,8 @@ def leftover(obj: Mapping[str, Any]) -> Leftover | None:
     except ValueError:
         expires = None
     return Leftover(str(obj.get("apiVersion")), str(obj.get("kind")),
-                    str(meta.get("namespace")), str(meta.get("name")), run, expires)
+                    str(meta.get("namespace")), str(meta.get("name")), run, expires,
+                    str(meta.get("uid") or ""))
 
 
 def expired(item: Leftover, now: datetime) -> bool:

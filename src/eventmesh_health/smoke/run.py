@@ -10,7 +10,8 @@ Steps, each reported with its outcome and duration:
 
 1. `leftovers`: labelled objects of earlier runs, of every kind a smoke run creates, in
    every namespace; the expired ones are deleted (and named), younger ones left to the run
-   that owns them.
+   that owns them. A removal waits until the object and what it controls are gone (see
+   `Smoke._remove`).
 2. `created`: the Trigger/Subscription, from `plan.Plan`.
 3. `ready`: it is Ready for its generation and, when it subscribes through a channel (a
    Trigger's own Subscription, or itself), that channel's dispatcher has acknowledged the
@@ -24,7 +25,8 @@ Steps, each reported with its outcome and duration:
    (the trigger channel; a Kyma application's Channel and broker ingress), each waited for
    in the time left; the failing hop is the segment between the last injection point that
    failed and the first that passed (probing's hop localisation, for one run).
-7. `cleanup`: the object deleted.
+7. `cleanup`: the object deleted, and gone with what it controls, so that the next run
+   starts clean.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ POLL = 0.2
 PASSED, REFUSED, REJECTED, LOST, DEAD = "passed", "refused", "rejected", "lost", "dead"
 LOCALISE_BUDGET = 10.0  # seconds, at least, for the further injections after a failure
 CLEANUP_BUDGET = 15.0  # seconds the cleanup may take after the deadline or a signal
+REMOVAL_WAIT = 10.0  # seconds a removal waits for the object and its dependents to be gone
 
 
 class Outcome:
@@ -188,6 +191,7 @@ class Smoke:
     http_timeout: float = 10.0
     _deadline: float = 0.0
     _created: tuple[Kind, str, str] | None = None
+    _created_uid: str = ""
 
     @staticmethod
     def new_keyring() -> Keyring:
@@ -214,20 +218,22 @@ class Smoke:
             except ApiError as exc:
                 if _status_code(exc) != 404:  # a combined profile: a version not served
                     raise
+        until = time.monotonic() + REMOVAL_WAIT
+        lingering: list[str] = []
         for kind, item in found:
             if not expired(item, now):
                 self.result.leftovers_kept.append(
                     f"{item.text()}, in use until {item.expires:%Y-%m-%dT%H:%M:%SZ}")
                 continue
-            try:
-                await self.client.delete(_resource(kind), item.name, namespace=item.namespace)
-            except ApiError as exc:
-                if _status_code(exc) != 404:
-                    raise
+            lingering += await self._remove(kind, item.namespace, item.name, item.uid, until)
             self.result.leftovers_removed.append(item.text())
         removed = self.result.leftovers_removed
         detail = (f"removed {len(removed)} of a killed run: {', '.join(removed)}" if removed
                   else "none")
+        if lingering:
+            detail += (f"; still there after {REMOVAL_WAIT:g}s: {', '.join(lingering)} (a "
+                       "Subscription still in its channel is still fanned out to: the "
+                       "broker ingress may answer 500 until it is gone)")
         if self.result.leftovers_kept:
             detail += f"; {len(self.result.leftovers_kept)} of runs still going left alone"
         self.result.step("leftovers", True, detail, time.monotonic() - began)
@@ -242,7 +248,8 @@ class Smoke:
         name, namespace = object_name(res.run), plan.object_namespace
         began = time.monotonic()
         self._created = (kind, namespace, name)
-        await self.client.create(_resource(kind).from_dict(body))
+        made = _plain(await self.client.create(_resource(kind).from_dict(body)))
+        self._created_uid = str((made.get("metadata") or {}).get("uid") or "")
         subscriber = body["spec"].get("subscriber", {}).get("uri", "")
         res.step("created", True, f"{kind.kind} {namespace}/{name} → the receiver "
                  f"{_without_path(subscriber)}", time.monotonic() - began)
@@ -427,15 +434,57 @@ class Smoke:
                 return found
         return None
 
+    async def _remove(self, kind: Kind, namespace: str, name: str, uid: str,
+                      until: float) -> list[str]:
+        """Delete one object of ours, then wait (until `until`, monotonic) for it and for what
+        it controls to be gone; what is still there, named. A Trigger's Subscription goes
+        only after the Trigger (the garbage collector deletes it), and while it is in the
+        channel the dispatcher still fans out to it: its subscriber gone, every event of the
+        next run gets HTTP 500 at the broker ingress (tests/test_smoke_knative.py saw it)."""
+        if not uid:  # a create cancelled in flight: its answer, and so its uid, never came
+            try:
+                found = _plain(await self.client.get(_resource(kind), name, namespace=namespace))
+                uid = str((found.get("metadata") or {}).get("uid") or "")
+            except ApiError as exc:
+                if _status_code(exc) != 404:
+                    raise
+        try:
+            await self.client.delete(_resource(kind), name, namespace=namespace)
+        except ApiError as exc:
+            if _status_code(exc) != 404:
+                raise
+        version = {"apiVersion": f"{kind.group}/{kind.version}"}
+        sub_kind = (None if kind.kind == "Subscription" or not uid
+                    else self._kind("Subscription", version))
+        while True:
+            left = []
+            try:
+                await self.client.get(_resource(kind), name, namespace=namespace)
+                left.append(f"{kind.kind} {namespace}/{name} (a finalizer holds it)")
+            except ApiError as exc:
+                if _status_code(exc) != 404:
+                    raise
+            if sub_kind is not None:
+                async for obj in self.client.list(_resource(sub_kind), namespace=namespace):
+                    meta = _plain(obj).get("metadata") or {}
+                    if any(o.get("uid") == uid for o in meta.get("ownerReferences") or []):
+                        left.append(f"{sub_kind.kind} {namespace}/{meta.get('name')} (of "
+                                    f"{kind.kind} {name})")
+            if not left or time.monotonic() >= until:
+                return left
+            await asyncio.sleep(POLL)
+
     async def cleanup(self) -> None:
-        """Step 7: delete what this run created (by name; 404 is fine)."""
+        """Step 7: delete what this run created (by name; 404 is fine) and wait for it and
+        what it controls to be gone, within the cleanup's budget."""
         if self._created is None:
             return
         kind, namespace, name = self._created
         began = time.monotonic()
+        until = began + min(REMOVAL_WAIT, CLEANUP_BUDGET)
         try:
-            await asyncio.wait_for(self.client.delete(_resource(kind), name,
-                                                      namespace=namespace), CLEANUP_BUDGET)
+            lingering = await asyncio.wait_for(
+                self._remove(kind, namespace, name, self._created_uid, until), CLEANUP_BUDGET)
         except ApiError as exc:
             if _status_code(exc) != 404:
                 self.result.left_behind.append(f"{kind.kind} {namespace}/{name}")
@@ -450,8 +499,11 @@ class Smoke:
                              time.monotonic() - began)
             return
         self._created = None
-        self.result.step("cleanup", True, f"{kind.kind} {namespace}/{name} deleted",
-                         time.monotonic() - began)
+        detail = f"{kind.kind} {namespace}/{name} deleted"
+        if lingering:
+            detail += (f"; still there after {time.monotonic() - began:.1f}s: "
+                       f"{', '.join(lingering)}")
+        self.result.step("cleanup", True, detail, time.monotonic() - began)
 
 
 def _dead_letter_text(arrival: Arrival, further: list[Injection]) -> str:
