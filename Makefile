@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: demo test browser envtest kstatus knative knative-v012 tools jaeger lint typecheck unit bench bench-analysis bench-check bench-growth bench-probe bench-detection bench-yaml clean
+.PHONY: bench-serve demo test browser envtest kstatus knative knative-v012 tools jaeger lint typecheck unit bench bench-analysis bench-check bench-growth bench-probe bench-detection bench-yaml clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
 $(BIN)/eventmesh-health: pyproject.toml
@@ -100,6 +100,12 @@ bench-check: $(BIN)/eventmesh-health kstatus
 # check's time and peak RSS against objects (1k to 550k): the README's cost-growth table.
 bench-growth: $(BIN)/eventmesh-health
 	$(BIN)/python benchmarks/bench_check.py --growth
+
+# serve against the envtest API server loaded with the synthetic mesh: sync, detection p50/p99,
+# RSS, quiet-minute requests. Default 1,000 applications x 3 (~10 min); the README's 10,000-row
+# run: BENCH_SERVE_ARGS="--apps 1000 10000 --growth 18 182 1818 4545 --write-max 1000" (~45 min).
+bench-serve: $(BIN)/eventmesh-health envtest
+	$(BIN)/python benchmarks/bench_serve.py $(BENCH_SERVE_ARGS)
 
 # Heartbeat receiver (one core) and sender throughput on loopback; needs 2 CPUs, ~2 min.
 bench-probe: $(BIN)/eventmesh-health
