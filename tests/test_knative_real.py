@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.knative.mesh import SYSTEM_NAMESPACE, KnativeMesh, conditions, describe, is_ready
+from tests.knative.common import conditions, describe
+from tests.knative.mesh import SYSTEM_NAMESPACE, KnativeMesh, is_ready
 from tests.knative.receiver import Receiver
 
 pytestmark = pytest.mark.knative

@@ -29,14 +29,9 @@ from lightkube.resources.core_v1 import Endpoints
 from lightkube.types import PatchType
 
 from tests.envtest.fixtures import install_crds, load_test_crds, wait_served
+from tests.knative.common import conditions, describe
 from tests.knative.receiver import Receiver
-from tests.knative.v012 import (
-    IMC_TEMPLATE,
-    PLACEHOLDER_IP,
-    KnativeV012Mesh,
-    conditions,
-    describe,
-)
+from tests.knative.v012 import IMC_TEMPLATE, PLACEHOLDER_IP, KnativeV012Mesh
 from tests.live_objects import (
     ApiServer,
     Applier,

@@ -26,13 +26,9 @@ from lightkube.resources.core_v1 import ConfigMap, Endpoints, Service
 from lightkube.types import PatchType
 
 from eventmesh_health.cli import main
+from tests.knative.common import from_dict
 from tests.knative.receiver import Receiver
-from tests.knative.v012 import (
-    PLACEHOLDER_IP,
-    SYSTEM_NAMESPACE,
-    KnativeV012Mesh,
-    _from_dict,
-)
+from tests.knative.v012 import PLACEHOLDER_IP, SYSTEM_NAMESPACE, KnativeV012Mesh
 from tests.tracing.jaeger import Jaeger
 
 pytestmark = pytest.mark.knative
@@ -46,11 +42,11 @@ def _expose(mesh: KnativeV012Mesh, ns: str, name: str, service_port: int, port: 
     """Service + Endpoints: the proxy routes ``<name>.<ns>:<service_port>`` to 127.0.0.1:port."""
     with contextlib.suppress(Exception):
         mesh.client.delete(Service, name, namespace=ns)
-    mesh.client.create(_from_dict(Service, {
+    mesh.client.create(from_dict(Service, {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
         "spec": {"ports": [{"name": "http", "port": service_port, "targetPort": port,
                             "protocol": "TCP"}]}}))
-    mesh.client.apply(_from_dict(Endpoints, {
+    mesh.client.apply(from_dict(Endpoints, {
         "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns},
         "subsets": [{"addresses": [{"ip": PLACEHOLDER_IP}],
                      "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}]}),

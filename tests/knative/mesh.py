@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as dt
 import json
 import os
 import re
@@ -36,14 +35,12 @@ import subprocess
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
@@ -59,6 +56,16 @@ from tests.envtest.controlplane import (
 )
 from tests.envtest.fixtures import install_crds, wait_served
 
+from .common import (
+    LOG_TAIL_LINES,
+    StatusWaiter,
+    conditions,
+    config_docs,
+    describe,
+    from_dict,
+    tail,
+    utc_now,
+)
 from .proxy import ForwardProxy, ServiceResolver, wait_listening
 
 BUILD_SCRIPT = REPO_ROOT / "hack" / "knative" / "build.sh"
@@ -67,7 +74,6 @@ PLACEHOLDER_IP = "192.0.2.10"  # TEST-NET-1 (RFC 5737): written into Endpoints, 
 DISPATCHER_HTTP_PORT = 8080  # hard-coded in the upstream dispatcher (httpPort const)
 DISPATCHER_HTTPS_PORT = 8443  # hard-coded too (httpsPort const)
 MIN_SERVER_VERSION = (1, 33)  # knative.dev/pkg's minimum for v0.48.0
-LOG_TAIL_LINES = 30
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 POLL = 0.05
@@ -120,15 +126,7 @@ def find_assets(build_script: Path = BUILD_SCRIPT) -> Path:
 
 
 def _docs(config_dir: Path, patterns: list[str], kind: str) -> list[dict[str, Any]]:
-    docs = []
-    for pattern in patterns:
-        paths = sorted(config_dir.glob(pattern))
-        if not paths:
-            raise RuntimeError(f"knative: no {config_dir}/{pattern} (rebuild: make knative)")
-        for path in paths:
-            docs += [d for d in yaml.safe_load_all(path.read_text())
-                     if isinstance(d, dict) and d.get("kind") == kind]
-    return docs
+    return config_docs(config_dir, patterns, kind, "knative", "rebuild: make knative")
 
 
 def _port_taken(port: int) -> bool:
@@ -142,43 +140,11 @@ def _port_taken(port: int) -> bool:
     return False
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with path.open("r", errors="replace") as f:
-            return "".join(deque(f, maxlen=lines))
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-
-
-def _from_dict(res: Any, doc: dict[str, Any]) -> Any:
-    """``res.from_dict(doc)``, typed Any (lightkube's from_dict is typed as its mixin)."""
-    return res.from_dict(doc)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def conditions(obj: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """``{type: (status, reason)}`` of an object's ``status.conditions``."""
-    return {c["type"]: (c.get("status", ""), c.get("reason", ""))
-            for c in (obj.get("status") or {}).get("conditions") or []}
-
-
 def is_ready(obj: dict[str, Any]) -> bool:
     """Ready=True for the generation the controller last saw (a stale Ready is not ready)."""
     status = obj.get("status") or {}
     return (status.get("observedGeneration") == obj["metadata"].get("generation")
             and conditions(obj).get("Ready", ("",))[0] == "True")
-
-
-def describe(obj: dict[str, Any]) -> str:
-    """One line: generation/observedGeneration and every condition, for failure messages."""
-    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
-    conds = ", ".join(f"{t}={s}" + (f"({r})" if r else "")
-                      for t, (s, r) in sorted(conditions(obj).items()))
-    return (f"{obj.get('kind')} {meta.get('namespace')}/{meta.get('name')} "
-            f"gen={meta.get('generation')} observed={status.get('observedGeneration')}: {conds}")
 
 
 def _acknowledged(channel: dict[str, Any]) -> bool:
@@ -229,7 +195,7 @@ class Component:
         return self.proc is not None and self.proc.poll() is None
 
 
-class KnativeMesh:
+class KnativeMesh(StatusWaiter):
     """A running Knative Eventing v1 on its own kube-apiserver + etcd, with helpers for tests.
 
     Attributes after :meth:`start`: ``control_plane``, ``client`` (lightkube, admin),
@@ -237,6 +203,9 @@ class KnativeMesh:
     ``ingress_port``, ``filter_port``, ``components`` (name → :class:`Component`: "controllers",
     "dispatcher", "ingress", "filter"), ``log_dir``.
     """
+
+    LABEL, CONTROLLER_LOG = "knative", "controllers"
+    is_ready = staticmethod(is_ready)
 
     def __init__(self, assets_dir: Path | str | None = None, *,
                  start_timeout: float = START_TIMEOUT) -> None:
@@ -318,7 +287,7 @@ class KnativeMesh:
         self._check_server_version()
         self._client = Client(KubeConfig.from_file(self.kubeconfig_path), trust_env=False)
 
-        self.client.create(_from_dict(Namespace, {"metadata": {"name": SYSTEM_NAMESPACE}}))
+        self.client.create(from_dict(Namespace, {"metadata": {"name": SYSTEM_NAMESPACE}}))
         crds = _docs(config, CRD_FILES, "CustomResourceDefinition")
         for crd in crds:
             # eventtype, pingsource and requestreply declare a conversion webhook to Service
@@ -333,13 +302,13 @@ class KnativeMesh:
         install_crds(self.client, crds, self.start_timeout)
         wait_served(self.control_plane, crds, self.start_timeout)
         for cm in _docs(config, CONFIGMAP_FILES, "ConfigMap"):
-            self.client.create(_from_dict(ConfigMap, cm))
+            self.client.create(from_dict(ConfigMap, cm))
 
         for dep in _docs(config, DEPLOYMENT_FILES, "Deployment"):
             for container in dep["spec"]["template"]["spec"]["containers"]:
                 # Nothing pulls or runs images: any valid reference string does.
                 container["image"] = container["image"].removeprefix("ko://")
-            self.client.create(_from_dict(Deployment, dep))
+            self.client.create(from_dict(Deployment, dep))
             self._deployments[dep["metadata"]["name"]] = dep
         for name in self._deployments:
             self.set_deployment_available(name, False)  # as before any pod is ready
@@ -365,7 +334,7 @@ class KnativeMesh:
                     p["targetPort"] = http_port if p["port"] == 80 else https_port
                     ep_ports.append({"name": p["name"], "port": p["targetPort"],
                                      "protocol": "TCP"})
-            self.client.create(_from_dict(Service, svc))
+            self.client.create(from_dict(Service, svc))
             self._services[name] = svc
             self._endpoint_ports[name] = ep_ports
             self.set_endpoints(name, True)
@@ -480,10 +449,10 @@ class KnativeMesh:
                 raise RuntimeError(
                     f"knative: {comp.name} not listening on 127.0.0.1:{port} "
                     f"(exit code {comp.proc.poll()}); last lines of {comp.log}:\n"
-                    f"{_tail(comp.log)}")
+                    f"{tail(comp.log)}")
         if not comp.running:
             raise RuntimeError(f"knative: {comp.name} exited with code {comp.proc.returncode}; "
-                               f"last lines of {comp.log}:\n{_tail(comp.log)}")
+                               f"last lines of {comp.log}:\n{tail(comp.log)}")
 
     @staticmethod
     def _terminate(comp: Component, sig: int = signal.SIGTERM) -> None:
@@ -566,7 +535,7 @@ class KnativeMesh:
 
     def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
         comp = self.components[name]
-        return _tail(comp.log, lines) if comp.log else ""
+        return tail(comp.log, lines) if comp.log else ""
 
     # -- what kube-controller-manager / endpoints controller would write --------------------
 
@@ -575,7 +544,7 @@ class KnativeMesh:
         all replicas ready and Available=True, or none available and Available=False."""
         dep = self.client.get(Deployment, name, namespace=SYSTEM_NAMESPACE)
         n = 1 if available else 0
-        now = _now()
+        now = utc_now()
         status = {
             "observedGeneration": dep.metadata.generation if dep.metadata else None,
             "replicas": 1, "updatedReplicas": 1,
@@ -620,7 +589,7 @@ class KnativeMesh:
             else [],
         }
         try:
-            self.client.create(_from_dict(Endpoints, body))
+            self.client.create(from_dict(Endpoints, body))
         except ApiError as exc:
             if exc.status.code != 409:
                 raise
@@ -654,7 +623,7 @@ class KnativeMesh:
         """A fresh, uniquely named namespace (never finishes deleting: no controller manager)."""
         stem = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")[:40].strip("-") or "test"
         name = f"{stem}-{uuid.uuid4().hex[:6]}"
-        self.client.create(_from_dict(Namespace, {"metadata": {"name": name}}))
+        self.client.create(from_dict(Namespace, {"metadata": {"name": name}}))
         return name
 
     def delete_namespace(self, ns: str) -> None:
@@ -665,7 +634,7 @@ class KnativeMesh:
         """Service + Endpoints ``<name>.<ns>`` for a receiver on 127.0.0.1:``port``: the proxy
         routes ``http://<name>.<ns>.svc.cluster.local/`` to it. Returns that URL."""
         ports = [{"name": "http", "port": port, "protocol": "TCP"}]
-        self.client.create(_from_dict(Service, {
+        self.client.create(from_dict(Service, {
             "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
             "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port,
                                 "protocol": "TCP"}]},
@@ -690,7 +659,7 @@ class KnativeMesh:
         if annotations:
             meta["annotations"] = annotations
         group, version, _ = KINDS[kind]
-        obj = self.client.create(_from_dict(resource(kind), {
+        obj = self.client.create(from_dict(resource(kind), {
             "apiVersion": f"{group}/{version}", "kind": kind, "metadata": meta, "spec": spec}))
         return dict(obj.to_dict())
 
@@ -764,42 +733,6 @@ class KnativeMesh:
         return dict(obj.to_dict())
 
     # -- waiting ------------------------------------------------------------------------------
-
-    def wait_until(self, kind: str, ns: str, name: str,
-                   predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0,
-                   what: str = "the expected state") -> dict[str, Any]:
-        """Poll the object until ``predicate(obj)``; AssertionError with its conditions and the
-        controllers' log tail after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        last = "never read"
-        while True:
-            try:
-                obj = self.get(kind, ns, name)
-                if predicate(obj):
-                    return obj
-                last = describe(obj)
-            except ApiError as exc:
-                last = f"{kind} {ns}/{name}: {exc.status.code} {exc.status.message}"
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"knative: {what} not reached in {timeout:.0f}s; last: {last}\n"
-                    f"controllers log tail:\n{self.log_tail('controllers', 15)}")
-            time.sleep(POLL)
-
-    def wait_ready(self, kind: str, ns: str, name: str, timeout: float = 30.0) -> dict[str, Any]:
-        """Wait until Ready=True with observedGeneration == generation."""
-        return self.wait_until(kind, ns, name, is_ready, timeout, f"{kind} {ns}/{name} Ready")
-
-    def wait_condition(self, kind: str, ns: str, name: str, type_: str, status: str,
-                       reason: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
-        """Wait until condition ``type_`` has ``status`` (and ``reason``, if given)."""
-        def ok(obj: dict[str, Any]) -> bool:
-            s, r = conditions(obj).get(type_, ("", ""))
-            return s == status and (reason is None or r == reason)
-
-        return self.wait_until(kind, ns, name, ok, timeout,
-                               f"{kind} {ns}/{name} {type_}={status}"
-                               + (f" ({reason})" if reason else ""))
 
     def list(self, kind: str, ns: str) -> list[dict[str, Any]]:
         return [dict(o.to_dict()) for o in self.client.list(resource(kind), namespace=ns)]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as dt
 import http.client
 import json
 import os
@@ -44,8 +43,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +64,15 @@ from tests.envtest.controlplane import (
 from tests.envtest.fixtures import install_crds, wait_served
 
 from . import netns
+from .common import (
+    LOG_TAIL_LINES,
+    StatusWaiter,
+    conditions,
+    config_docs,
+    from_dict,
+    tail,
+    utc_now,
+)
 from .crdapi import CrdApiAdapter
 from .proxy import ForwardProxy, ServiceResolver, UnixHTTPConnection
 
@@ -78,7 +84,6 @@ POD_PORT = 8080  # every v0.12 data-plane process serves here (in its own networ
 INGRESS_IMAGE = "local/ingress"
 FILTER_IMAGE = "local/filter"
 IMAGES = {INGRESS_IMAGE: "ingress", FILTER_IMAGE: "filter"}
-LOG_TAIL_LINES = 30
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 # SIGTERM, then SIGKILL after this long: the v0.12 broker filter does not exit on SIGTERM
@@ -116,15 +121,7 @@ def find_assets(build_script: Path = BUILD_SCRIPT) -> Path:
 
 
 def _docs(config_dir: Path, patterns: list[str], kind: str) -> list[dict[str, Any]]:
-    docs = []
-    for pattern in patterns:
-        paths = sorted(config_dir.glob(pattern))
-        if not paths:
-            raise RuntimeError(f"knative v0.12: no {config_dir}/{pattern} (make knative-v012)")
-        for path in paths:
-            docs += [d for d in yaml.safe_load_all(path.read_text())
-                     if isinstance(d, dict) and d.get("kind") == kind]
-    return docs
+    return config_docs(config_dir, patterns, kind, "knative v0.12", "make knative-v012")
 
 
 def crd_to_v1(crd: dict[str, Any]) -> dict[str, Any]:
@@ -156,29 +153,6 @@ def crd_to_v1(crd: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _from_dict(res: Any, doc: dict[str, Any]) -> Any:
-    return res.from_dict(doc)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
-    if path is None:
-        return ""
-    try:
-        with path.open("r", errors="replace") as f:
-            return "".join(deque(f, maxlen=lines))
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-
-
-def conditions(obj: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    return {c["type"]: (c.get("status", ""), c.get("reason", ""))
-            for c in (obj.get("status") or {}).get("conditions") or []}
-
-
 def is_ready(obj: dict[str, Any]) -> bool:
     """Ready=True, for the generation seen where the kind writes observedGeneration (the v0.12
     messaging Channel never does: REAL-KNATIVE.md, product finding)."""
@@ -189,19 +163,11 @@ def is_ready(obj: dict[str, Any]) -> bool:
         and conditions(obj).get("Ready", ("",))[0] == "True"
 
 
-def describe(obj: dict[str, Any]) -> str:
-    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
-    conds = ", ".join(f"{t}={s}" + (f"({r})" if r else "")
-                      for t, (s, r) in sorted(conditions(obj).items()))
-    return (f"{obj.get('kind')} {meta.get('namespace')}/{meta.get('name')} "
-            f"gen={meta.get('generation')} observed={status.get('observedGeneration')}: {conds}")
-
-
 def deployment_status(generation: int | None, available: bool,
                       rolled_out: bool) -> dict[str, Any]:
     """What kube-controller-manager writes for a 1-replica Deployment: all available, or none
     (``rolled_out``: the rollout completed once, so Progressing stays NewReplicaSetAvailable)."""
-    now = _now()
+    now = utc_now()
     n = 1 if available else 0
     return {
         "observedGeneration": generation, "replicas": 1, "updatedReplicas": 1,
@@ -276,11 +242,14 @@ class Pod:
         return self.proc is not None and self.proc.poll() is None
 
 
-class KnativeV012Mesh:
+class KnativeV012Mesh(StatusWaiter):
     """Knative Eventing v0.12 for tests. Attributes after :meth:`start`: ``control_plane``,
     ``client`` (lightkube, admin, straight to the API server), ``kubeconfig_path`` (for the
     checker), ``proxy``, ``adapter``, ``pods`` (key → :class:`Pod`), ``log_dir``,
     ``start_seconds``."""
+
+    LABEL, CONTROLLER_LOG = "knative v0.12", "controller"
+    is_ready = staticmethod(is_ready)
 
     def __init__(self, assets_dir: Path | str | None = None, *,
                  start_timeout: float = START_TIMEOUT) -> None:
@@ -346,12 +315,12 @@ class KnativeV012Mesh:
         self._client = Client(KubeConfig.from_file(self.kubeconfig_path), trust_env=False)
 
         for ns in (SYSTEM_NAMESPACE,):
-            self.client.create(_from_dict(Namespace, {"metadata": {"name": ns}}))
+            self.client.create(from_dict(Namespace, {"metadata": {"name": ns}}))
         crds = [crd_to_v1(c) for c in _docs(config, CRD_FILES, "CustomResourceDefinition")]
         install_crds(self.client, crds, self.start_timeout)
         wait_served(self.control_plane, crds, self.start_timeout)
         for cm in _docs(config, CONFIGMAP_FILES, "ConfigMap"):
-            self.client.create(_from_dict(ConfigMap, cm))
+            self.client.create(from_dict(ConfigMap, cm))
 
         # The CRD API adapter and its kubeconfig (the admin's, with the adapter's URL).
         cp = self.control_plane
@@ -377,9 +346,9 @@ class KnativeV012Mesh:
         for dep in (_docs(config, ["500-controller.yaml"], "Deployment")
                     + _docs(config, ["channels/in-memory-channel/500-controller.yaml"],
                             "Deployment") + [dispatcher_dep]):
-            self.client.create(_from_dict(Deployment, dep))
+            self.client.create(from_dict(Deployment, dep))
             self.set_deployment_available(SYSTEM_NAMESPACE, dep["metadata"]["name"], False)
-        self.client.create(_from_dict(Service, dispatcher_svc))
+        self.client.create(from_dict(Service, dispatcher_svc))
 
         self._define_system_pods(dispatcher_svc)
         for pod in self.pods.values():
@@ -504,7 +473,7 @@ class KnativeV012Mesh:
                 raise RuntimeError(
                     f"knative v0.12: {pod.key} does not answer on :{POD_PORT} (exit code "
                     f"{pod.proc.poll() if pod.proc else None}); last lines of {pod.log}:\n"
-                    f"{_tail(pod.log)}")
+                    f"{tail(pod.log)}")
             time.sleep(POLL)
 
     @staticmethod
@@ -520,7 +489,7 @@ class KnativeV012Mesh:
             proc.wait(timeout=STOP_TIMEOUT)
 
     def log_tail(self, key: str, lines: int = LOG_TAIL_LINES) -> str:
-        return _tail(self.pods[key].log, lines)
+        return tail(self.pods[key].log, lines)
 
     def rss_bytes(self) -> dict[str, int]:
         """Resident set size of each running Knative binary (the launcher's child)."""
@@ -599,7 +568,7 @@ class KnativeV012Mesh:
         body = {"apiVersion": "v1", "kind": "Endpoints",
                 "metadata": {"name": service, "namespace": ns}, "subsets": subsets}
         try:
-            self.client.create(_from_dict(Endpoints, body))
+            self.client.create(from_dict(Endpoints, body))
         except ApiError as exc:
             if exc.status.code != 409:
                 raise
@@ -614,7 +583,7 @@ class KnativeV012Mesh:
         meta: dict[str, Any] = {"name": name}
         if labels:
             meta["labels"] = labels
-        self.client.create(_from_dict(Namespace, {"metadata": meta}))
+        self.client.create(from_dict(Namespace, {"metadata": meta}))
         return name
 
     def create(self, kind: str, ns: str, name: str, spec: dict[str, Any], *,
@@ -623,7 +592,7 @@ class KnativeV012Mesh:
         meta: dict[str, Any] = {"name": name, "namespace": ns}
         if labels:
             meta["labels"] = labels
-        obj = self.client.create(_from_dict(resource(kind), {
+        obj = self.client.create(from_dict(resource(kind), {
             "apiVersion": f"{group}/{version}", "kind": kind, "metadata": meta, "spec": spec}))
         return dict(obj.to_dict())
 
@@ -672,38 +641,6 @@ class KnativeV012Mesh:
                 raise AssertionError(f"knative v0.12: broker pods of {ns} not available in "
                                      f"{timeout:.0f}s: {pending}; kubelet: {events}")
             time.sleep(POLL)
-
-    def wait_until(self, kind: str, ns: str, name: str,
-                   predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0,
-                   what: str = "the expected state") -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        last = "never read"
-        while True:
-            try:
-                obj = self.get(kind, ns, name)
-                if predicate(obj):
-                    return obj
-                last = describe(obj)
-            except ApiError as exc:
-                last = f"{kind} {ns}/{name}: {exc.status.code} {exc.status.message}"
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"knative v0.12: {what} not reached in {timeout:.0f}s; last: {last}\n"
-                    f"controller log tail:\n{self.log_tail('controller', 15)}")
-            time.sleep(POLL)
-
-    def wait_ready(self, kind: str, ns: str, name: str, timeout: float = 30.0) -> dict[str, Any]:
-        return self.wait_until(kind, ns, name, is_ready, timeout, f"{kind} {ns}/{name} Ready")
-
-    def wait_condition(self, kind: str, ns: str, name: str, type_: str, status: str,
-                       reason: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
-        def ok(obj: dict[str, Any]) -> bool:
-            s, r = conditions(obj).get(type_, ("", ""))
-            return s == status and (reason is None or r == reason)
-
-        return self.wait_until(kind, ns, name, ok, timeout,
-                               f"{kind} {ns}/{name} {type_}={status}"
-                               + (f" ({reason})" if reason else ""))
 
     @staticmethod
     def send_event(url: str, type_: str, *, source: str, proxy: str, data: Any = None,
