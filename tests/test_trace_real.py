@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from eventmesh_health.cli import main
+from tests.knative.garbage import GarbageCollector
 from tests.knative.mesh import KnativeMesh
 from tests.knative.receiver import Receiver
 from tests.test_smoke_knative import assert_nothing_left, run_smoke
@@ -217,8 +218,10 @@ def smoke_with_trace(mesh: KnativeMesh, jaeger: Jaeger, ns: str) -> tuple[int, d
     mesh.create_broker(ns)
     mesh.wait_ready("Broker", ns, "default", READY_TIMEOUT)
     mesh.wait_settled(ns, READY_TIMEOUT)
-    code, report, stderr = run_smoke(mesh, ns, "broker/default", "--trace-url",
-                                     jaeger.query_url, "--trace-backend", "jaeger")
+    # As in a cluster, the Trigger's Subscription goes after it: the cleanup waits for that.
+    with GarbageCollector(mesh, ns):
+        code, report, stderr = run_smoke(mesh, ns, "broker/default", "--trace-url",
+                                         jaeger.query_url, "--trace-backend", "jaeger")
     assert report["trace"] is not None, (report, stderr)
     assert report["trace"]["traceId"] == report["traceId"]
     assert_nothing_left(mesh)
