@@ -273,7 +273,9 @@ async def test_apiserver_restart(
             assert TRIGGER.key in cache.snapshot(datetime.now(UTC)).collected
         finally:
             await stopping
-            await asyncio.to_thread(control_plane.start_apiserver)
+            # From the main thread (not to_thread): the child dies with the thread that forked
+            # it. The informer waits meanwhile, as for a slow restart.
+            control_plane.start_apiserver()
         # Right after the restart: one object created, one deleted (a fresh client: the old
         # one's pooled connections died with the server).
         writer = AsyncClient(KubeConfig.from_file(control_plane.kubeconfig_path),

@@ -449,6 +449,11 @@ class ControlPlane:
         self._require_started()
         if self.apiserver_running:
             return
+        if threading.current_thread() is not threading.main_thread():
+            # PR_SET_PDEATHSIG fires when the forking *thread* exits: an API server started
+            # from asyncio.to_thread died when the test's loop shut its executor down, and the
+            # next test, seeing it still alive, got "connection refused" (CI, 2026-12-06).
+            raise RuntimeError("envtest: start kube-apiserver from the main thread")
         assert self.tmp_dir is not None and self.binaries_dir is not None
         certs = self.tmp_dir / "certs"
         args = [
