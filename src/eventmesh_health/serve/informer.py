@@ -535,10 +535,9 @@ class ClusterCache:
         as a dump keeps them), not a Pod's spec or a Deployment's template — most of the
         bytes of a big cluster — with its short strings shared (`compact`: a third less
         again). The CRDs the cache watches for itself are kept whole."""
-        obj = _plain(item, state.kind)
         if state is self._crd:
-            return obj
-        return compact(slim(obj, state.kind.fields, state.kind.annotations))
+            return _plain(item, state.kind)
+        return cached_form(item, state.kind)
 
     def _apply(self, state: _KindState, event_type: str, obj: dict[str, Any]) -> None:
         key = _key(obj)
@@ -749,6 +748,12 @@ class ClusterCache:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def cached_form(item: dict[str, Any], kind: Kind) -> dict[str, Any]:
+    """An object as the cache keeps it (one place, so that bench_serve_memory.py measures
+    what `serve` keeps)."""
+    return compact(slim(_plain(item, kind), kind.fields, kind.annotations))
 
 
 def _is_custom(kind: Kind) -> bool:
