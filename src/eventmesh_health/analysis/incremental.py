@@ -91,6 +91,11 @@ class IncrementalAnalysis:
                 self._store(unit, causes)
             for flow in graph.flows:
                 self._store_flow(flow, causes)
+        # What the first build alone needed, dropped now rather than at the first change
+        # (`set_input` would): its verdicts by object (≈120 bytes per object) and the list
+        # of all objects (the index holds them).
+        self.builder.verdicts.clear()
+        self.builder.snapshot = replace(snapshot, objects=())
 
     # --- the report ----------------------------------------------------------------------------
 
