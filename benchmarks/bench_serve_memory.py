@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import synthetic
 from eventmesh_health.analysis.incremental import IncrementalAnalysis
+from eventmesh_health.serve.compact import Compactor
 from eventmesh_health.serve.informer import cached_form
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.topology import Kind, Profile, kind_key
@@ -66,7 +67,8 @@ def encoded_input(apps: int, namespaces: int, profile: Profile) -> list[tuple[Ki
 
 
 def build_cache(encoded: list[tuple[Kind, bytes]]) -> list[dict[str, Any]]:
-    return [cached_form(orjson.loads(raw), kind) for kind, raw in encoded]
+    compactor = Compactor()  # as the cache's own
+    return [cached_form(orjson.loads(raw), kind, compactor) for kind, raw in encoded]
 
 
 def build_analysis(cache: list[dict[str, Any]], profile: Profile) -> IncrementalAnalysis:

@@ -63,7 +63,7 @@ from typing import Any, Literal
 import httpx2
 import lightkube
 
-from eventmesh_health.serve.compact import compact
+from eventmesh_health.serve.compact import Compactor
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.sources.cluster import (
     _BUILT_IN_GROUPS,
@@ -215,6 +215,7 @@ class ClusterCache:
         self._unavailable_retry = unavailable_retry
         self._coalesce = coalesce
         self._states: dict[str, _KindState] = {}
+        self._compactor = Compactor()  # what the cached objects share
         for kind in kinds:
             if kind.key not in self._states:
                 self._states[kind.key] = _KindState(kind, True, KindStats())
@@ -537,7 +538,7 @@ class ClusterCache:
         again). The CRDs the cache watches for itself are kept whole."""
         if state is self._crd:
             return _plain(item, state.kind)
-        return cached_form(item, state.kind)
+        return cached_form(item, state.kind, self._compactor)
 
     def _apply(self, state: _KindState, event_type: str, obj: dict[str, Any]) -> None:
         key = _key(obj)
@@ -750,10 +751,10 @@ class ClusterCache:
 # --- helpers --------------------------------------------------------------------------------
 
 
-def cached_form(item: dict[str, Any], kind: Kind) -> dict[str, Any]:
+def cached_form(item: dict[str, Any], kind: Kind, compactor: Compactor) -> dict[str, Any]:
     """An object as the cache keeps it (one place, so that bench_serve_memory.py measures
     what `serve` keeps)."""
-    return compact(slim(_plain(item, kind), kind.fields, kind.annotations))
+    return compactor.compact(slim(_plain(item, kind), kind.fields, kind.annotations))
 
 
 def _is_custom(kind: Kind) -> bool:
