@@ -235,11 +235,13 @@ class IncrementalAnalysis:
         is never changed, so forgetting it discards exactly what storing it added."""
         name = unit.name
         for node in nodes_of(unit):
-            change(self._apps_by_ref, self._node_key(node), name)
-            if node.obj is not None:
-                uid = node.obj["metadata"].get("uid")
-                if isinstance(uid, str):
-                    change(self._apps_by_uid, uid, name)
+            # A found object by its uid alone (`_candidates` looks it up by the uid of what
+            # the index holds under its name): a name key per object is ≈100 bytes more.
+            uid = node.obj["metadata"].get("uid") if node.obj is not None else None
+            if isinstance(uid, str):
+                change(self._apps_by_uid, uid, name)
+            else:
+                change(self._apps_by_ref, self._node_key(node), name)
             service_id = node.values.get("service_id")
             if service_id:
                 change(self._apps_by_service, service_id, name)
@@ -338,9 +340,11 @@ class IncrementalAnalysis:
         if key is None:
             return set()
         kind, namespace, name = key
+        meta = obj["metadata"]
         apps = self._apps_by_ref.get(key)
         apps |= self._apps_by_ref.get((kind, namespace, None))
-        meta = obj["metadata"]
+        if isinstance(meta.get("uid"), str):
+            apps |= self._apps_by_uid.get(meta["uid"])
         labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
         for rule in self._inverse.get(kind, ()):
             if rule[0] == "name":
@@ -379,8 +383,7 @@ class IncrementalAnalysis:
                 if match is None:
                     continue
                 for parent_kind in rule[1]:
-                    apps |= self._apps_by_ref.get(
-                        (parent_kind, namespace, match.group("parent")))
+                    apps |= self._holding((parent_kind, namespace, match.group("parent")))
                 for ref in meta.get("ownerReferences") or []:  # owned by its parent
                     if isinstance(ref, dict) and isinstance(ref.get("uid"), str):
                         apps |= self._apps_by_uid.get(ref["uid"])
@@ -402,7 +405,17 @@ class IncrementalAnalysis:
         selector = _field(deployment, ("spec", "selector", "matchLabels"), want=dict)
         if not selector or any(labels.get(k) != v for k, v in selector.items()):
             return set()
-        return self._apps_by_ref.get((DEPLOYMENT.key, namespace, parts[0]))
+        return self._holding((DEPLOYMENT.key, namespace, parts[0]))
+
+    def _holding(self, key: NameKey) -> set[str]:
+        """Applications whose chain holds the object the index has under `key`, or expected
+        it and found it missing."""
+        apps = self._apps_by_ref.get(key)
+        obj = self.builder.index.get(*key)
+        uid = obj["metadata"].get("uid") if obj is not None else None
+        if isinstance(uid, str):
+            apps |= self._apps_by_uid.get(uid)
+        return apps
 
 
 @contextmanager

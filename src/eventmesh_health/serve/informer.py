@@ -98,7 +98,7 @@ SERVE_RBAC_HINT = "see deploy/rbac/clusterrole-serve.yaml for the ClusterRole se
 _ObjKey = tuple[str, str]  # (namespace or "", name) within one kind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # (one per object of the first sync: no __dict__ each)
 class Change:
     """One object added, modified or deleted."""
 
