@@ -16,6 +16,11 @@ first sync. Two passes over the same input, each from the same starting point:
 
 It prints bytes per object for each half: the goal (serve < 1 GiB at 550,000 objects, with
 ≈86 MiB for an empty `serve`) needs about 1.7 KiB per object in all.
+
+The synthetic objects repeat much (every condition set at the same second), which the
+cache's sharing (`serve/compact.py`) turns into savings a real cluster gives only in part:
+`--distinct-times` gives every object's conditions a time of their own (nothing under
+`status` repeats then), the case where sharing buys least.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import gc
 import os
 import sys
 import tracemalloc
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +59,28 @@ def watched_kind(profile: Profile) -> dict[str, Kind]:
     return {kind.key: kind for kind in profile.kinds}
 
 
-def encoded_input(apps: int, namespaces: int, profile: Profile) -> list[tuple[Kind, bytes]]:
+def encoded_input(apps: int, namespaces: int, profile: Profile,
+                  distinct_times: bool = False) -> list[tuple[Kind, bytes]]:
     """The objects a LIST of each watched kind would bring, encoded (kinds `serve` does not
     watch are left out, as it never lists them)."""
     kinds = watched_kind(profile)
     out = []
-    for obj in synthetic.mesh(apps, namespaces):
+    for i, obj in enumerate(synthetic.mesh(apps, namespaces)):
         kind = kinds.get(kind_key(obj["apiVersion"], obj["kind"]))
         if kind is not None:
+            if distinct_times:
+                _distinct_times(obj, i)
             out.append((kind, orjson.dumps(obj)))
     return out
+
+
+def _distinct_times(obj: dict[str, Any], i: int) -> None:
+    """The object's conditions set at a second of its own."""
+    when = (datetime.fromisoformat(synthetic.READY) + timedelta(seconds=i)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    status = obj.get("status")
+    for condition in (status.get("conditions") or []) if isinstance(status, dict) else []:
+        condition["lastTransitionTime"] = when
 
 
 def build_cache(encoded: list[tuple[Kind, bytes]]) -> list[dict[str, Any]]:
@@ -130,13 +147,15 @@ def main() -> None:
     parser.add_argument("--apps", type=int, nargs="+", default=[1000])
     parser.add_argument("--namespaces", type=int, default=3)
     parser.add_argument("--top", type=int, default=0, help="lines holding most, per half")
+    parser.add_argument("--distinct-times", action="store_true",
+                        help="every object's conditions set at a second of its own")
     args = parser.parse_args()
     profile = KYMA_1
     print(f"{'apps':>6} {'ns':>3} {'objects':>8} | {'RSS: cache':>10} {'analysis':>9} "
           f"{'total':>9} {'KiB/obj':>8} | {'traced: cache':>13} {'analysis':>9} {'KiB/obj':>8}")
     with LoadSampler() as sampler:
         for apps in args.apps:
-            encoded = encoded_input(apps, args.namespaces, profile)
+            encoded = encoded_input(apps, args.namespaces, profile, args.distinct_times)
             n = len(encoded)
             rss_cache, rss_analysis, healthy = measure_rss(encoded, profile)
             assert healthy, "the synthetic mesh must be healthy"
