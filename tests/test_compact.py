@@ -1,11 +1,13 @@
-"""The watch cache's sharing (serve/compact.py): what is shared, what never is, that the
-table forgets what no object holds, and that nothing reading the cache changes a shared part
-(the analysis run on objects whose shared parts refuse any change)."""
+"""The watch cache's sharing (serve/compact.py): one copy of each short string across objects
+parsed apart, long strings and non-strings untouched; what containers are shared, what never
+are, that the table forgets what no object holds, and that nothing reading the cache changes a
+shared part (the analysis run on objects whose shared parts refuse any change)."""
 
 from __future__ import annotations
 
 import copy
 import gc
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +18,7 @@ import yaml
 
 from eventmesh_health.analysis import analyse
 from eventmesh_health.analysis.incremental import IncrementalAnalysis
-from eventmesh_health.serve.compact import Compactor
+from eventmesh_health.serve.compact import SHORT, Compactor
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
 from tests.rulecases import BASE, TAKEN_AT, cases, load_case
@@ -25,6 +27,50 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import synthetic
 
 NOW = datetime.fromisoformat(TAKEN_AT)
+TRIGGER = {
+    "apiVersion": "eventing.knative.dev/v1alpha1", "kind": "Trigger",
+    "metadata": {"name": "t", "namespace": "ns", "labels": {"app": "x"}, "generation": 2},
+    "status": {"conditions": [{"type": "Ready", "status": "True", "message": "m" * 200}],
+               "observedGeneration": 2, "ok": True, "none": None, "ratio": 0.5},
+}
+
+
+def parsed() -> dict[str, Any]:
+    return json.loads(json.dumps(TRIGGER))  # new string objects, as each LIST page has
+
+
+def test_the_value_is_unchanged() -> None:
+    assert Compactor().compact(parsed()) == TRIGGER
+
+
+def test_short_strings_of_separately_parsed_objects_are_one_object() -> None:
+    # two caches: nothing shared between them but the interned strings
+    a, b = Compactor().compact(parsed()), Compactor().compact(parsed())
+    first, second = a["status"]["conditions"][0], b["status"]["conditions"][0]
+    assert first is not second
+    assert first["status"] is second["status"]
+    assert a["apiVersion"] is b["apiVersion"]
+    assert next(iter(a["metadata"])) is next(iter(b["metadata"]))  # keys too
+
+
+def test_long_strings_are_left_alone() -> None:
+    a, b = Compactor().compact(parsed()), Compactor().compact(parsed())
+    message = a["status"]["conditions"][0]["message"]
+    assert len(message) > SHORT
+    assert message == b["status"]["conditions"][0]["message"]
+    assert message is not b["status"]["conditions"][0]["message"]
+
+
+def test_containers_are_new_so_the_parsed_object_can_be_freed() -> None:
+    source = parsed()
+    kept = Compactor().compact(source)
+    assert kept["status"] is not source["status"]
+    assert kept["status"]["conditions"] is not source["status"]["conditions"]
+
+
+def test_anything_but_dicts_lists_and_strings_passes_through() -> None:
+    for value in (None, True, 3, 0.5, ("a", "b")):
+        assert Compactor().compact(value) is value
 
 
 def _pod(name: str, ready: Any = "True", extra: dict[str, Any] | None = None) -> dict[str, Any]:
