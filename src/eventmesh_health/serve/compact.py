@@ -9,13 +9,14 @@ left out of the interpreter's table of interned strings). Long strings (messages
 alone: rarely repeated.
 
 After the strings, the maps and lists themselves are most of the cache (≈8 per object, a
-small dict is 200 bytes). Those two levels down and deeper — a condition, a `conditions`
-list, labels, a selector — are often the same in many objects (the Pods of one Deployment,
-objects made together by one controller, conditions of one type and reason set in the same
-second); equal ones are kept once (`Compactor`). The object itself and its
-`metadata`/`spec`/`status` are never shared: they hold its name and uid. Sharing is only
-sound because nothing that reads the cache changes an object (tests/test_compact.py
-checks the analysis on cache objects that refuse any change).
+small dict is 200 bytes). Below the object's own level — a `spec` or `status`, a condition,
+a `conditions` list, labels, a selector — they are often the same in many objects (the Pods
+of one Deployment, objects made together by one controller, conditions of one type and
+reason set in the same second); equal ones are kept once (`Compactor`). The object itself
+and its `metadata` are never shared: they hold its name and uid (sharing them would only
+cost a table entry each). Sharing is only sound because nothing that reads the cache changes
+an object (tests/test_compact.py checks the analysis on cache objects that refuse any
+change).
 
 Two containers are shared only when equal the strict way a reader sees them: same keys in
 the same order, values of the same types (`True` is not `1`); floats are never shared
@@ -28,7 +29,6 @@ import sys
 from typing import Any, TypeVar, cast
 
 SHORT = 128  # characters; longer strings are kept as they are
-SHARE_DEPTH = 2  # the object is depth 0, its metadata/spec/status 1
 T = TypeVar("T")
 
 _DICT, _LIST = object(), object()  # (kept apart in a structure's hash)

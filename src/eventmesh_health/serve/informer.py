@@ -534,8 +534,9 @@ class ClusterCache:
     def _kept(self, state: _KindState, item: dict[str, Any]) -> dict[str, Any]:
         """What the cache keeps of an object: the fields the analysis reads (`Kind.fields`,
         as a dump keeps them), not a Pod's spec or a Deployment's template — most of the
-        bytes of a big cluster — with its short strings shared (`compact`: a third less
-        again). The CRDs the cache watches for itself are kept whole."""
+        bytes of a big cluster — with its short strings, and the nested maps and lists many
+        objects hold alike, kept once (`serve/compact.py`). The CRDs the cache watches for
+        itself are kept whole."""
         if state is self._crd:
             return _plain(item, state.kind)
         return cached_form(item, state.kind, self._compactor)
