@@ -485,7 +485,8 @@ def run_serve(cp: ControlPlane, kubeconfig: Path, run: Run, args: argparse.Names
             run.health = report["health"]
             unhealthy = [a["name"] for a in report["applications"] if a["health"] != "Healthy"]
             log(f"  synced in {run.sync_seconds:.1f}s, mesh {run.health} "
-                f"({len(report['applications']):,} applications)")
+                f"({len(report['applications']):,} applications), serve's peak RSS "
+                f"{run.rss_sync / 2**20:,.0f} MiB")
             if run.health != "Healthy" or len(report["applications"]) != run.apps:
                 raise RuntimeError(f"the loaded mesh is not healthy or incomplete: system "
                                    f"{report['system']}, first unhealthy {unhealthy[:5]}")

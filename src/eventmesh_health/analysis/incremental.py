@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -28,6 +28,7 @@ from eventmesh_health.analysis.causes import Causes
 from eventmesh_health.analysis.fields import Obj
 from eventmesh_health.analysis.graph import AppUnit, FlowUnit, Graph, Node, _Builder
 from eventmesh_health.analysis.index import NameKey
+from eventmesh_health.analysis.multimap import OneOrMany
 from eventmesh_health.analysis.report import (
     application_report,
     flow_report,
@@ -51,6 +52,7 @@ from eventmesh_health.topology import (
 from eventmesh_health.topology.core import DEPLOYMENT, POD
 
 _FlowKey = tuple[str, str, str]  # (root kind, namespace, name)
+_NodeKey = tuple[str, str | None, str | None]  # (kind key, namespace, name); name None: any
 _ANY = re.compile(r"\{(\w+)\}")
 
 
@@ -71,16 +73,16 @@ class IncrementalAnalysis:
         self.builder = _Builder(profile, snapshot, thresholds or Thresholds())
         self.units: dict[str, AppUnit] = {}
         self.reports: dict[str, ApplicationReport] = {}
-        self._refs: dict[str, set[NameKey | tuple[str, str | None, None]]] = {}
-        self._apps_by_ref: dict[Any, set[str]] = defaultdict(set)
-        self._apps_by_ns: dict[str, set[str]] = defaultdict(set)
-        self._apps_by_service: dict[str, set[str]] = defaultdict(set)
-        self._apps_by_uid: dict[str, set[str]] = defaultdict(set)
+        # Which applications (flows) hold an object or a namespace: the inverse of the
+        # stored units, worked out again from a unit when it is forgotten (not kept twice).
+        self._apps_by_ref: OneOrMany[_NodeKey, str] = OneOrMany()
+        self._apps_by_ns: OneOrMany[str, str] = OneOrMany()
+        self._apps_by_service: OneOrMany[str, str] = OneOrMany()
+        self._apps_by_uid: OneOrMany[str, str] = OneOrMany()
         self._inverse = self._inverse_finders()
         self.flows: dict[_FlowKey, FlowUnit] = {}
         self.flow_reports: dict[_FlowKey, FlowReport] = {}
-        self._flow_refs: dict[_FlowKey, set[Any]] = {}
-        self._flows_by_ref: dict[Any, set[_FlowKey]] = defaultdict(set)
+        self._flows_by_ref: OneOrMany[_NodeKey, _FlowKey] = OneOrMany()
         with _no_cyclic_gc():
             graph = self.builder.build()
             causes = Causes()
@@ -89,6 +91,11 @@ class IncrementalAnalysis:
                 self._store(unit, causes)
             for flow in graph.flows:
                 self._store_flow(flow, causes)
+        # What the first build alone needed, dropped now rather than at the first change
+        # (`set_input` would): its verdicts by object (≈120 bytes per object) and the list
+        # of all objects (the index holds them).
+        self.builder.verdicts.clear()
+        self.builder.snapshot = replace(snapshot, objects=())
 
     # --- the report ----------------------------------------------------------------------------
 
@@ -218,51 +225,48 @@ class IncrementalAnalysis:
     # --- bookkeeping -------------------------------------------------------------------------
 
     def _store(self, unit: AppUnit, causes: Causes) -> None:
+        self.units[unit.name] = unit
+        self.reports[unit.name] = application_report(unit, causes)
+        self._index_app(unit, OneOrMany.add)
+
+    def _index_app(self, unit: AppUnit, change: Callable[[OneOrMany[Any, str], Any, str], None],
+                   ) -> None:
+        """`change` (add or discard) the unit's name under everything it holds. A stored unit
+        is never changed, so forgetting it discards exactly what storing it added."""
         name = unit.name
-        self.units[name] = unit
-        self.reports[name] = application_report(unit, causes)
-        refs: set[Any] = set()
         for node in nodes_of(unit):
-            refs.add(self._node_key(node))
-            if node.obj is not None:
-                uid = node.obj["metadata"].get("uid")
-                if isinstance(uid, str):
-                    self._apps_by_uid[uid].add(name)
-                    refs.add(("uid", uid))
+            # A found object by its uid alone (`_candidates` looks it up by the uid of what
+            # the index holds under its name): a name key per object is ≈100 bytes more.
+            uid = node.obj["metadata"].get("uid") if node.obj is not None else None
+            if isinstance(uid, str):
+                change(self._apps_by_uid, uid, name)
+            else:
+                change(self._apps_by_ref, self._node_key(node), name)
             service_id = node.values.get("service_id")
             if service_id:
-                self._apps_by_service[service_id].add(name)
-                refs.add(("service", service_id))
+                change(self._apps_by_service, service_id, name)
         for ns in unit.namespaces:
-            self._apps_by_ns[ns.name].add(name)
-            refs.add(("ns", ns.name))
-        for ref in refs:
-            if ref[0] not in ("uid", "service", "ns"):
-                self._apps_by_ref[ref].add(name)
-        self._refs[name] = refs
+            change(self._apps_by_ns, ns.name, name)
 
     def _store_flow(self, flow: FlowUnit, causes: Causes) -> None:
         key = flow.key
         self.flows[key] = flow
         self.flow_reports[key] = flow_report(flow, causes)
-        refs: set[Any] = set()
+        self._index_flow(flow, OneOrMany.add)
+
+    def _index_flow(self, flow: FlowUnit,
+                    change: Callable[[OneOrMany[Any, _FlowKey], Any, _FlowKey], None]) -> None:
+        key = flow.key
         for node in flow.nodes:
             ref = self._node_key(node)
-            refs.add(ref)
-            refs.add((ref[0], ref[1], None))
-        for ref in refs:
-            self._flows_by_ref[ref].add(key)
-        self._flow_refs[key] = refs
+            change(self._flows_by_ref, ref, key)
+            change(self._flows_by_ref, (ref[0], ref[1], None), key)
 
     def _forget_flow(self, key: tuple[str, str, str]) -> None:
-        self.flows.pop(key, None)
+        flow = self.flows.pop(key, None)
         self.flow_reports.pop(key, None)
-        for ref in self._flow_refs.pop(key, set()):
-            keys = self._flows_by_ref.get(ref)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._flows_by_ref[ref]
+        if flow is not None:
+            self._index_flow(flow, OneOrMany.discard)
 
     def _flow_namespaces(self, key: NameKey) -> set[str]:
         """The namespaces whose flows a change of the object `key` may touch: its own, and
@@ -271,31 +275,24 @@ class IncrementalAnalysis:
             return set()
         spaces = {key[1]} if key[1] is not None else set()
         for ref in (key, (key[0], key[1], None)):
-            spaces |= {flow_key[1] for flow_key in self._flows_by_ref.get(ref, ())}
+            spaces |= {flow_key[1] for flow_key in self._flows_by_ref.get(ref)}
         return spaces
 
     def _forget(self, name: str) -> None:
-        self.units.pop(name, None)
+        unit = self.units.pop(name, None)
         self.reports.pop(name, None)
-        for ref in self._refs.pop(name, set()):
-            table: dict[Any, set[str]]
-            key: Any = ref[1]
-            if ref[0] == "uid":
-                table = self._apps_by_uid
-            elif ref[0] == "service":
-                table = self._apps_by_service
-            elif ref[0] == "ns":
-                table = self._apps_by_ns
-            else:
-                table, key = self._apps_by_ref, ref
-            apps = table.get(key)
-            if apps is not None:
-                apps.discard(name)
-                if not apps:
-                    del table[key]
+        if unit is not None:
+            self._index_app(unit, OneOrMany.discard)
 
     @staticmethod
-    def _node_key(node: Node) -> tuple[str, str | None, str | None]:
+    def _node_key(node: Node) -> _NodeKey:
+        # From the object itself when found: `node.ref` would make (and keep) a pydantic
+        # ObjectRef for every node, a fifth of what the analysis held.
+        ref, obj = node.known_ref, node.obj
+        if ref is None and obj is not None:
+            meta = obj["metadata"]
+            return (kind_key(obj["apiVersion"], obj["kind"]), meta.get("namespace"),
+                    meta["name"])
         ref = node.ref
         return (kind_key(ref.api_version, ref.kind), ref.namespace, ref.name)
 
@@ -333,9 +330,9 @@ class IncrementalAnalysis:
         if "app" in found:
             return {found["app"]}
         if "namespace" in found:
-            return set(self._apps_by_ns.get(found["namespace"], ()))
+            return self._apps_by_ns.get(found["namespace"])
         if "service_id" in found:
-            return set(self._apps_by_service.get(found["service_id"], ()))
+            return self._apps_by_service.get(found["service_id"])
         return set()
 
     def _candidates(self, obj: Obj) -> set[str]:
@@ -343,9 +340,11 @@ class IncrementalAnalysis:
         if key is None:
             return set()
         kind, namespace, name = key
-        apps = set(self._apps_by_ref.get(key, ()))
-        apps |= self._apps_by_ref.get((kind, namespace, None), set())
         meta = obj["metadata"]
+        apps = self._apps_by_ref.get(key)
+        apps |= self._apps_by_ref.get((kind, namespace, None))
+        if isinstance(meta.get("uid"), str):
+            apps |= self._apps_by_uid.get(meta["uid"])
         labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
         for rule in self._inverse.get(kind, ()):
             if rule[0] == "name":
@@ -378,17 +377,16 @@ class IncrementalAnalysis:
             elif rule[0] == "owner":
                 for ref in meta.get("ownerReferences") or []:
                     if isinstance(ref, dict) and isinstance(ref.get("uid"), str):
-                        apps |= self._apps_by_uid.get(ref["uid"], set())
+                        apps |= self._apps_by_uid.get(ref["uid"])
             elif rule[0] == "reference":
                 match = rule[2].fullmatch(name)
                 if match is None:
                     continue
                 for parent_kind in rule[1]:
-                    apps |= self._apps_by_ref.get(
-                        (parent_kind, namespace, match.group("parent")), set())
+                    apps |= self._holding((parent_kind, namespace, match.group("parent")))
                 for ref in meta.get("ownerReferences") or []:  # owned by its parent
                     if isinstance(ref, dict) and isinstance(ref.get("uid"), str):
-                        apps |= self._apps_by_uid.get(ref["uid"], set())
+                        apps |= self._apps_by_uid.get(ref["uid"])
         if kind == POD.key:
             apps |= self._pod_owners(obj, namespace)
         return apps
@@ -407,7 +405,17 @@ class IncrementalAnalysis:
         selector = _field(deployment, ("spec", "selector", "matchLabels"), want=dict)
         if not selector or any(labels.get(k) != v for k, v in selector.items()):
             return set()
-        return set(self._apps_by_ref.get((DEPLOYMENT.key, namespace, parts[0]), ()))
+        return self._holding((DEPLOYMENT.key, namespace, parts[0]))
+
+    def _holding(self, key: NameKey) -> set[str]:
+        """Applications whose chain holds the object the index has under `key`, or expected
+        it and found it missing."""
+        apps = self._apps_by_ref.get(key)
+        obj = self.builder.index.get(*key)
+        uid = obj["metadata"].get("uid") if obj is not None else None
+        if isinstance(uid, str):
+            apps |= self._apps_by_uid.get(uid)
+        return apps
 
 
 @contextmanager

@@ -63,7 +63,7 @@ from typing import Any, Literal
 import httpx2
 import lightkube
 
-from eventmesh_health.serve.compact import compact
+from eventmesh_health.serve.compact import Compactor
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.sources.cluster import (
     _BUILT_IN_GROUPS,
@@ -98,7 +98,7 @@ SERVE_RBAC_HINT = "see deploy/rbac/clusterrole-serve.yaml for the ClusterRole se
 _ObjKey = tuple[str, str]  # (namespace or "", name) within one kind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # (one per object of the first sync: no __dict__ each)
 class Change:
     """One object added, modified or deleted."""
 
@@ -215,6 +215,7 @@ class ClusterCache:
         self._unavailable_retry = unavailable_retry
         self._coalesce = coalesce
         self._states: dict[str, _KindState] = {}
+        self._compactor = Compactor()  # what the cached objects share
         for kind in kinds:
             if kind.key not in self._states:
                 self._states[kind.key] = _KindState(kind, True, KindStats())
@@ -533,12 +534,12 @@ class ClusterCache:
     def _kept(self, state: _KindState, item: dict[str, Any]) -> dict[str, Any]:
         """What the cache keeps of an object: the fields the analysis reads (`Kind.fields`,
         as a dump keeps them), not a Pod's spec or a Deployment's template — most of the
-        bytes of a big cluster — with its short strings shared (`compact`: a third less
-        again). The CRDs the cache watches for itself are kept whole."""
-        obj = _plain(item, state.kind)
+        bytes of a big cluster — with its short strings, and the nested maps and lists many
+        objects hold alike, kept once (`serve/compact.py`). The CRDs the cache watches for
+        itself are kept whole."""
         if state is self._crd:
-            return obj
-        return compact(slim(obj, state.kind.fields, state.kind.annotations))
+            return _plain(item, state.kind)
+        return cached_form(item, state.kind, self._compactor)
 
     def _apply(self, state: _KindState, event_type: str, obj: dict[str, Any]) -> None:
         key = _key(obj)
@@ -749,6 +750,12 @@ class ClusterCache:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def cached_form(item: dict[str, Any], kind: Kind, compactor: Compactor) -> dict[str, Any]:
+    """An object as the cache keeps it (one place, so that bench_serve_memory.py measures
+    what `serve` keeps)."""
+    return compactor.compact(slim(_plain(item, kind), kind.fields, kind.annotations))
 
 
 def _is_custom(kind: Kind) -> bool:
