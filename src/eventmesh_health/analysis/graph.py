@@ -573,7 +573,7 @@ class _Builder:
         # Report and display in the profile's (upstream-first) order, not resolution order:
         # each link's nodes are already together, so that order is their concatenation.
         nodes = [node for link_id in links.shown for node in by_link.get(link_id, ())]
-        self._wire(nodes, by_link, app_by_link)
+        self._wire(links, by_link, app_by_link)
         return nodes
 
     def _expected(self, plan: _LinkPlan, by_link: dict[str, list[Node]]) -> bool:
@@ -745,7 +745,9 @@ class _Builder:
         )
 
     def _finder(self, link: Link, anywhere: bool = False) -> _Find:
-        """`_find` for one link, its kinds and templates bound once."""
+        """How one link's objects are found, its kinds and templates bound once. With
+        `anywhere`, ignoring the namespace being looked at (to discover which namespaces an
+        application is bound to)."""
         finder = link.find
         keys = tuple(kind.key for kind in link.kinds)
         index = self.index
@@ -823,125 +825,159 @@ class _Builder:
                 return found
 
             return by_field
-        return lambda values, service_ids, parent: self._find(
-            link, values, service_ids, parent, anywhere=anywhere)
+        if isinstance(finder, ByServiceClass):
+            return self._by_service_class(finder, keys, anywhere)
+        if isinstance(finder, ByOwner):
+            return self._by_owner(keys)
+        if isinstance(finder, ByReference):
+            return self._by_reference(finder, link.kinds)
+        assert isinstance(finder, ByRef), f"a finder of each type is compiled, not {finder}"
+        return self._by_ref(finder, link.kinds)
 
-    # --- finders -----------------------------------------------------------------------------
+    def _by_service_class(self, finder: ByServiceClass, keys: tuple[str, ...],
+                          anywhere: bool) -> _Find:
+        with_field = self.index.with_field
+        paths = finder.paths
+        spaces = None if anywhere else _template(finder.namespace)
 
-    def _find(
-        self,
-        link: Link,
-        values: dict[str, str],
-        service_ids: list[str],
-        parent: Node | None,
-        anywhere: bool,
-    ) -> list[Obj]:
-        """Objects of `link`. With `anywhere`, ignore the namespace being looked at (used to
-        discover which namespaces an application is bound to)."""
-        finder = link.find
-        found: list[Obj] = []
-        for kind in link.kinds:
-            if isinstance(finder, ByName):
-                name = finder.name.format(**values)
-                if anywhere:
-                    found.extend(self.index.named(kind.key, name))
-                else:
-                    namespace = finder.namespace.format(**values) if finder.namespace else None
-                    obj = self.index.get(kind.key, namespace, name)
-                    if obj is not None:
-                        found.append(obj)
-            elif isinstance(finder, ByLabels):
-                wanted = [
-                    (key, value.format(**values)) for key, value in finder.labels
-                    if not (anywhere and key == finder.namespace_label)
-                ]
-                (first_key, first_value), *rest = wanted
-                namespace = finder.namespace.format(**values)
-                candidates = self.index.with_label(kind.key, first_key, first_value, namespace)
-                found.extend(
-                    o for o in candidates
-                    if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in rest)
-                )
-            elif isinstance(finder, ByField):
-                namespace = None if anywhere else finder.namespace.format(**values)
-                found.extend(self.index.with_field(
-                    kind.key, finder.path, finder.value.format(**values), namespace
-                ))
-            elif isinstance(finder, ByServiceClass):
-                namespace = None if anywhere else finder.namespace.format(**values)
+        def by_service_class(values: dict[str, str], service_ids: list[str],
+                             parent: Node | None) -> list[Obj]:
+            found: list[Obj] = []
+            for key in keys:
+                namespace = spaces(values) if spaces else None
                 seen: set[int] = set()
                 for service_id in service_ids:
-                    for path in finder.paths:
-                        for obj in self.index.with_field(kind.key, path, service_id, namespace):
+                    for path in paths:
+                        for obj in with_field(key, path, service_id, namespace):
                             if id(obj) not in seen:
                                 seen.add(id(obj))
                                 found.append(obj)
-            elif isinstance(finder, ByOwner):
-                if parent is None or parent.obj is None:
-                    continue
-                uid = parent.obj["metadata"].get("uid")
-                namespace = parent.obj["metadata"].get("namespace")
-                if isinstance(uid, str):
-                    found.extend(
-                        o for o in self.index.owned_by(uid, kind.key)
-                        if o["metadata"].get("namespace") == namespace
-                    )
-            elif isinstance(finder, ByReference):
-                if parent is None or parent.obj is None:
-                    continue
-                _api_version, kind_name, name = _referenced(parent.obj, finder)
+            return found
+
+        return by_service_class
+
+    def _by_owner(self, keys: tuple[str, ...]) -> _Find:
+        owned_by = self.index.owned_by
+
+        def by_owner(values: dict[str, str], service_ids: list[str],
+                     parent: Node | None) -> list[Obj]:
+            if parent is None or parent.obj is None:
+                return []
+            meta = parent.obj["metadata"]
+            uid = meta.get("uid")
+            namespace = meta.get("namespace")
+            if not isinstance(uid, str):
+                return []
+            return [o for key in keys for o in owned_by(uid, key)
+                    if o["metadata"].get("namespace") == namespace]
+
+        return by_owner
+
+    def _by_reference(self, finder: ByReference, kinds: tuple[Kind, ...]) -> _Find:
+        get = self.index.get
+
+        def by_reference(values: dict[str, str], service_ids: list[str],
+                         parent: Node | None) -> list[Obj]:
+            if parent is None or parent.obj is None:
+                return []
+            _api_version, kind_name, name = _referenced(parent.obj, finder)
+            namespace = parent.obj["metadata"].get("namespace")
+            found = []
+            for kind in kinds:
                 if kind_name is not None and kind_name != kind.kind:
                     continue
-                obj = self.index.get(kind.key, parent.obj["metadata"].get("namespace"), name)
+                obj = get(kind.key, namespace, name)
                 if obj is not None:
                     found.append(obj)
-            elif isinstance(finder, ByRef):
-                if parent is None or parent.obj is None:
-                    continue
-                api_version, kind_name, namespace, name = _kref(parent.obj, finder)
+            return found
+
+        return by_reference
+
+    def _by_ref(self, finder: ByRef, kinds: tuple[Kind, ...]) -> _Find:
+        get = self.index.get
+
+        def by_ref(values: dict[str, str], service_ids: list[str],
+                   parent: Node | None) -> list[Obj]:
+            if parent is None or parent.obj is None:
+                return []
+            api_version, kind_name, namespace, name = _kref(parent.obj, finder)
+            found = []
+            for kind in kinds:
                 if (kind_name != kind.kind or api_version is None
                         or kind_key(api_version, kind_name) != kind.key):
                     continue
-                obj = self.index.get(kind.key, namespace if kind.namespaced else None, name)
+                obj = get(kind.key, namespace if kind.namespaced else None, name)
                 if obj is not None:
                     found.append(obj)
-        return found
+            return found
+
+        return by_ref
 
     # --- edges -------------------------------------------------------------------------------
 
     def _wire(
-        self, nodes: list[Node], by_link: dict[str, list[Node]],
+        self, links: _Links, by_link: dict[str, list[Node]],
         app_by_link: dict[str, list[Node]] | None,
     ) -> None:
         app_by_link = app_by_link or {}
-        for node in nodes:
-            plan = self.edges[node.role]
-            steps = plan.always
-            if node.obj is None and node.role in self.user_made:
-                steps = []
-            if plan.by_kind:
-                obj = node.obj
-                key = (kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
-                       if obj is not None else kind_key(node.ref.api_version, node.ref.kind))
-                steps = steps + plan.by_kind.get(key, [])
-            if node.obj is None and plan.absent:
-                steps = steps + plan.absent
-            if plan.when and node.obj is not None:
-                for path, value, more in plan.when:
-                    if _field_is(node.obj, path, value):
-                        steps = steps + more
-            for edge, target in steps:
-                if edge is _Edge.SYSTEM:
-                    component = self.components.get(target)
-                    if component is not None:
-                        node.needs.append(component)
-                elif edge is _Edge.PARENT:
-                    if node.parent is not None:
-                        node.needs.append(node.parent)
-                elif edge is _Edge.CHILDREN:
-                    node.needs.extend(c for c in node.children if c.role == target)
+        for link_id in links.shown:
+            group = by_link.get(link_id)
+            if not group:
+                continue
+            plan = self.edges[link_id]
+            # What every found object of the link needs, when that does not depend on the
+            # object: worked out once for the link rather than once per node.
+            shared = (None if plan.by_kind or plan.when
+                      else self._shared_needs(plan.always, by_link, app_by_link))
+            for node in group:
+                if shared is not None and node.obj is not None:
+                    node.needs.extend(shared)
                 else:
-                    node.needs.extend(by_link.get(target) or app_by_link.get(target, []))
+                    self._wire_node(node, plan, by_link, app_by_link)
+
+    def _shared_needs(self, steps: list[_Step], by_link: dict[str, list[Node]],
+                      app_by_link: dict[str, list[Node]]) -> list[Node] | None:
+        """The nodes `steps` lead to, or None when a step depends on the node itself."""
+        needs: list[Node] = []
+        for edge, target in steps:
+            if edge is _Edge.SYSTEM:
+                component = self.components.get(target)
+                if component is not None:
+                    needs.append(component)
+            elif edge is _Edge.SCOPE:
+                needs.extend(by_link.get(target) or app_by_link.get(target, []))
+            else:
+                return None
+        return needs
+
+    def _wire_node(self, node: Node, plan: _Plan, by_link: dict[str, list[Node]],
+                   app_by_link: dict[str, list[Node]]) -> None:
+        steps = plan.always
+        if node.obj is None and node.role in self.user_made:
+            steps = []
+        if plan.by_kind:
+            obj = node.obj
+            key = (kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
+                   if obj is not None else kind_key(node.ref.api_version, node.ref.kind))
+            steps = steps + plan.by_kind.get(key, [])
+        if node.obj is None and plan.absent:
+            steps = steps + plan.absent
+        if plan.when and node.obj is not None:
+            for path, value, more in plan.when:
+                if _field_is(node.obj, path, value):
+                    steps = steps + more
+        for edge, target in steps:
+            if edge is _Edge.SYSTEM:
+                component = self.components.get(target)
+                if component is not None:
+                    node.needs.append(component)
+            elif edge is _Edge.PARENT:
+                if node.parent is not None:
+                    node.needs.append(node.parent)
+            elif edge is _Edge.CHILDREN:
+                node.needs.extend(c for c in node.children if c.role == target)
+            else:
+                node.needs.extend(by_link.get(target) or app_by_link.get(target, []))
 
 
 _Find = Callable[[dict[str, str], list[str], "Node | None"], list[Obj]]

@@ -52,8 +52,34 @@ class Index:
         }
         self._owned: dict[str, dict[str, list[Obj]]] = {}
         self._names: dict[str, dict[str, list[Obj]]] = {}
+        # (apiVersion, kind) of an object taken before -> (kind key, namespaced or None when
+        # the profile does not read it): bounded, as a dump may be hostile.
+        self._types: dict[tuple[str, str], tuple[str, bool | None]] = {}
+        self._add_all(objects)
+
+    def _add_all(self, objects: Iterable[Any]) -> None:
+        """`add` for every object, nothing lazy built yet: the common case (a well-formed
+        object of a type seen before) decided here in one go; anything else goes to `add`,
+        which says what is wrong."""
+        by_name, by_kind, types = self.by_name, self._by_kind, self._types
         for obj in objects:
-            self.add(obj, invalidate=False)  # nothing lazy has been built yet
+            if type(obj) is dict:
+                meta = obj.get("metadata")
+                api_version, kind = obj.get("apiVersion"), obj.get("kind")
+                if type(meta) is dict and type(api_version) is str and type(kind) is str:
+                    known = types.get((api_version, kind))
+                    if known is not None and _plainly_good(meta):
+                        key, namespaced = known
+                        if namespaced is None:
+                            self.skipped[key] += 1
+                            continue
+                        ns = meta.get("namespace") if namespaced else None
+                        if ns is not None or not namespaced:
+                            name = meta["name"]
+                            by_name[(key, ns, name)] = obj
+                            by_kind[key][(ns, name)] = obj
+                            continue
+            self.add(obj, invalidate=False)
 
     # --- keeping it current -------------------------------------------------------------------
 
@@ -66,6 +92,8 @@ class Index:
             return None
         key = kind_key(obj["apiVersion"], obj["kind"])
         namespaced = self._namespaced.get(key)
+        if len(self._types) < 10_000:
+            self._types[(obj["apiVersion"], obj["kind"])] = (key, namespaced)
         if namespaced is None:
             self.skipped[key] += 1
             return None
@@ -334,6 +362,22 @@ def basic_problem(obj: object) -> str | None:
     return _basic_problem(obj)
 
 
+def _plainly_good(meta: dict[str, Any]) -> bool:
+    """`basic_problem`'s common case for the metadata of an object of a type known good:
+    True only when it would find nothing wrong."""
+    get = meta.get
+    name = get("name")
+    if not (type(name) is str and name and len(name) <= 253 and name.isprintable()):
+        return False
+    labels = get("labels")
+    if labels is not None and not (type(labels) is dict
+                                   and _ONLY_STR.issuperset(map(type, labels.values()))):
+        return False
+    refs = get("ownerReferences")
+    return (refs is None or _good_refs(refs)) and _good_metadata(meta)
+
+
+_ONLY_STR = frozenset({str})
 _STR_OR_NONE = frozenset({str, type(None)})
 _INT_OR_NONE = frozenset({int, type(None)})
 _GOOD_TYPES: set[tuple[str, str]] = set()  # (apiVersion, kind) known to be fine
