@@ -189,6 +189,11 @@ class _Builder:
         # Per kind key: does its controller write status.observedGeneration (the profile says).
         self.observes_generation = {k.key: k.observed_generation for k in profile.kinds}
         self.classes = {k.key: k.classes for k in profile.kinds if k.classes}
+        # Per kind key judged as Knative: whether its generations are compared, or None for a
+        # kind judged per class (never plainly Ready).
+        self.plainly_judged: dict[str, bool | None] = {
+            k.key: None if k.key in self.classes else k.observed_generation for k in profile.kinds
+        }
         self.states = {
             link.id: (link.state, link.state_when) for link in profile.links
             if link.state is not None
@@ -334,9 +339,9 @@ class _Builder:
         verdict = self.verdicts.get(key)
         if verdict is None and link_judge is Judge.KNATIVE and label is None:
             # what `judge` decides first for most objects, without making their Context
-            kind = kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
-            if kind not in self.classes and plainly_ready(
-                    obj, self.observes_generation.get(kind, False)):
+            observes = self.plainly_judged.get(
+                kind_key(str(obj.get("apiVersion")), str(obj.get("kind"))), False)
+            if observes is not None and plainly_ready(obj, observes):
                 verdict = self.verdicts[key] = HEALTHY
         if verdict is None:
             try:

@@ -234,10 +234,16 @@ class Index:
         index = self._labels.get((key, label))
         if index is None:
             index = defaultdict(list)
-            for obj in self.of_kind(key):
-                found = _label(obj, label)
-                if found is not None:
-                    _add_twice(index, obj, found)
+            for obj in self.of_kind(key):  # _label and _add_twice, unrolled: once per object
+                meta = obj["metadata"]
+                labels = meta.get("labels")
+                if isinstance(labels, dict):
+                    found = labels.get(label)
+                    if isinstance(found, str):
+                        own = meta.get("namespace")
+                        if own is not None:
+                            index[(own, found)].append(obj)
+                        index[(None, found)].append(obj)
             self._labels[(key, label)] = index
         return index.get((namespace, value), [])
 
@@ -251,6 +257,19 @@ class Index:
             index = defaultdict(list)
             bad: list[BadObject] = []
             for obj in self.of_kind(key):
+                # The common cases (a string there, or nothing) walked without a call; the
+                # rest by `_field`, which says what is wrong.
+                current: Any = obj
+                for part in path:
+                    if type(current) is not dict:
+                        break
+                    current = current.get(part)
+                else:
+                    if type(current) is str:
+                        _add_twice(index, obj, current)
+                        continue
+                if current is None:
+                    continue
                 found, problem = _field(obj, path)
                 if found is not None:
                     _add_twice(index, obj, found)
@@ -266,8 +285,9 @@ class Index:
         if owned is None:
             owned = defaultdict(list)
             for obj in self.of_kind(key):
-                for owner in _owner_uids(obj):
-                    owned[owner].append(obj)
+                if obj["metadata"].get("ownerReferences") is not None:
+                    for owner in _owner_uids(obj):
+                        owned[owner].append(obj)
             self._owned[key] = owned
         return owned.get(uid, [])
 

@@ -529,10 +529,13 @@ def plainly_ready(obj: Obj, observes_generation: bool) -> bool:
     ready = False
     seen = set()
     for item in items:
-        if type(item) is not dict or type(item.get("type")) is not str or item["type"] in seen:
+        if type(item) is not dict:
+            return False
+        type_ = item.get("type")
+        if type(type_) is not str or type_ in seen:
             return False  # the rules say exactly what is wrong (duplicates: MalformedObject)
-        seen.add(item["type"])
-        if item["type"] == "Ready":
+        seen.add(type_)
+        if type_ == "Ready":
             ready = item.get("status") == "True"
     return ready
 
