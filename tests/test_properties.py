@@ -12,6 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventmesh_health.analysis import analyse
+from eventmesh_health.analysis.index import basic_problem
+from eventmesh_health.analysis.rules import (
+    DEPLOYMENT_RULES,
+    HEALTHY,
+    KNATIVE_RULES,
+    Context,
+    decide,
+    plainly_available,
+    plainly_ready,
+)
 from eventmesh_health.model import Health, MeshReport
 from eventmesh_health.snapshot import Snapshot
 from tests.rulecases import BASE, TAKEN_AT
@@ -142,3 +152,110 @@ def test_base_mesh_is_healthy() -> None:
     report = analyse(Snapshot(BASE_OBJECTS, NOW))
     check_invariants(report)
     assert report.healthy
+
+
+# Values that change a judgement.
+TELLING: list[Any] = [
+    None, 0, 1, 2, 5, -1, True, "", "x", [], {}, "Failed", "Running", "CrashLoopBackOff",
+    "ImagePullBackOff", "ProgressDeadlineExceeded", "NewReplicaSetAvailable", "Progressing",
+    "Available", "Ready", "True", "False", "2020-06-15T09:59:00Z", {"phase": "Failed"},
+    {"waiting": {"reason": "CrashLoopBackOff"}}, {"reason": "ErrImagePull"}, {"waiting": {}},
+    [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}],
+    [{"type": "Ready", "status": "True"}, {"type": "Ready", "status": "True"}],
+    [{"type": "Ready", "status": "True"}, "Ready"], [{"status": "True"}],
+    [{"name": "main", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}], ["main"],
+]
+
+
+def _damaged(obj: Any) -> list[Any]:
+    """`obj` with one field (or itself) replaced by each telling value, or removed."""
+    found = []
+    for path in _paths(obj):
+        for replacement in [*TELLING, _REMOVE]:
+            if not path:
+                if replacement is not _REMOVE:
+                    found.append(copy.deepcopy(replacement))
+                continue
+            damaged = copy.deepcopy(obj)
+            parent = damaged
+            for step in path[:-1]:
+                parent = parent[step]
+            if replacement is not _REMOVE:
+                parent[path[-1]] = copy.deepcopy(replacement)
+            elif isinstance(parent, dict):
+                del parent[path[-1]]
+            else:
+                continue
+            found.append(damaged)
+    for (*where, key), value in ADDED:
+        added = copy.deepcopy(obj)
+        parent = added
+        for step in where:
+            parent = parent.setdefault(step, {}) if isinstance(parent, dict) else {}
+        if isinstance(parent, dict):
+            parent[key] = value
+            found.append(added)
+    return found
+
+
+_REMOVE = object()
+# Fields the base objects lack, added.
+ADDED: list[tuple[tuple[str, ...], Any]] = [
+    (("metadata", "deletionTimestamp"), "2020-06-15T09:59:00Z"), (("spec", "replicas"), 0),
+    (("status", "observedGeneration"), 0), (("metadata", "generation"), 7),
+]
+DEPLOYMENTS = [o for o in BASE_OBJECTS if o["kind"] == "Deployment"]
+KNATIVE = [o for o in BASE_OBJECTS if "knative.dev" in o["apiVersion"]]
+
+
+def _pods_of(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    selector = deployment["spec"]["selector"]["matchLabels"].items()
+    return [o for o in BASE_OBJECTS if o["kind"] == "Pod" and o["metadata"]["namespace"]
+            == deployment["metadata"]["namespace"]
+            and selector <= o["metadata"].get("labels", {}).items()]
+
+
+def _plainly_available_only_if_healthy(deployment: Any, pods: list[Any]) -> int:
+    # the index hands a judge only objects whose metadata it checked
+    pods = [pod for pod in pods if basic_problem(pod) is None]
+    if not isinstance(deployment, dict) or basic_problem(deployment) is not None:
+        return 0
+    context = Context(now=NOW, pods=pods)
+    healthy = decide(DEPLOYMENT_RULES, deployment, context) == HEALTHY
+    assert healthy or not plainly_available(deployment, pods), (deployment, pods)
+    return int(healthy)
+
+
+def test_a_deployment_plainly_available_is_healthy_by_the_rules() -> None:
+    """The analysis' shortcut for the common case (`plainly_available`) says Healthy only
+    where the Deployment rules do, whatever one field of the Deployment or of one of its
+    Pods says."""
+    checked = healthy = with_pods = 0
+    for deployment in DEPLOYMENTS:
+        pods = _pods_of(deployment)
+        with_pods += bool(pods)
+        for damaged in _damaged(deployment):
+            healthy += _plainly_available_only_if_healthy(damaged, pods)
+            checked += 1
+        for at, pod in enumerate(pods):
+            for damaged in _damaged(pod):
+                healthy += _plainly_available_only_if_healthy(
+                    deployment, [*pods[:at], damaged, *pods[at + 1:]])
+                checked += 1
+    assert 0 < healthy < checked and with_pods  # both sides were seen, and Pods
+
+
+def test_an_object_plainly_ready_is_healthy_by_the_rules() -> None:
+    """The same for Knative objects and `plainly_ready`, with and without generations."""
+    checked = healthy = 0
+    for obj in KNATIVE:
+        for damaged in _damaged(obj):
+            if not isinstance(damaged, dict) or basic_problem(damaged) is not None:
+                continue
+            for observes in (True, False):
+                context = Context(now=NOW, observes_generation=observes)
+                verdict = decide(KNATIVE_RULES, damaged, context)
+                assert verdict == HEALTHY or not plainly_ready(damaged, observes), damaged
+                healthy += verdict == HEALTHY
+                checked += 1
+    assert 0 < healthy < checked

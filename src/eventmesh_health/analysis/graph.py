@@ -25,6 +25,7 @@ from eventmesh_health.analysis.rules import (
     Verdict,
     decide,
     judge,
+    plainly_available,
     plainly_ready,
 )
 from eventmesh_health.model import Health, ObjectRef
@@ -342,6 +343,13 @@ class _Builder:
             observes = self.plainly_judged.get(
                 kind_key(str(obj.get("apiVersion")), str(obj.get("kind"))), False)
             if observes is not None and plainly_ready(obj, observes):
+                verdict = self.verdicts[key] = HEALTHY
+        elif verdict is None and link_judge is Judge.DEPLOYMENT:
+            try:
+                pods: list[Obj] | None = self._pods(obj)
+            except Malformed:
+                pods = None  # the rules say so
+            if pods is not None and plainly_available(obj, pods):
                 verdict = self.verdicts[key] = HEALTHY
         if verdict is None:
             try:
