@@ -344,6 +344,11 @@ class _Builder:
                 kind_key(str(obj.get("apiVersion")), str(obj.get("kind"))), False)
             if observes is not None and plainly_ready(obj, observes):
                 verdict = self.verdicts[key] = HEALTHY
+        elif verdict is None and link_judge is Judge.EXISTS:
+            # EXISTS_RULES' only rule, `being_deleted`, says nothing of most objects
+            meta = obj.get("metadata")
+            if type(meta) is dict and meta.get("deletionTimestamp") is None:
+                verdict = self.verdicts[key] = HEALTHY
         elif verdict is None and link_judge is Judge.DEPLOYMENT:
             try:
                 pods: list[Obj] | None = self._pods(obj)
@@ -574,7 +579,9 @@ class _Builder:
                 for parent in by_link.get(plan.parent, []):
                     if parent.obj is None:
                         continue
-                    scoped = {**values, **parent.values}
+                    # most parents were found with these very values
+                    scoped = (values if parent.values is values
+                              else {**values, **parent.values})
                     children = self._nodes_for(plan, scoped, service_ids, parent,
                                                expected=self._expected(plan, by_link))
                     parent.children.extend(children)
@@ -938,15 +945,29 @@ class _Builder:
             if not group:
                 continue
             plan = self.edges[link_id]
-            # What every found object of the link needs, when that does not depend on the
-            # object: worked out once for the link rather than once per node.
-            shared = (None if plan.by_kind or plan.when
-                      else self._shared_needs(plan.always, by_link, app_by_link))
-            for node in group:
-                if shared is not None and node.obj is not None:
-                    node.needs.extend(shared)
-                else:
+            if plan.when:
+                for node in group:
                     self._wire_node(node, plan, by_link, app_by_link)
+                continue
+            # What a found object of the link needs depends at most on its kind: worked out
+            # once per kind for the link rather than once per node.
+            shared: dict[str, list[Node] | None] = {}
+            for node in group:
+                obj = node.obj
+                if obj is None:
+                    self._wire_node(node, plan, by_link, app_by_link)
+                    continue
+                key = (kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
+                       if plan.by_kind else "")
+                needs = shared.get(key, _UNKNOWN)
+                if needs is _UNKNOWN:
+                    needs = shared[key] = self._shared_needs(
+                        plan.always + plan.by_kind.get(key, []) if plan.by_kind else plan.always,
+                        by_link, app_by_link)
+                if needs is None:
+                    self._wire_node(node, plan, by_link, app_by_link)
+                else:
+                    node.needs.extend(needs)
 
     def _shared_needs(self, steps: list[_Step], by_link: dict[str, list[Node]],
                       app_by_link: dict[str, list[Node]]) -> list[Node] | None:
@@ -993,6 +1014,7 @@ class _Builder:
                 node.needs.extend(by_link.get(target) or app_by_link.get(target, []))
 
 
+_UNKNOWN: list[Node] = []  # not worked out yet (a marker, compared by identity)
 _Find = Callable[[dict[str, str], list[str], "Node | None"], list[Obj]]
 
 
