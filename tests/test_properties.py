@@ -259,3 +259,38 @@ def test_an_object_plainly_ready_is_healthy_by_the_rules() -> None:
                 healthy += verdict == HEALTHY
                 checked += 1
     assert 0 < healthy < checked
+
+
+ORDER_SCRIPT = """
+import copy, yaml
+from eventmesh_health.analysis import analyse
+from eventmesh_health.snapshot import Snapshot
+from eventmesh_health.topology.registry import lookup
+from tests.test_properties import BASE_OBJECTS, NOW
+objects = copy.deepcopy(BASE_OBJECTS)
+triggers = [o for o in objects if o["kind"] == "Trigger"]
+triggers[0]["spec"] = "broken"
+triggers[1]["spec"]["filter"]["attributes"]["source"] = 7
+report = analyse(Snapshot(objects, NOW), lookup("kyma-1+knative-v1"))
+print([(f.object.name, f.message) for f in report.system.findings])
+"""
+
+
+def test_malformed_objects_are_reported_in_one_order_whatever_the_string_hashing() -> None:
+    """The findings on objects the field indexes could not read come in the profile's
+    order, not in the order of a set of strings (which changes from process to process)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", ORDER_SCRIPT], check=True, capture_output=True, text=True,
+            cwd=Path(__file__).parent.parent, timeout=60,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in range(8)
+    }
+    assert len(outputs) == 1, outputs
+    assert "cannot tell which application it belongs to" in outputs.pop()

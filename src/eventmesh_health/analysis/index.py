@@ -44,12 +44,14 @@ class Index:
         self._field_bad: dict[tuple[str, tuple[str, ...]], list[BadObject]] = {}
         # Every field the profile links by: a malformed one is reported whether or not an
         # application happened to look it up.
-        self._field_paths: set[tuple[str, tuple[str, ...]]] = {
+        # In the profile's order (a dict, not a set): the findings come out in this order, and
+        # a set's would change with the process' string hashing.
+        self._field_paths: dict[tuple[str, tuple[str, ...]], None] = dict.fromkeys(
             (kind.key, path)
             for link in profile.all_links
             for path in _field_paths_of(link.find)
             for kind in link.kinds
-        }
+        )
         self._owned: dict[str, dict[str, list[Obj]]] = {}
         self._names: dict[str, dict[str, list[Obj]]] = {}
         # (apiVersion, kind) of an object taken before -> (kind key, namespaced or None when
@@ -187,7 +189,7 @@ class Index:
     @property
     def bad(self) -> list[BadObject]:
         # A field index dropped by a change is rebuilt here, so its bad objects are not lost.
-        for key, path in self._field_paths - set(self._fields):
+        for key, path in [paths for paths in self._field_paths if paths not in self._fields]:
             self.with_field(key, path, "", None)
         found = list(self._rejected)
         for bad in self._field_bad.values():
