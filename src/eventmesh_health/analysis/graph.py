@@ -582,13 +582,15 @@ class _Builder:
                     # most parents were found with these very values
                     scoped = (values if parent.values is values
                               else {**values, **parent.values})
-                    children = self._nodes_for(plan, scoped, service_ids, parent,
-                                               expected=self._expected(plan, by_link))
+                    children = self._nodes_for(
+                        plan, scoped, service_ids, parent,
+                        expected=self._expected(plan, by_link) if plan.gated else plan.always)
                     parent.children.extend(children)
                     made.extend(children)
             else:
-                made = self._nodes_for(plan, values, service_ids, None,
-                                       self._expected(plan, by_link))
+                made = self._nodes_for(
+                    plan, values, service_ids, None,
+                    self._expected(plan, by_link) if plan.gated else plan.always)
             by_link[plan.id] = made
         # Report and display in the profile's (upstream-first) order, not resolution order:
         # each link's nodes are already together, so that order is their concatenation.
@@ -756,6 +758,9 @@ class _Builder:
             link, link.id, link.description, link.needs, link.parent,
             optional=link.expected is Expect.OPTIONAL,
             always=link.expected is Expect.ALWAYS,
+            gated=not (link.expected is Expect.OPTIONAL or (
+                link.unexpected_when is None and link.only_when is None
+                and link.expected is Expect.ALWAYS)),
             judge=None if link.judges else link.judge,
             label=link.label,
             type_filter=link.type_filter,
@@ -1029,6 +1034,8 @@ class _LinkPlan:
     parent: str | None
     optional: bool
     always: bool
+    # Whether being expected depends on other links' nodes (else it is `always`)
+    gated: bool
     judge: Judge | None  # None: judged per kind (`Link.judges`)
     label: tuple[str, str] | None
     type_filter: TypeFilter | None
