@@ -17,9 +17,11 @@ from eventmesh_health.analysis.rules import (
     DEPLOYMENT_RULES,
     HEALTHY,
     KNATIVE_RULES,
+    SERVICE_INSTANCE_RULES,
     Context,
     decide,
     plainly_available,
+    plainly_provisioned,
     plainly_ready,
 )
 from eventmesh_health.model import Health, MeshReport
@@ -203,6 +205,8 @@ _REMOVE = object()
 ADDED: list[tuple[tuple[str, ...], Any]] = [
     (("metadata", "deletionTimestamp"), "2020-06-15T09:59:00Z"), (("spec", "replicas"), 0),
     (("status", "observedGeneration"), 0), (("metadata", "generation"), 7),
+    (("status", "reconciledGeneration"), 0), (("status", "reconciledGeneration"), "1"),
+    (("status", "conditions"), [{"type": "Failed", "status": "True"}]),
 ]
 DEPLOYMENTS = [o for o in BASE_OBJECTS if o["kind"] == "Deployment"]
 KNATIVE = [o for o in BASE_OBJECTS if "knative.dev" in o["apiVersion"]]
@@ -294,3 +298,17 @@ def test_malformed_objects_are_reported_in_one_order_whatever_the_string_hashing
     }
     assert len(outputs) == 1, outputs
     assert "cannot tell which application it belongs to" in outputs.pop()
+
+
+def test_a_service_instance_plainly_provisioned_is_healthy_by_the_rules() -> None:
+    """The same for ServiceInstances and `plainly_provisioned`."""
+    checked = healthy = 0
+    for obj in [o for o in BASE_OBJECTS if o["kind"] == "ServiceInstance"]:
+        for damaged in _damaged(obj):
+            if not isinstance(damaged, dict) or basic_problem(damaged) is not None:
+                continue
+            verdict = decide(SERVICE_INSTANCE_RULES, damaged, Context(now=NOW))
+            assert verdict == HEALTHY or not plainly_provisioned(damaged), damaged
+            healthy += verdict == HEALTHY
+            checked += 1
+    assert 0 < healthy < checked

@@ -26,6 +26,7 @@ from eventmesh_health.analysis.rules import (
     decide,
     judge,
     plainly_available,
+    plainly_provisioned,
     plainly_ready,
 )
 from eventmesh_health.model import Health, ObjectRef
@@ -349,6 +350,16 @@ class _Builder:
             meta = obj.get("metadata")
             if type(meta) is dict and meta.get("deletionTimestamp") is None:
                 verdict = self.verdicts[key] = HEALTHY
+        elif verdict is None and link_judge is Judge.SERVICE_INSTANCE:
+            if plainly_provisioned(obj):
+                verdict = self.verdicts[key] = HEALTHY
+        elif verdict is None and link_judge is Judge.NAMESPACE_LABEL and label is not None:
+            # NAMESPACE_LABEL_RULES' common case: not being deleted, and labelled so
+            meta = obj.get("metadata")
+            if type(meta) is dict and meta.get("deletionTimestamp") is None:
+                labels = meta.get("labels")
+                if type(labels) is dict and labels.get(label[0]) == label[1]:
+                    verdict = self.verdicts[key] = HEALTHY
         elif verdict is None and link_judge is Judge.DEPLOYMENT:
             try:
                 pods: list[Obj] | None = self._pods(obj)

@@ -613,6 +613,40 @@ def _plainly_running(pod: Obj) -> bool:
     return True
 
 
+def plainly_provisioned(obj: Obj) -> bool:
+    """SERVICE_INSTANCE_RULES' common case, decided without them: not being deleted,
+    Provisioned, not Failed, its generation reconciled, every field they read well-formed."""
+    meta = obj.get("metadata")
+    status = obj.get("status")
+    if type(meta) is not dict or type(status) is not dict:
+        return False
+    if meta.get("deletionTimestamp") is not None or status.get("provisionStatus") != "Provisioned":
+        return False
+    generation, reconciled = meta.get("generation"), status.get("reconciledGeneration")
+    observed = status.get("observedGeneration")
+    if any(value is not None and type(value) is not int
+           for value in (generation, reconciled, observed)):
+        return False
+    if generation is not None and reconciled is not None and reconciled < generation:
+        return False
+    items = status.get("conditions")
+    if items is None:
+        return True
+    if type(items) is not list:
+        return False
+    seen = set()
+    for item in items:
+        if type(item) is not dict:
+            return False
+        type_ = item.get("type")
+        if type(type_) is not str or type_ in seen:
+            return False
+        seen.add(type_)
+        if type_ == "Failed" and item.get("status") == "True":
+            return False
+    return True
+
+
 def judge(kind: Judge, obj: Obj, ctx: Context) -> Verdict:
     if (kind is Judge.KNATIVE and ctx.classes is None
             and plainly_ready(obj, ctx.observes_generation)):
