@@ -7,9 +7,11 @@ causes module walks those edges to separate root causes from symptoms.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from operator import itemgetter
+from string import Formatter
 from typing import Any
 
 from eventmesh_health import reasons
@@ -23,6 +25,8 @@ from eventmesh_health.analysis.rules import (
     Verdict,
     decide,
     judge,
+    plainly_available,
+    plainly_provisioned,
     plainly_ready,
 )
 from eventmesh_health.model import Health, ObjectRef
@@ -161,24 +165,37 @@ class _Builder:
         self.sent_types: dict[tuple[str, str], set[str]] = {}
         self.components: dict[str, Node] = {}
         self.system: list[Node] = []
-        self.app_links = _resolution_order(
-            [link for link in profile.links if link.scope is Scope.APPLICATION]
-        )
-        self.ns_links = _resolution_order(
-            [link for link in profile.links if link.scope is Scope.NAMESPACE]
-        )
+        self.order = {link.id: position for position, link in enumerate(profile.all_links)}
+        plans = {link.id: self._plan(link) for link in profile.all_links}
+        # (finder anywhere, the label naming the namespace served, if the objects carry one)
+        self.namespace_sources = [
+            (self._finder(link, anywhere=True),
+             link.find.namespace_label if isinstance(link.find, ByLabels) else None)
+            for link in (profile.link(source.link) for source in profile.namespace_sources)
+        ]
+        self.app_links = self._links(
+            [link for link in profile.links if link.scope is Scope.APPLICATION], plans)
+        self.ns_links = self._links(
+            [link for link in profile.links if link.scope is Scope.NAMESPACE], plans)
+        # A flow's root is bound to its object before the rest is resolved.
         self.flow_links = {
-            flow.id: _resolution_order(list(flow.links)) for flow in profile.flows
+            flow.id: (plans[flow.links[0].id], self._links(list(flow.links), plans,
+                                                           root=flow.links[0]))
+            for flow in profile.flows
         }
         # A flow's root is made by a user: when it is missing, nothing it needs explains that.
         self.user_made = {flow.links[0].id for flow in profile.flows}
         self.edges = _edges(profile)
-        self.order = {link.id: position for position, link in enumerate(profile.all_links)}
         self.base_context = Context(now=snapshot.taken_at, thresholds=thresholds)
         self.unobserved_context = replace(self.base_context, observes_generation=False)
         # Per kind key: does its controller write status.observedGeneration (the profile says).
         self.observes_generation = {k.key: k.observed_generation for k in profile.kinds}
         self.classes = {k.key: k.classes for k in profile.kinds if k.classes}
+        # Per kind key judged as Knative: whether its generations are compared, or None for a
+        # kind judged per class (never plainly Ready).
+        self.plainly_judged: dict[str, bool | None] = {
+            k.key: None if k.key in self.classes else k.observed_generation for k in profile.kinds
+        }
         self.states = {
             link.id: (link.state, link.state_when) for link in profile.links
             if link.state is not None
@@ -238,8 +255,8 @@ class _Builder:
     def flow(self, flow: Flow, root: FlowRoot) -> FlowUnit:
         """The flow rooted at `root`: an object, or the reference of one that is named but
         missing (its Triggers or Subscriptions are then its symptoms)."""
-        root_link, *links = self.flow_links[flow.id]
-        assert root_link is flow.links[0], "a flow's first link is its root"
+        root_plan, links = self.flow_links[flow.id]
+        root_link = root_plan.link
         if isinstance(root, ObjectRef):
             namespace, name = str(root.namespace), str(root.name)
             values = {"flow": name, "namespace": namespace}
@@ -324,9 +341,31 @@ class _Builder:
         verdict = self.verdicts.get(key)
         if verdict is None and link_judge is Judge.KNATIVE and label is None:
             # what `judge` decides first for most objects, without making their Context
-            kind = kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
-            if kind not in self.classes and plainly_ready(
-                    obj, self.observes_generation.get(kind, False)):
+            observes = self.plainly_judged.get(
+                kind_key(str(obj.get("apiVersion")), str(obj.get("kind"))), False)
+            if observes is not None and plainly_ready(obj, observes):
+                verdict = self.verdicts[key] = HEALTHY
+        elif verdict is None and link_judge is Judge.EXISTS:
+            # EXISTS_RULES' only rule, `being_deleted`, says nothing of most objects
+            meta = obj.get("metadata")
+            if type(meta) is dict and meta.get("deletionTimestamp") is None:
+                verdict = self.verdicts[key] = HEALTHY
+        elif verdict is None and link_judge is Judge.SERVICE_INSTANCE:
+            if plainly_provisioned(obj):
+                verdict = self.verdicts[key] = HEALTHY
+        elif verdict is None and link_judge is Judge.NAMESPACE_LABEL and label is not None:
+            # NAMESPACE_LABEL_RULES' common case: not being deleted, and labelled so
+            meta = obj.get("metadata")
+            if type(meta) is dict and meta.get("deletionTimestamp") is None:
+                labels = meta.get("labels")
+                if type(labels) is dict and labels.get(label[0]) == label[1]:
+                    verdict = self.verdicts[key] = HEALTHY
+        elif verdict is None and link_judge is Judge.DEPLOYMENT:
+            try:
+                pods: list[Obj] | None = self._pods(obj)
+            except Malformed:
+                pods = None  # the rules say so
+            if pods is not None and plainly_available(obj, pods):
                 verdict = self.verdicts[key] = HEALTHY
         if verdict is None:
             try:
@@ -485,6 +524,9 @@ class _Builder:
         except Malformed as err:
             services_problem = err
         app_nodes = self._resolve(self.app_links, values, service_ids, None)
+        app_by_link: dict[str, list[Node]] = {}
+        for node in app_nodes:
+            app_by_link.setdefault(node.role, []).append(node)
         if services_problem is not None:
             for node in app_nodes:
                 if node.obj is app_obj and not node.failing:
@@ -495,18 +537,17 @@ class _Builder:
         namespaces = []
         for ns in sorted(self._bound_namespaces(app, service_ids)):
             ns_values = {**values, "namespace": ns}
-            nodes = self._resolve(self.ns_links, ns_values, service_ids, app_nodes)
+            nodes = self._resolve(self.ns_links, ns_values, service_ids, app_by_link)
             namespaces.append(NamespaceUnit(ns, nodes, self._state(nodes)))
         return AppUnit(app, app_nodes, namespaces)
 
     def _bound_namespaces(self, app: str, service_ids: list[str]) -> set[str]:
         found: set[str] = set()
         values = {"app": app}
-        for source in self.profile.namespace_sources:
-            link = self.profile.link(source.link)
-            for obj in self._find(link, values, service_ids, None, anywhere=True):
-                if isinstance(link.find, ByLabels) and link.find.namespace_label:
-                    target = (obj["metadata"].get("labels") or {}).get(link.find.namespace_label)
+        for find, label in self.namespace_sources:
+            for obj in find(values, service_ids, None):
+                if label:
+                    target = (obj["metadata"].get("labels") or {}).get(label)
                 else:
                     target = obj["metadata"].get("namespace")
                 if isinstance(target, str) and target:
@@ -535,38 +576,42 @@ class _Builder:
 
     def _resolve(
         self,
-        links: Sequence[Link],
+        links: _Links,
         values: dict[str, str],
         service_ids: list[str],
-        app_nodes: list[Node] | None,
+        app_by_link: dict[str, list[Node]] | None,
         seed: dict[str, list[Node]] | None = None,
     ) -> list[Node]:
         """The nodes of `links`; `seed` holds nodes already made (a flow's root)."""
-        nodes: list[Node] = [n for made in (seed or {}).values() for n in made]
         by_link: dict[str, list[Node]] = dict(seed or {})
-        for link in links:
+        for plan in links.resolve:
             made: list[Node] = []
-            if link.parent is not None:
-                for parent in by_link.get(link.parent, []):
+            if plan.parent is not None:
+                for parent in by_link.get(plan.parent, []):
                     if parent.obj is None:
                         continue
-                    scoped = {**values, **parent.values}
-                    children = self._nodes_for(link, scoped, service_ids, parent,
-                                               expected=self._expected(link, by_link))
+                    # most parents were found with these very values
+                    scoped = (values if parent.values is values
+                              else {**values, **parent.values})
+                    children = self._nodes_for(
+                        plan, scoped, service_ids, parent,
+                        expected=self._expected(plan, by_link) if plan.gated else plan.always)
                     parent.children.extend(children)
                     made.extend(children)
             else:
-                expected = self._expected(link, by_link)
-                made = self._nodes_for(link, values, service_ids, None, expected)
-            by_link[link.id] = made
-            nodes.extend(made)
-        self._wire(nodes, by_link, app_nodes)
-        # Report and display in the profile's (upstream-first) order, not resolution order.
-        nodes.sort(key=lambda node: self.order[node.role])
+                made = self._nodes_for(
+                    plan, values, service_ids, None,
+                    self._expected(plan, by_link) if plan.gated else plan.always)
+            by_link[plan.id] = made
+        # Report and display in the profile's (upstream-first) order, not resolution order:
+        # each link's nodes are already together, so that order is their concatenation.
+        nodes = [node for link_id in links.shown for node in by_link.get(link_id, ())]
+        self._wire(links, by_link, app_by_link)
         return nodes
 
-    def _expected(self, link: Link, by_link: dict[str, list[Node]]) -> bool:
-        if link.expected is Expect.OPTIONAL:
+    def _expected(self, plan: _LinkPlan, by_link: dict[str, list[Node]]) -> bool:
+        link = plan.link
+        if plan.optional:
             return False
         if link.unexpected_when is not None:
             gate, path, value = link.unexpected_when
@@ -581,55 +626,59 @@ class _Builder:
             if not any(node.obj is not None and _field_is(node.obj, path, value)
                        for node in by_link.get(gate, [])):
                 return False
-        if link.expected is Expect.ALWAYS:
+        if plan.always:
             return True
         return any(node.obj is not None for node in by_link.get(link.expected, []))
 
     def _nodes_for(
         self,
-        link: Link,
+        plan: _LinkPlan,
         values: dict[str, str],
         service_ids: list[str],
         parent: Node | None,
         expected: bool,
     ) -> list[Node]:
-        if link.expected is Expect.OPTIONAL:
+        link = plan.link
+        if plan.optional:
             expected = False
-        if isinstance(link.find, ByRef) and expected:
+        if plan.by_ref is not None and expected:
             # Expected only where the parent refers to an object of a kind this link judges
             # (a subscriber given as a URI, or a kind the profile does not read: nothing).
             assert parent is not None and parent.obj is not None
             try:
-                api_version, kind_name, _, _ = _kref(parent.obj, link.find)
+                api_version, kind_name, _, _ = _kref(parent.obj, plan.by_ref)
             except Malformed:
                 api_version = kind_name = None
             expected = api_version is not None and kind_name is not None and any(
                 k.key == kind_key(api_version, kind_name) for k in link.kinds)
-        nodes = []
         try:
-            found = self._find(link, values, service_ids, parent, anywhere=False)
+            found = plan.find(values, service_ids, parent)
         except Malformed as err:
             assert parent is not None and parent.obj is not None  # only parents' fields are read
-            return [Node(link.id, link.description, _obj_ref(parent.obj), None,
-                         Verdict(Health.UNKNOWN, reasons.MALFORMED_OBJECT, str(err)), link.needs,
+            return [Node(plan.id, plan.description, _obj_ref(parent.obj), None,
+                         Verdict(Health.UNKNOWN, reasons.MALFORMED_OBJECT, str(err)), plan.needs,
                          parent)]
+        if not found:
+            if not expected:
+                return []
+            ref = self._missing_ref(link, values, parent)
+            absent = self._absent(ref, plan.description)
+            return [Node(plan.id, plan.description, ref, None, absent, plan.needs, parent,
+                         absent=absent)]
         if len(found) > 1:  # a stable order, whatever order the objects arrived in
             found.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
+        nodes = []
+        judge_ = plan.judge
         for obj in found:
-            verdict = self._judge(obj, self._judge_of(link, obj), link.label)
-            if link.type_filter is not None and not verdict.health.rank:
-                verdict = self._type_filter(link.type_filter, obj, values) or verdict
+            verdict = self._judge(obj, judge_ or self._judge_of(link, obj), plan.label)
+            if plan.type_filter is not None and not verdict.health.rank:
+                verdict = self._type_filter(plan.type_filter, obj, values) or verdict
             node_values = values
-            if isinstance(link.find, ByServiceClass):
-                service_id = _matched_service_id(obj, link.find, service_ids)
+            if plan.service_class is not None:
+                service_id = _matched_service_id(obj, plan.service_class, service_ids)
                 node_values = {**values, "service_id": service_id}
-            nodes.append(Node(link.id, link.description, None, obj, verdict,
-                              link.needs, parent, node_values))
-        if not nodes and expected:
-            ref = self._missing_ref(link, values, parent)
-            absent = self._absent(ref, link.description)
-            nodes.append(Node(link.id, link.description, ref, None, absent, link.needs, parent,
-                              absent=absent))
+            nodes.append(Node(plan.id, plan.description, None, obj, verdict,
+                              plan.needs, parent, node_values))
         return nodes
 
     def _type_filter(self, check: TypeFilter, obj: Obj, values: dict[str, str]) -> Verdict | None:
@@ -703,123 +752,329 @@ class _Builder:
         namespace = getattr(finder, "namespace", None)
         return _ref(kind, namespace.format(**values) if namespace else None, None)
 
-    # --- finders -----------------------------------------------------------------------------
+    # --- plans: what is decided once per profile, not per link instance ---------------------
 
-    def _find(
-        self,
-        link: Link,
-        values: dict[str, str],
-        service_ids: list[str],
-        parent: Node | None,
-        anywhere: bool,
-    ) -> list[Obj]:
-        """Objects of `link`. With `anywhere`, ignore the namespace being looked at (used to
-        discover which namespaces an application is bound to)."""
+    def _links(self, links: list[Link], plans: dict[str, _LinkPlan],
+               root: Link | None = None) -> _Links:
+        ordered = _resolution_order(links)
+        if root is not None:
+            assert ordered[0] is root, "a flow's first link is its root"
+            ordered = ordered[1:]
+        shown = tuple(sorted((link.id for link in links), key=self.order.__getitem__))
+        return _Links([plans[link.id] for link in ordered], shown)
+
+    def _plan(self, link: Link) -> _LinkPlan:
         finder = link.find
-        found: list[Obj] = []
-        for kind in link.kinds:
-            if isinstance(finder, ByName):
-                name = finder.name.format(**values)
-                if anywhere:
-                    found.extend(self.index.named(kind.key, name))
-                else:
-                    namespace = finder.namespace.format(**values) if finder.namespace else None
-                    obj = self.index.get(kind.key, namespace, name)
+        return _LinkPlan(
+            link, link.id, link.description, link.needs, link.parent,
+            optional=link.expected is Expect.OPTIONAL,
+            always=link.expected is Expect.ALWAYS,
+            gated=not (link.expected is Expect.OPTIONAL or (
+                link.unexpected_when is None and link.only_when is None
+                and link.expected is Expect.ALWAYS)),
+            judge=None if link.judges else link.judge,
+            label=link.label,
+            type_filter=link.type_filter,
+            service_class=finder if isinstance(finder, ByServiceClass) else None,
+            by_ref=finder if isinstance(finder, ByRef) else None,
+            find=self._finder(link),
+        )
+
+    def _finder(self, link: Link, anywhere: bool = False) -> _Find:
+        """How one link's objects are found, its kinds and templates bound once. With
+        `anywhere`, ignoring the namespace being looked at (to discover which namespaces an
+        application is bound to)."""
+        finder = link.find
+        keys = tuple(kind.key for kind in link.kinds)
+        index = self.index
+        if not keys:
+            return lambda values, service_ids, parent: []
+        if isinstance(finder, ByName):
+            names = _template(finder.name)
+            if anywhere:
+                named = index.named
+
+                def by_name_anywhere(values: dict[str, str], service_ids: list[str],
+                                     parent: Node | None) -> list[Obj]:
+                    name = names(values)
+                    return [obj for key in keys for obj in named(key, name)]
+
+                return by_name_anywhere
+            get = index.get
+            spaces = _template(finder.namespace) if finder.namespace else None
+            if len(keys) == 1:
+                key = keys[0]
+
+                def by_name(values: dict[str, str], service_ids: list[str],
+                            parent: Node | None) -> list[Obj]:
+                    obj = get(key, spaces(values) if spaces else None, names(values))
+                    return [] if obj is None else [obj]
+
+                return by_name
+
+            def by_names(values: dict[str, str], service_ids: list[str],
+                         parent: Node | None) -> list[Obj]:
+                name = names(values)
+                namespace = spaces(values) if spaces else None
+                found = []
+                for key in keys:
+                    obj = get(key, namespace, name)
                     if obj is not None:
                         found.append(obj)
-            elif isinstance(finder, ByLabels):
-                wanted = [
-                    (key, value.format(**values)) for key, value in finder.labels
-                    if not (anywhere and key == finder.namespace_label)
-                ]
-                (first_key, first_value), *rest = wanted
-                namespace = finder.namespace.format(**values)
-                candidates = self.index.with_label(kind.key, first_key, first_value, namespace)
-                found.extend(
-                    o for o in candidates
-                    if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in rest)
-                )
-            elif isinstance(finder, ByField):
-                namespace = None if anywhere else finder.namespace.format(**values)
-                found.extend(self.index.with_field(
-                    kind.key, finder.path, finder.value.format(**values), namespace
-                ))
-            elif isinstance(finder, ByServiceClass):
-                namespace = None if anywhere else finder.namespace.format(**values)
+                return found
+
+            return by_names
+        if isinstance(finder, ByLabels):
+            with_label = index.with_label
+            wanted = [(key, _template(value)) for key, value in finder.labels
+                      if not (anywhere and key == finder.namespace_label)]
+            (first_key, first_value), *rest = wanted
+            label_spaces = _template(finder.namespace)
+
+            def by_labels(values: dict[str, str], service_ids: list[str],
+                          parent: Node | None) -> list[Obj]:
+                value = first_value(values)
+                others = [(key, template(values)) for key, template in rest]
+                namespace = label_spaces(values)
+                found: list[Obj] = []
+                for key in keys:
+                    candidates = with_label(key, first_key, value, namespace)
+                    found.extend(
+                        o for o in candidates
+                        if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in others)
+                    )
+                return found
+
+            return by_labels
+        if isinstance(finder, ByField):
+            with_field = index.with_field
+            path = finder.path
+            field_spaces = None if anywhere else _template(finder.namespace)
+            field_values = _template(finder.value)
+
+            def by_field(values: dict[str, str], service_ids: list[str],
+                         parent: Node | None) -> list[Obj]:
+                found: list[Obj] = []
+                for key in keys:
+                    found.extend(with_field(key, path, field_values(values),
+                                            field_spaces(values) if field_spaces else None))
+                return found
+
+            return by_field
+        if isinstance(finder, ByServiceClass):
+            return self._by_service_class(finder, keys, anywhere)
+        if isinstance(finder, ByOwner):
+            return self._by_owner(keys)
+        if isinstance(finder, ByReference):
+            return self._by_reference(finder, link.kinds)
+        assert isinstance(finder, ByRef), f"a finder of each type is compiled, not {finder}"
+        return self._by_ref(finder, link.kinds)
+
+    def _by_service_class(self, finder: ByServiceClass, keys: tuple[str, ...],
+                          anywhere: bool) -> _Find:
+        with_field = self.index.with_field
+        paths = finder.paths
+        spaces = None if anywhere else _template(finder.namespace)
+
+        def by_service_class(values: dict[str, str], service_ids: list[str],
+                             parent: Node | None) -> list[Obj]:
+            found: list[Obj] = []
+            for key in keys:
+                namespace = spaces(values) if spaces else None
                 seen: set[int] = set()
                 for service_id in service_ids:
-                    for path in finder.paths:
-                        for obj in self.index.with_field(kind.key, path, service_id, namespace):
+                    for path in paths:
+                        for obj in with_field(key, path, service_id, namespace):
                             if id(obj) not in seen:
                                 seen.add(id(obj))
                                 found.append(obj)
-            elif isinstance(finder, ByOwner):
-                if parent is None or parent.obj is None:
-                    continue
-                uid = parent.obj["metadata"].get("uid")
-                namespace = parent.obj["metadata"].get("namespace")
-                if isinstance(uid, str):
-                    found.extend(
-                        o for o in self.index.owned_by(uid, kind.key)
-                        if o["metadata"].get("namespace") == namespace
-                    )
-            elif isinstance(finder, ByReference):
-                if parent is None or parent.obj is None:
-                    continue
-                _api_version, kind_name, name = _referenced(parent.obj, finder)
+            return found
+
+        return by_service_class
+
+    def _by_owner(self, keys: tuple[str, ...]) -> _Find:
+        owned_by = self.index.owned_by
+
+        def by_owner(values: dict[str, str], service_ids: list[str],
+                     parent: Node | None) -> list[Obj]:
+            if parent is None or parent.obj is None:
+                return []
+            meta = parent.obj["metadata"]
+            uid = meta.get("uid")
+            namespace = meta.get("namespace")
+            if not isinstance(uid, str):
+                return []
+            return [o for key in keys for o in owned_by(uid, key)
+                    if o["metadata"].get("namespace") == namespace]
+
+        return by_owner
+
+    def _by_reference(self, finder: ByReference, kinds: tuple[Kind, ...]) -> _Find:
+        get = self.index.get
+
+        def by_reference(values: dict[str, str], service_ids: list[str],
+                         parent: Node | None) -> list[Obj]:
+            if parent is None or parent.obj is None:
+                return []
+            _api_version, kind_name, name = _referenced(parent.obj, finder)
+            namespace = parent.obj["metadata"].get("namespace")
+            found = []
+            for kind in kinds:
                 if kind_name is not None and kind_name != kind.kind:
                     continue
-                obj = self.index.get(kind.key, parent.obj["metadata"].get("namespace"), name)
+                obj = get(kind.key, namespace, name)
                 if obj is not None:
                     found.append(obj)
-            elif isinstance(finder, ByRef):
-                if parent is None or parent.obj is None:
-                    continue
-                api_version, kind_name, namespace, name = _kref(parent.obj, finder)
+            return found
+
+        return by_reference
+
+    def _by_ref(self, finder: ByRef, kinds: tuple[Kind, ...]) -> _Find:
+        get = self.index.get
+
+        def by_ref(values: dict[str, str], service_ids: list[str],
+                   parent: Node | None) -> list[Obj]:
+            if parent is None or parent.obj is None:
+                return []
+            api_version, kind_name, namespace, name = _kref(parent.obj, finder)
+            found = []
+            for kind in kinds:
                 if (kind_name != kind.kind or api_version is None
                         or kind_key(api_version, kind_name) != kind.key):
                     continue
-                obj = self.index.get(kind.key, namespace if kind.namespaced else None, name)
+                obj = get(kind.key, namespace if kind.namespaced else None, name)
                 if obj is not None:
                     found.append(obj)
-        return found
+            return found
+
+        return by_ref
 
     # --- edges -------------------------------------------------------------------------------
 
     def _wire(
-        self, nodes: list[Node], by_link: dict[str, list[Node]], app_nodes: list[Node] | None
+        self, links: _Links, by_link: dict[str, list[Node]],
+        app_by_link: dict[str, list[Node]] | None,
     ) -> None:
-        app_by_link: dict[str, list[Node]] = {}
-        for node in app_nodes or []:
-            app_by_link.setdefault(node.role, []).append(node)
-        for node in nodes:
-            plan = self.edges[node.role]
-            steps = plan.always
-            if node.obj is None and node.role in self.user_made:
-                steps = []
-            if plan.by_kind:
+        app_by_link = app_by_link or {}
+        for link_id in links.shown:
+            group = by_link.get(link_id)
+            if not group:
+                continue
+            plan = self.edges[link_id]
+            if plan.when:
+                for node in group:
+                    self._wire_node(node, plan, by_link, app_by_link)
+                continue
+            # What a found object of the link needs depends at most on its kind: worked out
+            # once per kind for the link rather than once per node.
+            shared: dict[str, list[Node] | None] = {}
+            for node in group:
                 obj = node.obj
+                if obj is None:
+                    self._wire_node(node, plan, by_link, app_by_link)
+                    continue
                 key = (kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
-                       if obj is not None else kind_key(node.ref.api_version, node.ref.kind))
-                steps = steps + plan.by_kind.get(key, [])
-            if node.obj is None and plan.absent:
-                steps = steps + plan.absent
-            if plan.when and node.obj is not None:
-                for path, value, more in plan.when:
-                    if _field_is(node.obj, path, value):
-                        steps = steps + more
-            for edge, target in steps:
-                if edge is _Edge.SYSTEM:
-                    component = self.components.get(target)
-                    if component is not None:
-                        node.needs.append(component)
-                elif edge is _Edge.PARENT:
-                    if node.parent is not None:
-                        node.needs.append(node.parent)
-                elif edge is _Edge.CHILDREN:
-                    node.needs.extend(c for c in node.children if c.role == target)
+                       if plan.by_kind else "")
+                needs = shared.get(key, _UNKNOWN)
+                if needs is _UNKNOWN:
+                    needs = shared[key] = self._shared_needs(
+                        plan.always + plan.by_kind.get(key, []) if plan.by_kind else plan.always,
+                        by_link, app_by_link)
+                if needs is None:
+                    self._wire_node(node, plan, by_link, app_by_link)
                 else:
-                    node.needs.extend(by_link.get(target) or app_by_link.get(target, []))
+                    node.needs.extend(needs)
+
+    def _shared_needs(self, steps: list[_Step], by_link: dict[str, list[Node]],
+                      app_by_link: dict[str, list[Node]]) -> list[Node] | None:
+        """The nodes `steps` lead to, or None when a step depends on the node itself."""
+        needs: list[Node] = []
+        for edge, target in steps:
+            if edge is _Edge.SYSTEM:
+                component = self.components.get(target)
+                if component is not None:
+                    needs.append(component)
+            elif edge is _Edge.SCOPE:
+                needs.extend(by_link.get(target) or app_by_link.get(target, []))
+            else:
+                return None
+        return needs
+
+    def _wire_node(self, node: Node, plan: _Plan, by_link: dict[str, list[Node]],
+                   app_by_link: dict[str, list[Node]]) -> None:
+        steps = plan.always
+        if node.obj is None and node.role in self.user_made:
+            steps = []
+        if plan.by_kind:
+            obj = node.obj
+            key = (kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
+                   if obj is not None else kind_key(node.ref.api_version, node.ref.kind))
+            steps = steps + plan.by_kind.get(key, [])
+        if node.obj is None and plan.absent:
+            steps = steps + plan.absent
+        if plan.when and node.obj is not None:
+            for path, value, more in plan.when:
+                if _field_is(node.obj, path, value):
+                    steps = steps + more
+        for edge, target in steps:
+            if edge is _Edge.SYSTEM:
+                component = self.components.get(target)
+                if component is not None:
+                    node.needs.append(component)
+            elif edge is _Edge.PARENT:
+                if node.parent is not None:
+                    node.needs.append(node.parent)
+            elif edge is _Edge.CHILDREN:
+                node.needs.extend(c for c in node.children if c.role == target)
+            else:
+                node.needs.extend(by_link.get(target) or app_by_link.get(target, []))
+
+
+_UNKNOWN: list[Node] = []  # not worked out yet (a marker, compared by identity)
+_Find = Callable[[dict[str, str], list[str], "Node | None"], list[Obj]]
+
+
+@dataclass(slots=True)
+class _LinkPlan:
+    """One link, with what `_resolve` asks of it per instance decided once per profile."""
+
+    link: Link
+    id: str
+    description: str
+    needs: tuple[str, ...]
+    parent: str | None
+    optional: bool
+    always: bool
+    # Whether being expected depends on other links' nodes (else it is `always`)
+    gated: bool
+    judge: Judge | None  # None: judged per kind (`Link.judges`)
+    label: tuple[str, str] | None
+    type_filter: TypeFilter | None
+    service_class: ByServiceClass | None
+    by_ref: ByRef | None
+    find: _Find
+
+
+@dataclass(slots=True)
+class _Links:
+    """Links resolved together: in resolution order, and their ids in report order."""
+
+    resolve: list[_LinkPlan]
+    shown: tuple[str, ...]
+
+
+def _template(text: str) -> Callable[[dict[str, str]], str]:
+    """A finder's string ("{app}-event-service") compiled once: most are one value or none."""
+    parts = list(Formatter().parse(text))
+    if not parts:
+        return lambda values: ""
+    if len(parts) == 1:
+        literal, name, spec, conversion = parts[0]
+        if name is None:
+            return lambda values: literal
+        if not literal and name.isidentifier() and not spec and conversion is None:
+            return itemgetter(name)
+    return text.format_map
 
 
 class _Edge(Enum):

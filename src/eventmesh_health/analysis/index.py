@@ -44,16 +44,44 @@ class Index:
         self._field_bad: dict[tuple[str, tuple[str, ...]], list[BadObject]] = {}
         # Every field the profile links by: a malformed one is reported whether or not an
         # application happened to look it up.
-        self._field_paths: set[tuple[str, tuple[str, ...]]] = {
+        # In the profile's order (a dict, not a set): the findings come out in this order, and
+        # a set's would change with the process' string hashing.
+        self._field_paths: dict[tuple[str, tuple[str, ...]], None] = dict.fromkeys(
             (kind.key, path)
             for link in profile.all_links
             for path in _field_paths_of(link.find)
             for kind in link.kinds
-        }
+        )
         self._owned: dict[str, dict[str, list[Obj]]] = {}
         self._names: dict[str, dict[str, list[Obj]]] = {}
+        # (apiVersion, kind) of an object taken before -> (kind key, namespaced or None when
+        # the profile does not read it): bounded, as a dump may be hostile.
+        self._types: dict[tuple[str, str], tuple[str, bool | None]] = {}
+        self._add_all(objects)
+
+    def _add_all(self, objects: Iterable[Any]) -> None:
+        """`add` for every object, nothing lazy built yet: the common case (a well-formed
+        object of a type seen before) decided here in one go; anything else goes to `add`,
+        which says what is wrong."""
+        by_name, by_kind, types = self.by_name, self._by_kind, self._types
         for obj in objects:
-            self.add(obj, invalidate=False)  # nothing lazy has been built yet
+            if type(obj) is dict:
+                meta = obj.get("metadata")
+                api_version, kind = obj.get("apiVersion"), obj.get("kind")
+                if type(meta) is dict and type(api_version) is str and type(kind) is str:
+                    known = types.get((api_version, kind))
+                    if known is not None and _plainly_good(meta):
+                        key, namespaced = known
+                        if namespaced is None:
+                            self.skipped[key] += 1
+                            continue
+                        ns = meta.get("namespace") if namespaced else None
+                        if ns is not None or not namespaced:
+                            name = meta["name"]
+                            by_name[(key, ns, name)] = obj
+                            by_kind[key][(ns, name)] = obj
+                            continue
+            self.add(obj, invalidate=False)
 
     # --- keeping it current -------------------------------------------------------------------
 
@@ -66,6 +94,8 @@ class Index:
             return None
         key = kind_key(obj["apiVersion"], obj["kind"])
         namespaced = self._namespaced.get(key)
+        if len(self._types) < 10_000:
+            self._types[(obj["apiVersion"], obj["kind"])] = (key, namespaced)
         if namespaced is None:
             self.skipped[key] += 1
             return None
@@ -159,7 +189,7 @@ class Index:
     @property
     def bad(self) -> list[BadObject]:
         # A field index dropped by a change is rebuilt here, so its bad objects are not lost.
-        for key, path in self._field_paths - set(self._fields):
+        for key, path in [paths for paths in self._field_paths if paths not in self._fields]:
             self.with_field(key, path, "", None)
         found = list(self._rejected)
         for bad in self._field_bad.values():
@@ -206,10 +236,16 @@ class Index:
         index = self._labels.get((key, label))
         if index is None:
             index = defaultdict(list)
-            for obj in self.of_kind(key):
-                found = _label(obj, label)
-                if found is not None:
-                    _add_twice(index, obj, found)
+            for obj in self.of_kind(key):  # _label and _add_twice, unrolled: once per object
+                meta = obj["metadata"]
+                labels = meta.get("labels")
+                if isinstance(labels, dict):
+                    found = labels.get(label)
+                    if isinstance(found, str):
+                        own = meta.get("namespace")
+                        if own is not None:
+                            index[(own, found)].append(obj)
+                        index[(None, found)].append(obj)
             self._labels[(key, label)] = index
         return index.get((namespace, value), [])
 
@@ -223,6 +259,19 @@ class Index:
             index = defaultdict(list)
             bad: list[BadObject] = []
             for obj in self.of_kind(key):
+                # The common cases (a string there, or nothing) walked without a call; the
+                # rest by `_field`, which says what is wrong.
+                current: Any = obj
+                for part in path:
+                    if type(current) is not dict:
+                        break
+                    current = current.get(part)
+                else:
+                    if type(current) is str:
+                        _add_twice(index, obj, current)
+                        continue
+                if current is None:
+                    continue
                 found, problem = _field(obj, path)
                 if found is not None:
                     _add_twice(index, obj, found)
@@ -238,8 +287,9 @@ class Index:
         if owned is None:
             owned = defaultdict(list)
             for obj in self.of_kind(key):
-                for owner in _owner_uids(obj):
-                    owned[owner].append(obj)
+                if obj["metadata"].get("ownerReferences") is not None:
+                    for owner in _owner_uids(obj):
+                        owned[owner].append(obj)
             self._owned[key] = owned
         return owned.get(uid, [])
 
@@ -334,6 +384,22 @@ def basic_problem(obj: object) -> str | None:
     return _basic_problem(obj)
 
 
+def _plainly_good(meta: dict[str, Any]) -> bool:
+    """`basic_problem`'s common case for the metadata of an object of a type known good:
+    True only when it would find nothing wrong."""
+    get = meta.get
+    name = get("name")
+    if not (type(name) is str and name and len(name) <= 253 and name.isprintable()):
+        return False
+    labels = get("labels")
+    if labels is not None and not (type(labels) is dict
+                                   and _ONLY_STR.issuperset(map(type, labels.values()))):
+        return False
+    refs = get("ownerReferences")
+    return (refs is None or _good_refs(refs)) and _good_metadata(meta)
+
+
+_ONLY_STR = frozenset({str})
 _STR_OR_NONE = frozenset({str, type(None)})
 _INT_OR_NONE = frozenset({int, type(None)})
 _GOOD_TYPES: set[tuple[str, str]] = set()  # (apiVersion, kind) known to be fine

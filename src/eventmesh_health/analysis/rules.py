@@ -529,12 +529,122 @@ def plainly_ready(obj: Obj, observes_generation: bool) -> bool:
     ready = False
     seen = set()
     for item in items:
-        if type(item) is not dict or type(item.get("type")) is not str or item["type"] in seen:
+        if type(item) is not dict:
+            return False
+        type_ = item.get("type")
+        if type(type_) is not str or type_ in seen:
             return False  # the rules say exactly what is wrong (duplicates: MalformedObject)
-        seen.add(item["type"])
-        if item["type"] == "Ready":
+        seen.add(type_)
+        if type_ == "Ready":
             ready = item.get("status") == "True"
     return ready
+
+
+def plainly_available(obj: Obj, pods: Sequence[Obj]) -> bool:
+    """DEPLOYMENT_RULES' common case, decided without them: not being deleted, well-formed,
+    every desired replica available, no Progressing deadline exceeded and no Pod failing.
+    True only when the rules would find nothing wrong; anything else (or odd) goes through
+    them."""
+    meta = obj.get("metadata")
+    status = obj.get("status")
+    spec = obj.get("spec")
+    if type(meta) is not dict or type(status) is not dict or (
+            spec is not None and type(spec) is not dict):
+        return False
+    if meta.get("deletionTimestamp") is not None:
+        return False
+    replicas = spec.get("replicas") if spec is not None else None
+    if replicas is not None and (type(replicas) is not int or replicas < 1):
+        return False
+    generation, observed = meta.get("generation"), status.get("observedGeneration")
+    available = status.get("availableReplicas")
+    if ((generation is not None and type(generation) is not int)
+            or (observed is not None and type(observed) is not int)
+            or type(available) is not int or available < (replicas or 1)):
+        return False
+    items = status.get("conditions")
+    if items is not None:
+        if type(items) is not list:
+            return False
+        seen = set()
+        for item in items:
+            if type(item) is not dict:
+                return False
+            type_ = item.get("type")
+            if type(type_) is not str or type_ in seen:
+                return False
+            seen.add(type_)
+            if type_ == "Progressing" and item.get("reason") == reasons.PROGRESS_DEADLINE_EXCEEDED:
+                return False
+    return all(_plainly_running(pod) for pod in pods)
+
+
+def _plainly_running(pod: Obj) -> bool:
+    """`_pod_problem` finds nothing in `pod`, and nothing malformed on its way."""
+    status = pod.get("status")
+    if status is None:
+        return True
+    if type(status) is not dict:
+        return False
+    phase = status.get("phase")
+    if phase == "Failed" or (phase is not None and type(phase) is not str):
+        return False
+    containers = status.get("containerStatuses")
+    if containers is None:
+        return True
+    if type(containers) is not list:
+        return False
+    for container in containers:
+        if type(container) is not dict:
+            return False
+        state = container.get("state")
+        if state is None:
+            continue
+        if type(state) is not dict:
+            return False
+        waiting = state.get("waiting")
+        if waiting is None:
+            continue
+        if type(waiting) is not dict:
+            return False
+        reason = waiting.get("reason") if waiting else None
+        if reason is not None and (type(reason) is not str or reason in _POD_FAILURES):
+            return False
+    return True
+
+
+def plainly_provisioned(obj: Obj) -> bool:
+    """SERVICE_INSTANCE_RULES' common case, decided without them: not being deleted,
+    Provisioned, not Failed, its generation reconciled, every field they read well-formed."""
+    meta = obj.get("metadata")
+    status = obj.get("status")
+    if type(meta) is not dict or type(status) is not dict:
+        return False
+    if meta.get("deletionTimestamp") is not None or status.get("provisionStatus") != "Provisioned":
+        return False
+    generation, reconciled = meta.get("generation"), status.get("reconciledGeneration")
+    observed = status.get("observedGeneration")
+    if any(value is not None and type(value) is not int
+           for value in (generation, reconciled, observed)):
+        return False
+    if generation is not None and reconciled is not None and reconciled < generation:
+        return False
+    items = status.get("conditions")
+    if items is None:
+        return True
+    if type(items) is not list:
+        return False
+    seen = set()
+    for item in items:
+        if type(item) is not dict:
+            return False
+        type_ = item.get("type")
+        if type(type_) is not str or type_ in seen:
+            return False
+        seen.add(type_)
+        if type_ == "Failed" and item.get("status") == "True":
+            return False
+    return True
 
 
 def judge(kind: Judge, obj: Obj, ctx: Context) -> Verdict:
