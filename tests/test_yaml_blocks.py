@@ -106,6 +106,8 @@ def _poisoned(text: str) -> dict[str, str]:
         "folded-plain": add("  x: a\n    - b\n"),
         "just-deep-enough": add("  x: " + "[" * 97 + "]" * 97 + "\n"),
         "int64-max": add("  x: 9223372036854775807\n"),
+        "int64-min": add("  x: [-9223372036854775808]\n"),
+        "keys-not-strings": add("  x:\n    1: a\n    false: b\n    null: c\n    '1': d\n"),
         "non-ascii": add("  x: é😀\n"),
         "empty-line": add("\n"),
         "no-final-newline": text[:-1],
@@ -121,6 +123,7 @@ def _poisoned(text: str) -> dict[str, str]:
         "deep-blocks": add("".join(f"{'  ' * (d + 1)}k{d}:\n" for d in range(120))
                            + "  " * 122 + "v: 1\n"),
         "int-beyond-int64": add("  x: 9223372036854775808\n"),
+        "int-below-int64": add("  x: [-9223372036854775809]\n"),
         "hex-beyond-int64": add("  x: 0xFFFFFFFFFFFFFFFFF\n"),
         "control": add("  x: \"a\x01b\"\n"),
         "tab": add("  x:\ta\n"),
@@ -167,7 +170,8 @@ _BASE = kubectl_yaml(base_objects())
 CASES = sorted(_poisoned(_SMALL))
 VOUCHED = {"anchor-unused", "tag-in-item", "comment-indented", "dash-in-block-scalar",
            "dash-ends-block-scalar", "keep-chomping", "folded-plain", "just-deep-enough",
-           "int64-max", "non-ascii", "empty-line", "no-final-newline", "keep-chomping-inside"}
+           "int64-max", "non-ascii", "empty-line", "no-final-newline", "keep-chomping-inside",
+           "int64-min", "keys-not-strings"}
 
 
 def _write(path: Path, case: str, text: str) -> Path:
@@ -256,3 +260,26 @@ def test_random_values_in_items_read_alike(seed: int, tmp_path: Path,
     skeleton = fastyaml.read_list(path, items.append)
     if skeleton is not None:
         assert _strict(path) == [{**skeleton, "items": items}]
+
+
+def test_the_file_is_parsed_a_block_at_a_time_with_keys_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fastyaml, "BLOCK", 2000)
+    parsed: list[int] = []
+    real = fastyaml._parse
+
+    def spy(text: bytes) -> Any:
+        parsed.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(fastyaml, "_parse", spy)
+    path = tmp_path / "mesh.yaml"
+    path.write_text(_BASE)
+    items: list[Any] = []
+    assert fastyaml.read_list(path, items.append) is not None
+    assert len(parsed) > 5 and max(parsed) < 4000 < path.stat().st_size
+    assert _strict(path)[0]["items"] == items
+    # each key one string, whichever object it is in
+    first, second = (next(iter(item["metadata"])) for item in items[:2])
+    assert first == second and first is second

@@ -39,7 +39,8 @@ problem (with its line number):
 - each block must parse (so a quoted scalar or a flow collection left open at a cut, an
   alias, a duplicate key, too deep a nesting are all `parse_yaml`'s to report) to exactly
   one item per `- ` at column 0 (nothing spans an item start);
-- nesting and integers are checked as `parse_yaml` checks them, at the items' own depth;
+- nesting and integers are checked as `parse_yaml` checks them, at the items' own depth
+  (`_checked`, which also shares the keys' strings);
 - the List around the items is parsed strictly, on its own, with `items: []`: a second
   `items` is a duplicate key there as in the file.
 """
@@ -55,7 +56,7 @@ from typing import Any, BinaryIO
 
 import yaml_rs
 
-from eventmesh_health.sources.parse import ParseError, check_depth, parse_yaml
+from eventmesh_health.sources.parse import MAX_DEPTH, ParseError, parse_yaml
 
 BLOCK = 4 * 2**20
 _HEAD = b"apiVersion: v1\nitems:\n"
@@ -70,6 +71,8 @@ _SURE_BYTES = b"\n" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 # NEL, LS and PS (line breaks to YAML 1.1), and a BOM, in UTF-8.
 _UNSURE_CHARACTERS = (b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9", b"\xef\xbb\xbf")
 _NO_ALIASES = yaml_rs.AliasLimits(max_total_replayed_events=0)
+_ITEMS_DEPTH = 2  # what `parse_yaml` counts for the List's items: the List 1, items 2
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class _NotSure(Exception):
@@ -95,6 +98,7 @@ def _read(file: BinaryIO, take: Callable[[Any], None]) -> dict[str, Any]:
     if not buffer.startswith(_HEAD + b"- "):
         raise _NotSure
     buffer = buffer[len(_HEAD):]  # from the first item's `- `
+    keys: dict[str, str] = {}  # (distinct keys: no more than the text has)
     at_end = False
     while True:
         if not at_end:
@@ -105,28 +109,52 @@ def _read(file: BinaryIO, take: Callable[[Any], None]) -> dict[str, Any]:
             end = _OTHER_LINE.search(buffer)
             if end is None:
                 raise _NotSure  # no `kind: List`: not kubectl's
-            _take_block(buffer[:end.start() + 1], take)
+            _take_block(buffer[:end.start() + 1], take, keys)
             return _skeleton(buffer[end.start() + 1:])
         cut = buffer.rfind(_ITEM)
         if cut < 0:
             continue  # one item longer than a block: read on
-        _take_block(buffer[:cut + 1], take)
+        _take_block(buffer[:cut + 1], take, keys)
         buffer = buffer[cut + 1:]
 
 
-def _take_block(text: bytes, take: Callable[[Any], None]) -> None:
+def _take_block(text: bytes, take: Callable[[Any], None], keys: dict[str, str]) -> None:
     """Parse `text`, whole items each starting with `- ` and ending with a newline."""
     if _unsure(text) or _OTHER_LINE.search(text):
         raise _NotSure
     items = _parse(text)
     if not isinstance(items, list) or len(items) != text.count(_ITEM) + 1:
         raise _NotSure
-    try:
-        check_depth({"items": items})  # each item at depth 3, as in the List
-    except ParseError:
-        raise _NotSure from None
+    _checked(items, _ITEMS_DEPTH, keys)
     for item in items:
         take(item)
+
+
+def _checked(value: dict[Any, Any] | list[Any], depth: int,
+             keys: dict[str, str]) -> Any:
+    """`value` if `parse_yaml`'s depth check would pass it at `depth` (nesting within MAX_DEPTH,
+    integers within int64), its maps made again with keys shared: yaml-rs makes a new string
+    of every key of every object, ~1.5 KiB per synthetic object (orjson shares them itself).
+    Lists are changed in place."""
+    if depth > MAX_DEPTH:
+        raise _NotSure
+    if type(value) is dict:
+        shared = {}
+        for key, item in value.items():
+            kind = type(item)
+            if kind is dict or kind is list:
+                item = _checked(item, depth + 1, keys)
+            elif kind is int and not _INT64_MIN <= item <= _INT64_MAX:
+                raise _NotSure
+            shared[keys.setdefault(key, key) if type(key) is str else key] = item
+        return shared
+    for position, item in enumerate(value):
+        kind = type(item)
+        if kind is dict or kind is list:
+            value[position] = _checked(item, depth + 1, keys)
+        elif kind is int and not _INT64_MIN <= item <= _INT64_MAX:
+            raise _NotSure
+    return value
 
 
 def _unsure(text: bytes) -> bool:

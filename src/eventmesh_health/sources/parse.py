@@ -57,9 +57,9 @@ def parse_yaml(text: str) -> list[Any]:
     documents = _split_documents(text, loaded)
     for document in documents:
         if isinstance(document, dict | list):
-            check_depth(document)
+            _check_depth(document)
         elif type(document) is int:
-            check_depth([document])
+            _check_depth([document])
     return documents
 
 
@@ -75,7 +75,7 @@ def parse_json(text: str) -> Any:
     except ValueError as err:  # an integer beyond Python's 4300-digit limit, so beyond int64
         raise ParseError(f"invalid JSON: {_INT64_PROBLEM}" if "digits" in str(err)
                          else f"invalid JSON: {_first_line(str(err))}") from None
-    check_depth([document])
+    _check_depth([document])
     return document
 
 
@@ -116,7 +116,7 @@ def _several_documents(text: str) -> bool:
     return False
 
 
-def check_depth(document: Any) -> None:
+def _check_depth(document: Any) -> None:
     """Nesting within MAX_DEPTH and integers within int64 (what Kubernetes stores; a
     5000-digit one cannot even be printed). Iteratively, so a hostile depth cannot exhaust
     Python's stack while we look."""
