@@ -111,6 +111,7 @@ def _poisoned(text: str) -> dict[str, str]:
         "non-ascii": add("  x: é😀\n"),
         "empty-line": add("\n"),
         "no-final-newline": text[:-1],
+        "leading-comments": "# source: somewhere\n#\n" + text,
         # a problem the strict reader reports, or a layout the block reader leaves to it
         "duplicate-key": add("  kind: Pod\n"),
         "duplicate-nested": add("  x:\n    a: 1\n    a: 2\n"),
@@ -145,6 +146,9 @@ def _poisoned(text: str) -> dict[str, str]:
         "document-end": add("...\n"),
         "second-document": text + "---\nkind: Pod\n",
         "directive": "%YAML 1.2\n---\n" + text,
+        "comment-then-directive": "# c\n%YAML 1.2\n---\n" + text,
+        "comment-then-document": "# c\n---\n" + text,
+        "comment-without-end": "# c" + " " * 70000,
         "items-twice": text + "items: []\n",
         "kind-twice": text + "kind: List\n",
         "not-a-list": text.replace("kind: List", "kind: Thing"),
@@ -171,7 +175,7 @@ CASES = sorted(_poisoned(_SMALL))
 VOUCHED = {"anchor-unused", "tag-in-item", "comment-indented", "dash-in-block-scalar",
            "dash-ends-block-scalar", "keep-chomping", "folded-plain", "just-deep-enough",
            "int64-max", "non-ascii", "empty-line", "no-final-newline", "keep-chomping-inside",
-           "int64-min", "keys-not-strings"}
+           "int64-min", "keys-not-strings", "leading-comments"}
 
 
 def _write(path: Path, case: str, text: str) -> Path:

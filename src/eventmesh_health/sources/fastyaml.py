@@ -94,10 +94,21 @@ def read_list(path: Path, take: Callable[[Any], None]) -> dict[str, Any] | None:
 
 
 def _read(file: BinaryIO, take: Callable[[Any], None]) -> dict[str, Any]:
-    buffer = file.read(max(BLOCK, len(_HEAD) + 2))
-    if not buffer.startswith(_HEAD + b"- "):
+    buffer, start = file.read(BLOCK), 0
+    while True:  # past comment lines before the List (our examples cite their sources there)
+        line_end = buffer.find(b"\n", start) if buffer.startswith(b"#", start) else start
+        if line_end >= 0 and len(buffer) >= line_end + len(_HEAD) + 2:
+            if line_end == start:
+                break
+            start = line_end + 1
+            continue
+        more = file.read(BLOCK)
+        if not more:
+            raise _NotSure
+        buffer += more
+    if not buffer.startswith(_HEAD + b"- ", start):
         raise _NotSure
-    buffer = buffer[len(_HEAD):]  # from the first item's `- `
+    buffer = buffer[start + len(_HEAD):]  # from the first item's `- `
     keys: dict[str, str] = {}  # (distinct keys: no more than the text has)
     at_end = False
     while True:
