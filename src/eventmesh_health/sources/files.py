@@ -24,7 +24,7 @@ from eventmesh_health.snapshot import (
     InputProblem,
     Snapshot,
 )
-from eventmesh_health.sources import fastjson
+from eventmesh_health.sources import fastjson, fastyaml
 from eventmesh_health.sources.parse import ParseError, parse_json, parse_yaml
 from eventmesh_health.sources.slim import pruner
 from eventmesh_health.topology import Profile, kind_key
@@ -241,7 +241,7 @@ def read_dump(path: Path, lean: bool = True) -> RawDump:
     gc.disable()
     try:
         for file in dump_files(path):
-            if lean and file.suffix.lower() == ".json" and _read_kubectl_json(file, reader):
+            if lean and _read_kubectl(file, reader):
                 continue
             for number, document in enumerate(_documents(file), start=1):
                 reader.document(document, file, number)
@@ -251,11 +251,30 @@ def read_dump(path: Path, lean: bool = True) -> RawDump:
     return raw
 
 
+def _read_kubectl(file: Path, reader: _Reader) -> bool:
+    """The file read a block at a time into `reader`'s dump, if it is a kubectl List whose
+    block reader can vouch for it."""
+    suffix = file.suffix.lower()
+    if suffix == ".json":
+        return _read_kubectl_json(file, reader)
+    return _read_kubectl_yaml(file, reader)
+
+
 def _read_kubectl_json(file: Path, reader: _Reader) -> bool:
-    """The file read by `fastjson` into `reader`'s dump, if it can vouch for it."""
+    return _read_blocks(file, reader, fastjson.read_list)
+
+
+def _read_kubectl_yaml(file: Path, reader: _Reader) -> bool:
+    return _read_blocks(file, reader, fastyaml.read_list)
+
+
+def _read_blocks(file: Path, reader: _Reader,
+                 read_list: Callable[[Path, Callable[[Any], None]], dict[str, Any] | None],
+                 ) -> bool:
+    """The file read by `read_list` into `reader`'s dump, if it can vouch for it."""
     part = RawDump()
     into = _Reader(part, lean=True)
-    skeleton = fastjson.read_list(file, lambda item: into.document(item, file, 1))
+    skeleton = read_list(file, lambda item: into.document(item, file, 1))
     if skeleton is None or not _is_list(skeleton):
         return False  # (not a List: its items would be one object's field; never kubectl's)
     reader.raw.merge(part)
