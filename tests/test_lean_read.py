@@ -75,19 +75,25 @@ def outcome(path: Path, lean: bool) -> Any:
         return ("no profile", str(err))
 
 
-@pytest.fixture
-def fast_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether the block reader read each JSON file (else the plain reader did)."""
+def block_reads(monkeypatch: pytest.MonkeyPatch, reader: str) -> list[bool]:
+    """Whether `files.<reader>` (a block reader) read each file it was given (else the
+    strict reader did), in order."""
     calls: list[bool] = []
-    real = files._read_kubectl_json
+    real = getattr(files, reader)
 
     def spy(*args: Any) -> bool:
         result = real(*args)
         calls.append(result)
-        return result
+        return bool(result)
 
-    monkeypatch.setattr(files, "_read_kubectl_json", spy)
+    monkeypatch.setattr(files, reader, spy)
     return calls
+
+
+@pytest.fixture
+def fast_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the block reader read each JSON file (else the plain reader did)."""
+    return block_reads(monkeypatch, "_read_kubectl_json")
 
 
 @pytest.mark.parametrize("example", FOLDERS)

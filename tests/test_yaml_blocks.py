@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from eventmesh_health.sources import fastyaml, files
+from eventmesh_health.sources import fastyaml
 from eventmesh_health.sources.files import read_dump
 from eventmesh_health.sources.parse import ParseError, parse_yaml
 from tests.test_hostile_input import base_objects
-from tests.test_lean_read import EXAMPLES, FOLDERS, explained, outcome, report_of
+from tests.test_lean_read import EXAMPLES, FOLDERS, block_reads, explained, outcome, report_of
 
 
 class _KubectlDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
@@ -44,16 +44,7 @@ def kubectl_yaml(objects: list[Any]) -> str:
 @pytest.fixture
 def fast_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Whether the block reader read each YAML file (else the strict reader did)."""
-    calls: list[bool] = []
-    real = files._read_kubectl_yaml
-
-    def spy(*args: Any) -> bool:
-        result = real(*args)
-        calls.append(result)
-        return result
-
-    monkeypatch.setattr(files, "_read_kubectl_yaml", spy)
-    return calls
+    return block_reads(monkeypatch, "_read_kubectl_yaml")
 
 
 @pytest.mark.parametrize("block", [fastyaml.BLOCK, 700])

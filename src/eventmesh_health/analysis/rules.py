@@ -523,21 +523,25 @@ def plainly_ready(obj: Obj, observes_generation: bool) -> bool:
         observed = status.get("observedGeneration")
         if type(generation) is not int or type(observed) is not int or observed < generation:
             return False
-    items = status.get("conditions")
+    by_type = _plain_conditions(status.get("conditions"))
+    return by_type is not None and by_type.get("Ready", {}).get("status") == "True"
+
+
+def _plain_conditions(items: Any) -> dict[str, dict[str, Any]] | None:
+    """`status.conditions` by type when the rules would read it without a finding (a list of
+    maps, each of a string type seen once); None otherwise, and for no list at all: the rules
+    say exactly what is wrong (a duplicate: MalformedObject)."""
     if type(items) is not list:
-        return False
-    ready = False
-    seen = set()
+        return None
+    by_type: dict[str, dict[str, Any]] = {}
     for item in items:
         if type(item) is not dict:
-            return False
+            return None
         type_ = item.get("type")
-        if type(type_) is not str or type_ in seen:
-            return False  # the rules say exactly what is wrong (duplicates: MalformedObject)
-        seen.add(type_)
-        if type_ == "Ready":
-            ready = item.get("status") == "True"
-    return ready
+        if type(type_) is not str or type_ in by_type:
+            return None
+        by_type[type_] = item
+    return by_type
 
 
 def plainly_available(obj: Obj, pods: Sequence[Obj]) -> bool:
@@ -564,18 +568,10 @@ def plainly_available(obj: Obj, pods: Sequence[Obj]) -> bool:
         return False
     items = status.get("conditions")
     if items is not None:
-        if type(items) is not list:
+        by_type = _plain_conditions(items)
+        if by_type is None or (by_type.get("Progressing", {}).get("reason")
+                               == reasons.PROGRESS_DEADLINE_EXCEEDED):
             return False
-        seen = set()
-        for item in items:
-            if type(item) is not dict:
-                return False
-            type_ = item.get("type")
-            if type(type_) is not str or type_ in seen:
-                return False
-            seen.add(type_)
-            if type_ == "Progressing" and item.get("reason") == reasons.PROGRESS_DEADLINE_EXCEEDED:
-                return False
     return all(_plainly_running(pod) for pod in pods)
 
 
@@ -632,19 +628,8 @@ def plainly_provisioned(obj: Obj) -> bool:
     items = status.get("conditions")
     if items is None:
         return True
-    if type(items) is not list:
-        return False
-    seen = set()
-    for item in items:
-        if type(item) is not dict:
-            return False
-        type_ = item.get("type")
-        if type(type_) is not str or type_ in seen:
-            return False
-        seen.add(type_)
-        if type_ == "Failed" and item.get("status") == "True":
-            return False
-    return True
+    by_type = _plain_conditions(items)
+    return by_type is not None and by_type.get("Failed", {}).get("status") != "True"
 
 
 def judge(kind: Judge, obj: Obj, ctx: Context) -> Verdict:
