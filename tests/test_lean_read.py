@@ -192,16 +192,24 @@ def test_the_block_reader_reads_in_blocks(
 _ALPHABET = ['[', ']', '{', '}', '"', '\\', ':', ',', 'a', '\n', 'é', '\u2028']
 
 
-def _value(rng: random.Random, depth: int) -> Any:
+def random_value(rng: random.Random, alphabet: list[str], longest: int = 6,
+                 depth: int = 0) -> Any:
+    """A random JSON-like value: strings of `alphabet` (up to `longest` pieces), int64-range
+    numbers, floats, booleans, nulls, lists and maps nested up to 6 deep."""
     roll = rng.random()
     if depth > 5 or roll < 0.3:
         return rng.choice([
-            "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 6))),
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, longest))),
             rng.randint(-10**18, 10**18), rng.random(), True, None])
     if roll < 0.6:
-        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
-    return {"".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 4))):
-            _value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+        return [random_value(rng, alphabet, longest, depth + 1)
+                for _ in range(rng.randint(0, 3))]
+    return {"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))):
+            random_value(rng, alphabet, longest, depth + 1) for _ in range(rng.randint(0, 3))}
+
+
+def _value(rng: random.Random, depth: int) -> Any:
+    return random_value(rng, _ALPHABET, 6, depth)
 
 
 @pytest.mark.parametrize("seed", range(20))

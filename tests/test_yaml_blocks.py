@@ -16,7 +16,15 @@ from eventmesh_health.sources import fastyaml
 from eventmesh_health.sources.files import read_dump
 from eventmesh_health.sources.parse import ParseError, parse_yaml
 from tests.test_hostile_input import base_objects
-from tests.test_lean_read import EXAMPLES, FOLDERS, block_reads, explained, outcome, report_of
+from tests.test_lean_read import (
+    EXAMPLES,
+    FOLDERS,
+    block_reads,
+    explained,
+    outcome,
+    random_value,
+    report_of,
+)
 
 
 class _KubectlDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
@@ -225,15 +233,7 @@ _ALPHABET = ["[", "]", "{", "}", '"', "'", "\\", ":", ",", "a", "\n", "é", "- "
 
 
 def _value(rng: random.Random, depth: int) -> Any:
-    roll = rng.random()
-    if depth > 5 or roll < 0.3:
-        return rng.choice([
-            "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 8))),
-            rng.randint(-10**18, 10**18), rng.random(), True, None])
-    if roll < 0.6:
-        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
-    return {"".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 4))):
-            _value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+    return random_value(rng, _ALPHABET, 8, depth)
 
 
 @pytest.mark.parametrize("seed", range(20))
