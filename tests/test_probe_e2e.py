@@ -259,6 +259,17 @@ async def test_steady_state_then_channel_to_broker_drop_is_localised_and_recover
         await asyncio.sleep(POLL)
     print(f"steady state: {probed.service.prober.confirmations - confirmations} "
           "confirmation probes")
+    # Each round of the steady state sent a heartbeat into every hop of every probed pair
+    # (ingress and channel once per application, the broker once per namespace; a
+    # confirmation sent meanwhile counts too) in far less than an interval.
+    steady = [r for r in probed.service.prober.recent_rounds
+              if r.started.timestamp() >= time.time() - 4 * INTERVAL]
+    assert len(steady) >= 3, _rounds(probed)
+    for record in steady:
+        assert record.outcome.startswith("sent"), _rounds(probed)
+        assert record.heartbeats >= 2 * len({app for app, _ in PAIRS}) + len(PAIRS), \
+            _rounds(probed)
+        assert record.seconds < INTERVAL / 2, _rounds(probed)
 
     # Drop at the channel -> broker edge of stage: ingress and channel probes stop
     # arriving there, broker probes still arrive -> the brokersub- Subscription.
@@ -525,7 +536,17 @@ def _diagnosis(probed: Probed) -> str:
                 f"judged at {s.now:%H:%M:%S.%f} {app}/{ns}/{hop.value}: {judged.state.value} "
                 f"{sorted(p.value for p in judged.problems)} streak {s.unreceived_streak} "
                 f"{list(s.streak_rounds[:3])} recent {recent}")
+    lines.append(_rounds(probed))
     return "\n".join(lines)
+
+
+def _rounds(probed: Probed) -> str:
+    """The prober's last sending rounds: when, how long, for how many, what they did."""
+    prober = probed.service.prober
+    assert prober is not None
+    return "rounds: " + "; ".join(
+        f"{r.started:%H:%M:%S.%f} {r.seconds:.2f}s targets {r.targets} heartbeats "
+        f"{r.heartbeats} {r.outcome}" for r in list(prober.recent_rounds)[-8:])
 
 
 def _all_findings(probed: Probed, namespace: str, application: str = APP,

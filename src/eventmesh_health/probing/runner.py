@@ -59,6 +59,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -310,6 +312,21 @@ def _root_cause(ns: NamespaceReport | FlowReport) -> ObjectRef | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """One sending round as it went: kept for the last few rounds so that silence on every
+    hop at once can be told apart from a round that did not send (keys, Triggers, targets)
+    or took longer than the interval."""
+
+    started: datetime
+    seconds: float
+    targets: int  # applications and flows the round was for
+    heartbeats: int  # heartbeats recorded as sent
+    # "sent", "not leading", "no keys" or "failed: <error>", then what else it did
+    # ("Triggers reconciled", "Triggers not reconciled", "keys not reloaded")
+    outcome: str
+
+
 @dataclass
 class ProbeRunner:
     """The probing of one replica; see the module docstring."""
@@ -386,6 +403,7 @@ class ProbeRunner:
         # up to an interval later
         self._wake = asyncio.Event()
         self.confirmations = 0
+        self.recent_rounds: deque[RoundRecord] = deque(maxlen=16)
 
     def _keyring(self) -> Keyring:
         return self.keys.get()  # LookupError before the first load: the receiver says 503
@@ -468,12 +486,7 @@ class ProbeRunner:
                 next_round = loop.time() + jittered(self.settings.interval.total_seconds(),
                                                     self.settings.jitter)
                 self._wake.clear()
-                try:
-                    await self.round()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("probing round failed")
+                await self._timed_round()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(),
                                            max(0.0, next_round - loop.time()))
@@ -484,6 +497,29 @@ class ProbeRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(ticker, *self._tasks, return_exceptions=True)
 
+    async def _timed_round(self) -> None:
+        started, clock = self.tracker.clock(), time.monotonic()
+        sent_before = sum(self.sender.sent.values())
+        targets = len(self._targets) + len(self._flow_targets)
+        try:
+            outcome = await self.round()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("probing round failed")
+            outcome = f"failed: {type(exc).__name__}"
+        seconds = time.monotonic() - clock
+        record = RoundRecord(started, seconds, targets,
+                             sum(self.sender.sent.values()) - sent_before, outcome)
+        self.recent_rounds.append(record)
+        interval = self.settings.interval.total_seconds()
+        if seconds > interval:
+            # its heartbeats went out late: silence judged meanwhile may be this replica's
+            log.warning("probing round took %.1fs, longer than the interval (%.0fs): %s",
+                        seconds, interval, record)
+        else:
+            log.debug("probing round: %s", record)
+
     async def _tick(self, on_update: Callable[[], None]) -> None:
         every = (self.settings.evaluate_every or self.settings.interval / 4).total_seconds()
         while True:
@@ -493,14 +529,16 @@ class ProbeRunner:
             except Exception:
                 log.exception("probing evaluation failed")
 
-    async def round(self) -> None:
-        """One round: keys, Triggers, sends (leader only)."""
+    async def round(self) -> str:
+        """One round: keys, Triggers, sends (leader only); what it did (`RoundRecord`)."""
         if not self.is_leader():
             self.since.clear()
             self._reconciled = None
-            return
+            return "not leading"
         self.rounds += 1
+        key_errors = self.keys.errors
         await self.keys.refresh()
+        notes = ["keys not reloaded"] if self.keys.errors > key_errors else []
         pairs = self.pairs()
         if pairs != self._reconciled or self.rounds % 10 == 0:
             ok = True
@@ -510,6 +548,7 @@ class ProbeRunner:
                 flows = sorted(self._flow_targets.values(), key=lambda t: t.key)
                 ok = await self.flows.reconcile(flows) and ok
             self._reconciled = pairs if ok else None
+            notes.append("Triggers reconciled" if ok else "Triggers not reconciled")
         now = self.tracker.clock()
         for pair in pairs:
             self.since.setdefault(pair, now)
@@ -517,7 +556,7 @@ class ProbeRunner:
             del self.since[pair]
         self.tracker.retain(pairs)
         if self.keys.keyring is None:
-            return
+            return "; ".join(["no keys", *notes])
         targets: list[Target | FlowTarget] = [*self._targets.values(),
                                               *self._flow_targets.values()]
         live = {_name(t) for t in targets}
@@ -526,6 +565,7 @@ class ProbeRunner:
             self._confirmation.pop(key, None)
         self._confirmed.clear()  # a new regular round: each application may be confirmed
         await asyncio.gather(*(self._send_regular(t) for t in targets))
+        return "; ".join(["sent", *notes])
 
     async def _send_regular(self, target: Target | FlowTarget) -> None:
         sent = await self._send(target, self._regular_sent)
