@@ -119,15 +119,11 @@ def wait_verdict(jaeger: Jaeger, trace_id: str, services: set[str],
 def print_example(jaeger: Jaeger, trace_id: str, name: str) -> str:
     """The text report, kept for the README (EVENTMESH_HEALTH_TRACE_EXAMPLES=dir)."""
     code, out = run_trace(jaeger, "--trace-id", trace_id)
-    folder = os.environ.get("EVENTMESH_HEALTH_TRACE_EXAMPLES")
-    if folder:
-        with httpx.Client(trust_env=False, timeout=5) as http:
-            raw = http.get(f"{jaeger.query_url}/api/traces/{trace_id}").json()
-        with open(os.path.join(folder, f"{name}.json"), "w") as f:
-            json.dump(raw, f, indent=1, sort_keys=True)
-        with open(os.path.join(folder, f"{name}.txt"), "w") as f:
-            f.write(f"$ eventmesh-health trace --trace-id {trace_id} --url $JAEGER\n{out}"
-                    f"(exit {code})\n")
+    saved = jaeger.record(trace_id, name)
+    if saved is not None:
+        saved.with_suffix(".txt").write_text(
+            f"$ eventmesh-health trace --trace-id {trace_id} --url $JAEGER\n{out}"
+            f"(exit {code})\n")
     return out
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -134,7 +133,7 @@ def traced_event(mesh: KnativeV012Mesh, jaeger: Jaeger, ns: str, type_: str,
                     code, answer = verdict(jaeger, trace_id)
                     assert answer is not None
                     answer["exitCode"] = code
-                    _record(jaeger, trace_id, name)
+                    jaeger.record(trace_id, f"v0.12-{name}.real")
                     return trace_id, answer
             time.sleep(0.1)
     assert mesh.proxy is not None
@@ -156,15 +155,6 @@ def _visits(path: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             if d["next"]:
                 yield from _visits([d["next"]])
         yield from _visits(visit["alsoReached"])
-
-
-def _record(jaeger: Jaeger, trace_id: str, name: str) -> None:
-    folder = os.environ.get("EVENTMESH_HEALTH_TRACE_EXAMPLES")
-    if folder:
-        with httpx.Client(trust_env=False, timeout=5) as http:
-            raw = http.get(f"{jaeger.query_url}/api/traces/{trace_id}").json()
-        with open(os.path.join(folder, f"v0.12-{name}.real.json"), "w") as f:
-            json.dump(raw, f, indent=1, sort_keys=True)
 
 
 def test_v012_delivered(traced_v012: KnativeV012Mesh, broker_ns: tuple[str, Receiver],

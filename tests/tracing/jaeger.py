@@ -9,6 +9,7 @@ one per host, and metrics on :8888).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -164,6 +165,19 @@ class Jaeger:
                     raise RuntimeError(f"jaeger not ready within {START_TIMEOUT:.0f}s:\n"
                                        f"{self.tail()}")
                 time.sleep(POLL)
+
+    def record(self, trace_id: str, name: str) -> Path | None:
+        """The trace as Jaeger's query API gives it, saved as `<name>.json` in the folder
+        named by EVENTMESH_HEALTH_TRACE_EXAMPLES (how the fixtures of
+        tests/fixtures/traces were recorded); None when that is not set."""
+        folder = os.environ.get("EVENTMESH_HEALTH_TRACE_EXAMPLES")
+        if not folder:
+            return None
+        with httpx.Client(trust_env=False, timeout=5) as http:
+            raw = http.get(f"{self.query_url}/api/traces/{trace_id}").json()
+        path = Path(folder) / f"{name}.json"
+        path.write_text(json.dumps(raw, indent=1, sort_keys=True))
+        return path
 
     def tail(self, lines: int = 30) -> str:
         if self.log is None or not self.log.exists():
