@@ -18,8 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from functools import cache
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,28 @@ import pytest
 import yaml
 
 from eventmesh_health.topology import rbac
+from tests.chart import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    apply_all,
+    ensure_namespace,
+    helm,
+    key,
+    render,
+    sa_identity,
+    sets,
+    wait_for,
+)
 from tests.envtest.controlplane import ControlPlane, free_port
 from tests.envtest.fixtures import (
     control_plane_with_test_crds,
 )
 from tests.live_objects import ApiServer, apply_example
+from tests.tools import tool
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-CHART = DEPLOY / "helm" / "eventmesh-health"
-NAMESPACE, RELEASE = "kyma-system", "eventmesh-health"
 SA_USER = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
 SA_GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}"]
 # Labels Helm's conventions add; deploy/*.yaml carry only app.kubernetes.io/name.
@@ -74,42 +85,6 @@ DEPLOY_VALUES = ("rbac.reader.enabled=true", "rbac.probe.enabled=true",
 
 
 # --- helm ---------------------------------------------------------------------------------
-
-
-@cache
-def tools() -> Path:
-    """The folder with helm and promtool (hack/tools/build.sh: built once, then cached)."""
-    built = subprocess.run(["bash", str(REPO / "hack" / "tools" / "build.sh")],
-                           capture_output=True, text=True, check=False)
-    assert built.returncode == 0, f"hack/tools/build.sh failed:\n{built.stderr[-3000:]}"
-    folder = Path(built.stdout.strip().splitlines()[-1])
-    assert (folder / "helm").is_file(), f"no helm in {folder}"
-    return folder
-
-
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    home = Path(os.environ.get("TMPDIR", "/tmp")) / "eventmesh-health-helm-home"
-    env = {**os.environ, "HELM_CONFIG_HOME": str(home / "config"),
-           "HELM_CACHE_HOME": str(home / "cache"), "HELM_DATA_HOME": str(home / "data")}
-    ran = subprocess.run([str(tools() / "helm"), *args], capture_output=True, text=True,
-                         env=env, check=False)
-    if check:
-        assert ran.returncode == 0, f"helm {' '.join(args)}:\n{ran.stdout}\n{ran.stderr}"
-    return ran
-
-
-def sets(values: tuple[str, ...]) -> list[str]:
-    return [arg for value in values for arg in ("--set", value)]
-
-
-def render(*values: str, release: str = RELEASE, namespace: str = NAMESPACE
-           ) -> list[dict[str, Any]]:
-    out = helm("template", release, str(CHART), "--namespace", namespace, *sets(values)).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
-def key(doc: dict[str, Any]) -> tuple[str, str, str]:
-    return (doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"])
 
 
 # --- without an API server ----------------------------------------------------------------
@@ -303,7 +278,7 @@ def test_smoke_cronjob_runs_smoke_as_its_own_account_on_the_pod_address() -> Non
 def own_control_plane() -> Iterator[ControlPlane]:
     """An API server of this module's own (the chart installs cluster-wide objects: the CRD,
     admission policies) with the test CRDs and the healthy example mesh."""
-    tools()  # a missing helm fails here, before an API server is started
+    tool("helm")  # a missing helm fails here, before an API server is started
     with control_plane_with_test_crds() as cp:
         yield cp
 
@@ -320,57 +295,6 @@ def api(own_control_plane: ControlPlane) -> Iterator[ApiServer]:
         yield server
     finally:
         server.close()
-
-
-def ensure_namespace(api: ApiServer, name: str) -> None:
-    answer = api.request("POST", "/api/v1/namespaces", {
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    assert answer.status_code in (201, 409), answer.text
-
-
-def server_side_apply(api: ApiServer, doc: dict[str, Any]) -> httpx.Response:
-    url = api.resource(doc["apiVersion"], doc["kind"]).url(doc["metadata"].get("namespace"))
-    deadline = time.monotonic() + 30
-    while True:
-        answer = api.http.patch(
-            f"{url}/{doc['metadata']['name']}",
-            params={"fieldManager": "helm", "force": "true", "fieldValidation": "Strict"},
-            content=json.dumps(doc), headers={"Content-Type": "application/apply-patch+yaml"})
-        if answer.status_code != 429 or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.2)
-
-
-def apply_all(api: ApiServer, docs: list[dict[str, Any]]) -> None:
-    """CRDs first (and served), then the rest; every object must be accepted."""
-    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
-    for doc in crds:
-        answer = server_side_apply(api, doc)
-        assert answer.status_code in (200, 201), f"{key(doc)}: {answer.text}"
-    if crds:
-        api._resources = None  # rediscover
-        wait_for(lambda: all(api.request("GET", f"/apis/{d['spec']['group']}/"
-                                         f"{d['spec']['versions'][0]['name']}/"
-                                         f"{d['spec']['names']['plural']}").status_code == 200
-                             for d in crds), "the chart's CRDs are served")
-    for doc in docs:
-        if doc["kind"] == "CustomResourceDefinition":
-            continue
-        answer = server_side_apply(api, doc)
-        assert answer.status_code in (200, 201), f"{key(doc)}: {answer.text}"
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-        except (httpx.HTTPError, KeyError, ValueError):
-            result = None
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s: {what}"
-        time.sleep(0.1)
 
 
 def _monitoring_crds() -> list[dict[str, Any]]:
@@ -415,11 +339,6 @@ def client_for(control_plane: ControlPlane, user: str, groups: list[str],
     context.load_cert_chain(str(cert), str(key_file))
     return httpx.Client(base_url=control_plane.url, verify=context, timeout=10,
                         trust_env=False)
-
-
-def sa_identity(namespace: str, name: str) -> tuple[str, list[str]]:
-    return (f"system:serviceaccount:{namespace}:{name}",
-            ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"])
 
 
 def chart_env(docs: list[dict[str, Any]], pod_ip: str) -> dict[str, str]:

@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from eventmesh_health.smoke.objects import SMOKE_LABEL
+from tests.chart import apply_all, ensure_namespace, render
 from tests.envtest.fixtures import (
     control_plane_with_test_crds,
 )
 from tests.live_objects import ApiServer
-from tests.test_helm_chart import apply_all, ensure_namespace, render
 
 pytestmark = pytest.mark.envtest
 

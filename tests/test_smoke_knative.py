@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 
 from eventmesh_health.smoke.objects import EXPIRES_ANNOTATION, SMOKE_LABEL
+from tests.chart import apply_all, ensure_namespace, render, sa_identity
 from tests.envtest.controlplane import free_port
 from tests.knative.garbage import GarbageCollector
 from tests.knative.mesh import DISPATCHER_HTTP_PORT, KnativeMesh, resource
 from tests.live_objects import ApiServer
-from tests.test_helm_chart import apply_all, ensure_namespace, render, sa_identity
 
 pytestmark = pytest.mark.knative
 
