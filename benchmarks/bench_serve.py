@@ -598,6 +598,15 @@ def measure_first_writes(serve: Serve, audit: AuditTail, run: Run) -> None:
     log(f"  first writes: {dict(run.first_writes)}")
 
 
+def wait_for_file(path: Path) -> None:
+    """Until `path` exists: the loading (half an hour at 10,000 applications) can start
+    before the code whose serve is measured is ready (its commit is in each row)."""
+    log(f"loaded: serve runs once {path} exists")
+    while not path.exists():
+        time.sleep(2)
+    log(f"{path} exists: serve runs, load average {os.getloadavg()[0]:.2f}")
+
+
 # --- all sizes on one control plane ----------------------------------------------------------
 
 
@@ -633,6 +642,8 @@ def bench_all(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
                         f"load average {load_sampler.summary()}; "
                         f"{progress.objects:,} objects in all")
                     loaded = apps
+                    if args.wait_before_serve is not None:
+                        wait_for_file(args.wait_before_serve)
                     plans: list[tuple[str, bool]] = []
                     if apps in args.growth:
                         plans.append(("sync", False))
@@ -763,6 +774,9 @@ def main() -> None:
                              "--apps in ascending order (default: serve's own, 20)")
     parser.add_argument("--kube-api-burst", type=int, default=30,
                         help="serve's --kube-api-burst with --kube-api-qps (default: 30)")
+    parser.add_argument("--wait-before-serve", type=Path, default=None, metavar="FILE",
+                        help="after each loading step, wait until FILE exists before serve "
+                             "runs (load first, then measure a later commit's serve)")
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="one more run per mode under cProfile, into "
