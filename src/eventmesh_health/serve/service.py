@@ -166,7 +166,9 @@ class Service:
                     (APPLICATION_RESOURCE, "patch"), (EVENT_RESOURCE, "create"),
                     (EVENT_RESOURCE, "patch")],
         )
-        self.cache = ClusterCache(client, profile.kinds, on_changes=self._on_changes)
+        # The first analysis is built from the whole cache (`snapshot()`): no Change per object.
+        self.cache = ClusterCache(client, profile.kinds, on_changes=self._on_changes,
+                                  initial_changes=False)
         self.analysis: IncrementalAnalysis | None = None
         self.elector: LeaderElector | None = None
         if settings.leader_election:
