@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import synthetic
 from eventmesh_health.analysis.incremental import IncrementalAnalysis
+from eventmesh_health.analysis.namemap import NameMap
 from eventmesh_health.serve.compact import Compactor
 from eventmesh_health.serve.informer import _key, _namespace, cached_form
-from eventmesh_health.serve.namemap import NameMap
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.topology import Kind, Profile, kind_key
 from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1

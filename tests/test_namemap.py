@@ -1,4 +1,4 @@
-"""The watch cache's map of one kind (serve/namemap.py): the same answers as a dict keyed by
+"""The watch cache's map of one kind (analysis/namemap.py): the same answers as a dict keyed by
 (namespace, name) whatever the sequence of puts and pops, names in one namespace or several."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventmesh_health.serve.namemap import NameMap
+from eventmesh_health.analysis.namemap import NameMap
 
 
 def _obj(namespace: str, name: str, version: int) -> dict[str, Any]:

@@ -66,8 +66,8 @@ from typing import Any, Literal
 import httpx2
 import lightkube
 
+from eventmesh_health.analysis.namemap import NameMap
 from eventmesh_health.serve.compact import Compactor
-from eventmesh_health.serve.namemap import NameMap
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.sources.cluster import (
     _BUILT_IN_GROUPS,
@@ -269,13 +269,16 @@ class ClusterCache:
 
     def snapshot(self, now: datetime) -> Snapshot:
         """The current objects; `collected`: kinds listed and watched; `unavailable`: why not."""
+        collected, unavailable = self.coverage()
+        return Snapshot(objects=self.objects(), taken_at=now, collected=collected,
+                        unavailable=unavailable)
+
+    def coverage(self) -> tuple[frozenset[str], dict[str, str]]:
+        """`snapshot()`'s `collected` and `unavailable` alone (without a list of every object,
+        which a consumer applying changes does not need)."""
         public = [s for s in self._states.values() if s.public]
-        return Snapshot(
-            objects=self.objects(),
-            taken_at=now,
-            collected=frozenset(s.kind.key for s in public if s.listed),
-            unavailable={s.kind.key: s.unavailable for s in public if s.unavailable is not None},
-        )
+        return (frozenset(s.kind.key for s in public if s.listed),
+                {s.kind.key: s.unavailable for s in public if s.unavailable is not None})
 
     async def run(self) -> None:
         """List and watch until cancelled. API errors are logged and retried, never raised."""
