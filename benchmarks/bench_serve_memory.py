@@ -5,8 +5,9 @@ analysis built from the synthetic mesh, without an API server (issue 14 part 3).
 
 Each object of `synthetic.mesh` goes in as a LIST would bring it (JSON bytes, decoded one at a
 time) and is kept as `serve`'s cache keeps it (`informer.cached_form`: slimmed, strings
-interned); then `IncrementalAnalysis` is built on those objects as `serve` builds it at its
-first sync. Two passes over the same input, each from the same starting point:
+interned) in the informer's map of its kind; then `IncrementalAnalysis` is built on those
+objects as `serve` builds it at its first sync. Two passes over the same
+input, each from the same starting point:
 
 - RSS: the process' resident set (`/proc/self/statm`) after the cache, and after the
   analysis, less what it was before (the encoded input is held throughout, so it cancels out);
@@ -40,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import synthetic
 from eventmesh_health.analysis.incremental import IncrementalAnalysis
+from eventmesh_health.analysis.namemap import NameMap
 from eventmesh_health.serve.compact import Compactor
-from eventmesh_health.serve.informer import cached_form
+from eventmesh_health.serve.informer import _key, _namespace, cached_form
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.topology import Kind, Profile, kind_key
 from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
@@ -83,15 +85,26 @@ def _distinct_times(obj: dict[str, Any], i: int) -> None:
         condition["lastTransitionTime"] = when
 
 
-def build_cache(encoded: list[tuple[Kind, bytes]]) -> list[dict[str, Any]]:
+Cache = dict[str, NameMap]  # kind key -> its objects, as the informer keeps them
+
+
+def build_cache(encoded: list[tuple[Kind, bytes]]) -> Cache:
     compactor = Compactor()  # as the cache's own
-    return [cached_form(orjson.loads(raw), kind, compactor) for kind, raw in encoded]
+    cache: Cache = {}
+    for kind, raw in encoded:
+        obj = cached_form(orjson.loads(raw), kind, compactor)
+        objects = cache.get(kind.key)
+        if objects is None:
+            objects = cache[kind.key] = NameMap(_namespace)
+        objects.put(*_key(obj), obj)
+    return cache
 
 
-def build_analysis(cache: list[dict[str, Any]], profile: Profile) -> IncrementalAnalysis:
+def build_analysis(cache: Cache, profile: Profile) -> IncrementalAnalysis:
     taken_at = datetime.fromisoformat(synthetic.TAKEN_AT)
     collected = frozenset(kind.key for kind in profile.kinds)
-    return IncrementalAnalysis(Snapshot(list(cache), taken_at, collected=collected), profile)
+    objects = [obj for each in cache.values() for obj in each.values()]  # as `snapshot()`
+    return IncrementalAnalysis(Snapshot(objects, taken_at, collected=collected), profile)
 
 
 def settle() -> None:

@@ -9,6 +9,7 @@ import copy
 import gc
 import json
 import sys
+import tracemalloc
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,6 +19,7 @@ import yaml
 
 from eventmesh_health.analysis import analyse
 from eventmesh_health.analysis.incremental import IncrementalAnalysis
+from eventmesh_health.serve import compact
 from eventmesh_health.serve.compact import SHORT, Compactor
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.topology.kyma1 import PROFILE as KYMA_1
@@ -131,6 +133,47 @@ def test_the_table_is_swept_as_it_grows() -> None:
     for i in range(2_000):  # each object dropped at once
         compactor.compact(_pod(f"p{i}", ready=f"r{i}"))
     assert len(compactor) < 200
+
+
+def _traced(build: Any) -> tuple[Any, int]:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        built = build()
+        return built, tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_maps_keep_their_keys_once() -> None:
+    """The maps that cannot be shared (an object and its metadata, with a name and uid of
+    their own) are plain dicts to a reader, in a third less memory than ordinary ones."""
+    pods = [_pod(f"p{i}") for i in range(2_000)]
+    for i, pod in enumerate(pods):
+        pod["metadata"].update(resourceVersion=str(i), generation=1,
+                               creationTimestamp="2026-01-01T00:00:00Z")
+    compactor = Compactor()
+    compactor.compact(copy.deepcopy(pods[0]))  # (its layouts and shared parts made first)
+    copies = copy.deepcopy(pods)
+    kept, size = _traced(lambda: [compactor.compact(pod) for pod in copies])
+    # the same structure as ordinary dicts (the shared parts held apart by `compactor` too)
+    plain, plain_size = _traced(lambda: [
+        {**p, "metadata": {**p["metadata"]}} for p in kept])
+    assert kept == pods == plain
+    assert orjson.dumps(kept) == orjson.dumps(pods)
+    assert all(type(p) is dict and type(p["metadata"]) is dict for p in kept)
+    assert [list(p["metadata"]) for p in kept] == [list(p["metadata"]) for p in pods]
+    assert size < 0.7 * plain_size, (size, plain_size)
+
+
+def test_key_layouts_are_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(compact, "LAYOUTS", 4)
+    compactor = Compactor()
+    maps = [{f"k{i}": i} for i in range(10)] + [{1: "not a string key"}]
+    kept = [compactor.compact(m) for m in maps]
+    assert kept == maps
+    assert len(compactor._layouts) == 4
 
 
 class _FrozenDict(dict[Any, Any]):

@@ -544,6 +544,36 @@ async def test_watch_error_410_lists_again_and_delivers_the_difference() -> None
     assert cache.disconnected_since is None
 
 
+async def test_without_initial_changes_the_first_lists_make_none() -> None:
+    """`initial_changes=False` (serve: its first analysis reads the whole cache): the objects
+    of the first list are in `objects()` at the sync but make no Change; what changes after
+    the sync does, re-lists included."""
+    server = FakeServer()
+    server.lists = [
+        httpx2.Response(200, content=_list_body([_ns("a", "5"), _ns("b", "7")], "8")),
+        httpx2.Response(200, content=_list_body([_ns("a", "12"), _ns("c", "9")], "14")),
+    ]
+    gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+            "reason": "Expired", "message": "too old resource version: 9 (11)"}
+    server.watches = [[_event("ADDED", _ns("c", "9")), _event("ERROR", gone)]]
+    recorder = Recorder()
+    client = server.client()
+    cache = ClusterCache(client, [NAMESPACE_KIND], on_changes=recorder,
+                         initial_changes=False)
+    try:
+        async with running(cache):
+            assert await cache.wait_synced(2.0)
+            await recorder.wait_for("DELETED b", lambda c: c.type == "DELETED"
+                                    and _name(c.obj) == "b", 5.0)
+            assert {_name(o) for o in cache.objects()} == {"a", "c"}
+            server.hang.set()
+    finally:
+        await client.close()
+    changes = [(c.type, _name(c.obj), _version_of(c)) for c in recorder.changes]
+    assert changes[0] == ("ADDED", "c", "9")  # a and b, listed first, made none
+    assert sorted(changes[1:]) == [("DELETED", "b", "7"), ("MODIFIED", "a", "12")]
+
+
 async def test_http_410_on_resume_and_forbidden_watch() -> None:
     """A resumed watch answered 410 (an HTTP answer this time) lists again; a watch RBAC
     forbids falls back to listing every `unavailable_retry` seconds, keeping the objects."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventmesh_health.analysis.fields import Malformed, Obj
+from eventmesh_health.analysis.namemap import NameMap
 from eventmesh_health.model import printable
 from eventmesh_health.topology import ByField, ByServiceClass, Profile, kind_key
 
@@ -34,8 +35,10 @@ class BadObject:
 class Index:
     def __init__(self, profile: Profile, objects: Iterable[Any]) -> None:
         self._namespaced = {k.key: k.namespaced for k in profile.kinds}
-        self.by_name: dict[NameKey, Obj] = {}
-        self._by_kind: dict[str, dict[tuple[str | None, str], Obj]] = defaultdict(dict)
+        # kind key -> (namespace or None, name) -> object: one map (not also one by a
+        # (kind, namespace, name) tuple), with no key tuple per object (`NameMap`): `serve`
+        # keeps this index as long as it runs, and those were ≈0.15 KiB of each object.
+        self._by_kind: dict[str, NameMap] = {}
         self._rejected: list[BadObject] = []
         self.skipped: dict[str, int] = defaultdict(int)
         self._labels: dict[tuple[str, str], _Lookup] = {}
@@ -53,7 +56,6 @@ class Index:
             for kind in link.kinds
         )
         self._owned: dict[str, dict[str, list[Obj]]] = {}
-        self._names: dict[str, dict[str, list[Obj]]] = {}
         # (apiVersion, kind) of an object taken before -> (kind key, namespaced or None when
         # the profile does not read it): bounded, as a dump may be hostile.
         self._types: dict[tuple[str, str], tuple[str, bool | None]] = {}
@@ -63,7 +65,7 @@ class Index:
         """`add` for every object, nothing lazy built yet: the common case (a well-formed
         object of a type seen before) decided here in one go; anything else goes to `add`,
         which says what is wrong."""
-        by_name, by_kind, types = self.by_name, self._by_kind, self._types
+        by_kind, types = self._by_kind, self._types
         for obj in objects:
             if type(obj) is dict:
                 meta = obj.get("metadata")
@@ -77,9 +79,10 @@ class Index:
                             continue
                         ns = meta.get("namespace") if namespaced else None
                         if ns is not None or not namespaced:
-                            name = meta["name"]
-                            by_name[(key, ns, name)] = obj
-                            by_kind[key][(ns, name)] = obj
+                            of_kind = by_kind.get(key)
+                            if of_kind is None:
+                                of_kind = self._kind_map(key)
+                            of_kind.put(ns, meta["name"], obj)
                             continue
             self.add(obj, invalidate=False)
 
@@ -104,21 +107,24 @@ class Index:
         if namespaced and not isinstance(ns, str):
             self._reject(obj, "metadata.namespace is missing for a namespaced kind")
             return None
-        name_key = (key, ns, meta["name"])
-        old = self.by_name.get(name_key)
-        self.by_name[name_key] = obj
-        self._by_kind[key][(ns, meta["name"])] = obj
+        of_kind = self._by_kind.get(key) or self._kind_map(key)
+        old = of_kind.put(ns, meta["name"], obj)
         if invalidate:
             self._update_lazy(key, old, obj)
-        return name_key
+        return (key, ns, meta["name"])
 
     def remove(self, name_key: NameKey) -> Obj | None:
-        obj = self.by_name.pop(name_key, None)
+        key, ns, name = name_key
+        of_kind = self._by_kind.get(key)
+        obj = of_kind.pop(ns, name) if of_kind is not None else None
         if obj is not None:
-            key, ns, name = name_key
-            self._by_kind[key].pop((ns, name), None)
             self._update_lazy(key, obj, None)
         return obj
+
+    def _kind_map(self, key: str) -> NameMap:
+        of_kind = self._by_kind[key] = NameMap(
+            _own_namespace if self._namespaced.get(key) else _no_namespace)
+        return of_kind
 
     def key_of(self, obj: Obj) -> NameKey | None:
         if basic_problem(obj) is not None:
@@ -132,12 +138,6 @@ class Index:
 
     def _update_lazy(self, key: str, old: Obj | None, new: Obj | None) -> None:
         """Move one object in the lazy indexes of its kind (cheaper than rebuilding them)."""
-        names = self._names.get(key)
-        if names is not None:
-            if old is not None:
-                _drop(names[old["metadata"]["name"]], old)
-            if new is not None:
-                names[new["metadata"]["name"]].append(new)
         for (kind, label), index in self._labels.items():
             if kind == key:
                 if old is not None and (value := _label(old, label)) is not None:
@@ -207,29 +207,28 @@ class Index:
     # --- lookups ---------------------------------------------------------------------------------
 
     def get(self, key: str, namespace: str | None, name: str) -> Obj | None:
-        return self.by_name.get((key, namespace, name))
+        of_kind = self._by_kind.get(key)
+        return of_kind.get(namespace, name) if of_kind is not None else None
 
     def of_kind(self, key: str) -> Iterable[Obj]:
-        return self._by_kind.get(key, {}).values()
+        of_kind = self._by_kind.get(key)
+        return of_kind.values() if of_kind is not None else ()
 
     def has_kind(self, key: str) -> bool:
-        return bool(self._by_kind.get(key))
+        of_kind = self._by_kind.get(key)
+        return of_kind is not None and len(of_kind) > 0
 
     def count(self) -> int:
-        return len(self.by_name)
+        return sum(len(of_kind) for of_kind in self._by_kind.values())
 
     def count_of(self, key: str) -> int:
-        return len(self._by_kind.get(key, {}))
+        of_kind = self._by_kind.get(key)
+        return len(of_kind) if of_kind is not None else 0
 
     def named(self, key: str, name: str) -> list[Obj]:
         """Objects of `key` called `name`, in any namespace."""
-        names = self._names.get(key)
-        if names is None:
-            names = defaultdict(list)
-            for (_, obj_name), obj in self._by_kind.get(key, {}).items():
-                names[obj_name].append(obj)
-            self._names[key] = names
-        return names.get(name, [])
+        of_kind = self._by_kind.get(key)
+        return of_kind.named(name) if of_kind is not None else []
 
     def with_label(self, key: str, label: str, value: str, namespace: str | None) -> list[Obj]:
         """Objects of `key` labelled label=value, in `namespace` (None: anywhere)."""
@@ -472,3 +471,12 @@ _METADATA_TYPES: tuple[tuple[str, type], ...] = (
     ("deletionTimestamp", str), ("uid", str),
 )
 _NAMES: dict[type, str] = {str: "a string", int: "an integer"}
+
+
+def _own_namespace(obj: Obj) -> str | None:
+    namespace: str | None = obj["metadata"].get("namespace")
+    return namespace
+
+
+def _no_namespace(obj: Obj) -> None:
+    return None

@@ -42,6 +42,9 @@ Objects are plain dicts exactly like a dump's (`apiVersion` and `kind` set, no
 `metadata.managedFields`), keyed by (kind key, namespace, name). Changes are held until every
 kind has been listed once (or found unavailable), then delivered as one batch of ADDED; after
 that, changes arriving within `coalesce` seconds of each other make one `on_changes` call.
+With `initial_changes=False` the objects of the first lists make no `Change` at all (the first
+batch holds only what changed since): for a consumer that reads `snapshot()` on its first
+batch, a `Change` per object of a big cluster held until then is memory for nothing.
 An empty batch means no object changed but the sync completed or a kind's availability did
 (see `snapshot().unavailable`). Everything runs in one asyncio event loop: `objects()` and
 `snapshot()` are consistent.
@@ -63,6 +66,7 @@ from typing import Any, Literal
 import httpx2
 import lightkube
 
+from eventmesh_health.analysis.namemap import NameMap
 from eventmesh_health.serve.compact import Compactor
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.sources.cluster import (
@@ -173,7 +177,7 @@ class _KindState:
     kind: Kind
     public: bool  # one of the kinds asked for (the CRD watch may be ours alone)
     stats: KindStats
-    objects: dict[_ObjKey, dict[str, Any]] = field(default_factory=dict)
+    objects: NameMap = field(default_factory=lambda: NameMap(_namespace))
     resource_version: str | None = None  # None: LIST next
     listed: bool = False  # `objects` is a complete list, kept current since
     ever_listed: bool = False
@@ -203,6 +207,7 @@ class ClusterCache:
         chunk_size: int = CHUNK_SIZE,
         unavailable_retry: float = UNAVAILABLE_RETRY,
         coalesce: float = COALESCE,
+        initial_changes: bool = True,
     ) -> None:
         http = client._client._client  # lightkube's httpx2 session: see the module docstring
         if not isinstance(http, httpx2.AsyncClient):  # pragma: no cover - lightkube changed
@@ -214,6 +219,7 @@ class ClusterCache:
         self._chunk_size = chunk_size
         self._unavailable_retry = unavailable_retry
         self._coalesce = coalesce
+        self._initial_changes = initial_changes
         self._states: dict[str, _KindState] = {}
         self._compactor = Compactor()  # what the cached objects share
         for kind in kinds:
@@ -263,13 +269,16 @@ class ClusterCache:
 
     def snapshot(self, now: datetime) -> Snapshot:
         """The current objects; `collected`: kinds listed and watched; `unavailable`: why not."""
+        collected, unavailable = self.coverage()
+        return Snapshot(objects=self.objects(), taken_at=now, collected=collected,
+                        unavailable=unavailable)
+
+    def coverage(self) -> tuple[frozenset[str], dict[str, str]]:
+        """`snapshot()`'s `collected` and `unavailable` alone (without a list of every object,
+        which a consumer applying changes does not need)."""
         public = [s for s in self._states.values() if s.public]
-        return Snapshot(
-            objects=self.objects(),
-            taken_at=now,
-            collected=frozenset(s.kind.key for s in public if s.listed),
-            unavailable={s.kind.key: s.unavailable for s in public if s.unavailable is not None},
-        )
+        return (frozenset(s.kind.key for s in public if s.listed),
+                {s.kind.key: s.unavailable for s in public if s.unavailable is not None})
 
     async def run(self) -> None:
         """List and watch until cancelled. API errors are logged and retried, never raised."""
@@ -387,7 +396,7 @@ class ClusterCache:
         params = {"limit": str(self._chunk_size)}
         # Slimmed page by page: the whole list of a big kind as the API server sends it
         # (managedFields, Pod specs) would be most of serve's peak memory.
-        objects: dict[_ObjKey, dict[str, Any]] = {}
+        objects = NameMap(_namespace)
         while True:
             body = await self._get_list_page(kind, params)
             page = body.get("items")
@@ -395,7 +404,7 @@ class ClusterCache:
                 for item in page:
                     if isinstance(item, dict):
                         obj = self._kept(state, item)
-                        objects[_key(obj)] = obj
+                        objects.put(*_key(obj), obj)
             metadata = body.get("metadata")
             if not isinstance(metadata, dict):
                 metadata = {}
@@ -542,34 +551,36 @@ class ClusterCache:
         return cached_form(item, state.kind, self._compactor)
 
     def _apply(self, state: _KindState, event_type: str, obj: dict[str, Any]) -> None:
-        key = _key(obj)
-        old = state.objects.get(key)
+        namespace, name = _key(obj)
+        old = state.objects.get(namespace, name)
         if event_type == "DELETED":
             if old is None:
                 return
-            del state.objects[key]
+            state.objects.pop(namespace, name)
             self._changed(state, [Change(state.kind.key, "DELETED", obj)])
             return
         if old is not None and _version(old) == _version(obj):
             return  # seen already (a resumed watch may repeat the last event)
-        state.objects[key] = obj
+        state.objects.put(namespace, name, obj)
         change_type: ChangeType = "ADDED" if old is None else "MODIFIED"
         self._changed(state, [Change(state.kind.key, change_type, obj)])
 
-    def _replace(self, state: _KindState, objects: dict[_ObjKey, dict[str, Any]]) -> None:
+    def _replace(self, state: _KindState, objects: NameMap) -> None:
         """A new complete list: deliver what differs from the cache."""
-        changes: list[Change] = []
         old_objects = state.objects
-        for key, obj in objects.items():
-            old = old_objects.get(key)
+        state.objects = objects
+        if not (state is self._crd or self._queues(state)):
+            return  # (the first lists, for a consumer that reads `snapshot()`: no Changes)
+        changes: list[Change] = []
+        for namespace, name, obj in objects.items():
+            old = old_objects.get(namespace, name)
             if old is None:
                 changes.append(Change(state.kind.key, "ADDED", obj))
             elif _version(old) != _version(obj):
                 changes.append(Change(state.kind.key, "MODIFIED", obj))
-        for key, old in old_objects.items():
-            if key not in objects:
+        for namespace, name, old in old_objects.items():
+            if objects.get(namespace, name) is None:
                 changes.append(Change(state.kind.key, "DELETED", old))
-        state.objects = objects
         if changes:
             self._changed(state, changes)
 
@@ -577,15 +588,21 @@ class ClusterCache:
         if state is self._crd:
             for change in changes:
                 self._on_crd_change(change)
-        if state.public and self._on_changes is not None:
+        if self._queues(state):
             self._pending.extend(changes)
             self._notify()
 
+    def _queues(self, state: _KindState) -> bool:
+        """Whether this kind's changes are queued for `on_changes` now."""
+        return (state.public and self._on_changes is not None
+                and (self._synced or self._initial_changes))
+
     def _set_unavailable(self, state: _KindState, message: str, *, warn: bool = False) -> None:
         if state is self._crd and not state.public:
-            state.objects = {}  # unknown now, not deleted: the kinds keep what they have
+            # unknown now, not deleted: the kinds keep what they have
+            state.objects = NameMap(_namespace)
         elif state.objects:
-            self._replace(state, {})
+            self._replace(state, NameMap(_namespace))
         state.resource_version = None
         state.listed = False
         if state.unavailable != message:
@@ -619,7 +636,7 @@ class ClusterCache:
         """The kind's CRD; LookupError when the CRDs could not be listed."""
         if self._crd is None or not self._crd.listed:
             raise LookupError("CustomResourceDefinitions not listed")
-        return self._crd.objects.get(("", kind.resource))
+        return self._crd.objects.get("", kind.resource)
 
     def _crd_known_absent(self, kind: Kind) -> bool:
         try:
@@ -774,6 +791,10 @@ def _key(obj: dict[str, Any]) -> _ObjKey:
     if not isinstance(metadata, dict):
         return ("", "")
     return (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+
+
+def _namespace(obj: dict[str, Any]) -> str:
+    return _key(obj)[0]
 
 
 def _version(obj: dict[str, Any]) -> object:

@@ -166,7 +166,9 @@ class Service:
                     (APPLICATION_RESOURCE, "patch"), (EVENT_RESOURCE, "create"),
                     (EVENT_RESOURCE, "patch")],
         )
-        self.cache = ClusterCache(client, profile.kinds, on_changes=self._on_changes)
+        # The first analysis is built from the whole cache (`snapshot()`): no Change per object.
+        self.cache = ClusterCache(client, profile.kinds, on_changes=self._on_changes,
+                                  initial_changes=False)
         self.analysis: IncrementalAnalysis | None = None
         self.elector: LeaderElector | None = None
         if settings.leader_election:
@@ -293,13 +295,13 @@ class Service:
 
     async def _on_changes(self, changes: list[Change]) -> None:
         now = self.now()
-        snapshot = self.cache.snapshot(now)
         started = time.perf_counter()
         if self.analysis is None:
-            self.analysis = IncrementalAnalysis(snapshot, self.settings.profile,
+            self.analysis = IncrementalAnalysis(self.cache.snapshot(now), self.settings.profile,
                                                 self.settings.thresholds)
             self.state.caches_synced = True
         else:
+            collected, unavailable = self.cache.coverage()
             latest: dict[tuple[str, Any, Any], Change] = {}
             for change in changes:
                 if change.kind in self._heartbeat_keys:
@@ -309,7 +311,7 @@ class Service:
             self.analysis.apply(
                 [c.obj for c in latest.values() if c.type != "DELETED"],
                 [c.obj for c in latest.values() if c.type == "DELETED"],
-                now, snapshot.collected, snapshot.unavailable,
+                now, collected, unavailable,
             )
         self._record(started, now)
 
