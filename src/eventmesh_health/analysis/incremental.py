@@ -267,6 +267,7 @@ class IncrementalAnalysis:
         self.flow_reports.pop(key, None)
         if flow is not None:
             self._index_flow(flow, OneOrMany.discard)
+            _unlink(flow.nodes)
 
     def _flow_namespaces(self, key: NameKey) -> set[str]:
         """The namespaces whose flows a change of the object `key` may touch: its own, and
@@ -283,6 +284,7 @@ class IncrementalAnalysis:
         self.reports.pop(name, None)
         if unit is not None:
             self._index_app(unit, OneOrMany.discard)
+            _unlink(nodes_of(unit))
 
     @staticmethod
     def _node_key(node: Node) -> _NodeKey:
@@ -416,6 +418,16 @@ class IncrementalAnalysis:
         if isinstance(uid, str):
             apps |= self._apps_by_uid.get(uid)
         return apps
+
+
+def _unlink(nodes: list[Node]) -> None:
+    """Cut a forgotten unit's nodes from each other (a child names its parent, a parent its
+    children), so that reference counting alone frees them: serve keeps what its first
+    sync built out of the cyclic GC's reach (`gc.freeze`), where cycles would stay."""
+    for node in nodes:
+        node.parent = None
+        node.needs = []
+        node.children = []
 
 
 @contextmanager

@@ -20,6 +20,7 @@ whenever a Trigger changes or leadership does).
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import socket
@@ -272,6 +273,7 @@ class Service:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            gc.unfreeze()  # an embedding process (the tests) collects what serve kept
 
     async def _elect(self) -> None:
         assert self.elector is not None
@@ -300,6 +302,12 @@ class Service:
             self.analysis = IncrementalAnalysis(self.cache.snapshot(now), self.settings.profile,
                                                 self.settings.thresholds)
             self.state.caches_synced = True
+            # The cache and the first analysis stay as long as serve: a full pass of the
+            # cyclic GC over them took seconds of a stopped event loop at 550,000 objects
+            # (detection p99 3.6 s), so they are taken out of its reach. What of them goes
+            # later is freed by reference counting: cached objects hold no cycles, and the
+            # analysis unlinks the nodes of what it forgets.
+            gc.freeze()
         else:
             collected, unavailable = self.cache.coverage()
             latest: dict[tuple[str, Any, Any], Change] = {}
