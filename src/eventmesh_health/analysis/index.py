@@ -34,7 +34,8 @@ class BadObject:
 class Index:
     def __init__(self, profile: Profile, objects: Iterable[Any]) -> None:
         self._namespaced = {k.key: k.namespaced for k in profile.kinds}
-        self.by_name: dict[NameKey, Obj] = {}
+        # Per kind key, its objects by (namespace or None, name): the one map of them all (a
+        # second, by (kind, namespace, name), cost a key tuple and an entry per object).
         self._by_kind: dict[str, dict[tuple[str | None, str], Obj]] = defaultdict(dict)
         self._rejected: list[BadObject] = []
         self.skipped: dict[str, int] = defaultdict(int)
@@ -63,7 +64,8 @@ class Index:
         """`add` for every object, nothing lazy built yet: the common case (a well-formed
         object of a type seen before) decided here in one go; anything else goes to `add`,
         which says what is wrong."""
-        by_name, by_kind, types = self.by_name, self._by_kind, self._types
+        by_kind, types = self._by_kind, self._types
+        last_key, objects_of_key = None, None  # a dump lists its objects kind by kind
         for obj in objects:
             if type(obj) is dict:
                 meta = obj.get("metadata")
@@ -77,9 +79,9 @@ class Index:
                             continue
                         ns = meta.get("namespace") if namespaced else None
                         if ns is not None or not namespaced:
-                            name = meta["name"]
-                            by_name[(key, ns, name)] = obj
-                            by_kind[key][(ns, name)] = obj
+                            if key is not last_key or objects_of_key is None:
+                                last_key, objects_of_key = key, by_kind[key]
+                            objects_of_key[(ns, meta["name"])] = obj
                             continue
             self.add(obj, invalidate=False)
 
@@ -105,18 +107,18 @@ class Index:
             self._reject(obj, "metadata.namespace is missing for a namespaced kind")
             return None
         name_key = (key, ns, meta["name"])
-        old = self.by_name.get(name_key)
-        self.by_name[name_key] = obj
-        self._by_kind[key][(ns, meta["name"])] = obj
+        objects = self._by_kind[key]
+        old = objects.get((ns, meta["name"]))
+        objects[(ns, meta["name"])] = obj
         if invalidate:
             self._update_lazy(key, old, obj)
         return name_key
 
     def remove(self, name_key: NameKey) -> Obj | None:
-        obj = self.by_name.pop(name_key, None)
+        key, ns, name = name_key
+        objects = self._by_kind.get(key)
+        obj = objects.pop((ns, name), None) if objects is not None else None
         if obj is not None:
-            key, ns, name = name_key
-            self._by_kind[key].pop((ns, name), None)
             self._update_lazy(key, obj, None)
         return obj
 
@@ -207,7 +209,8 @@ class Index:
     # --- lookups ---------------------------------------------------------------------------------
 
     def get(self, key: str, namespace: str | None, name: str) -> Obj | None:
-        return self.by_name.get((key, namespace, name))
+        objects = self._by_kind.get(key)
+        return None if objects is None else objects.get((namespace, name))
 
     def of_kind(self, key: str) -> Iterable[Obj]:
         return self._by_kind.get(key, {}).values()
@@ -216,7 +219,7 @@ class Index:
         return bool(self._by_kind.get(key))
 
     def count(self) -> int:
-        return len(self.by_name)
+        return sum(map(len, self._by_kind.values()))
 
     def count_of(self, key: str) -> int:
         return len(self._by_kind.get(key, {}))
