@@ -601,6 +601,8 @@ class _Builder:
         by_link: dict[str, list[Node]] = dict(seed or {})
         for plan in links.resolve:
             made: list[Node] = []
+            # what gates a link is resolved before it (`_resolution_order`)
+            expected = self._expected(plan, by_link) if plan.gated else plan.always
             if plan.parent is not None:
                 for parent in by_link.get(plan.parent, []):
                     if parent.obj is None:
@@ -608,17 +610,13 @@ class _Builder:
                     # most parents were found with these very values
                     scoped = (values if parent.values is values
                               else {**values, **parent.values})
-                    children = self._nodes_for(
-                        plan, scoped, service_ids, parent,
-                        expected=self._expected(plan, by_link) if plan.gated else plan.always)
+                    children = self._nodes_for(plan, scoped, service_ids, parent, expected)
                     if children:
                         parent.children = ([*parent.children, *children] if parent.children
                                            else children)
                         made.extend(children)
             else:
-                made = self._nodes_for(
-                    plan, values, service_ids, None,
-                    self._expected(plan, by_link) if plan.gated else plan.always)
+                made = self._nodes_for(plan, values, service_ids, None, expected)
             by_link[plan.id] = made
         # Report and display in the profile's (upstream-first) order, not resolution order:
         # each link's nodes are already together, so that order is their concatenation.
@@ -843,7 +841,10 @@ class _Builder:
             return by_names
         if isinstance(finder, ByLabels):
             with_label = index.with_label
-            wanted = [(key, _template(value)) for key, value in finder.labels
+            # The label naming the namespace served last, so that the first one looked up is
+            # the one the lookup anywhere (which omits it) uses too: one label index, not two.
+            labels = sorted(finder.labels, key=lambda item: item[0] == finder.namespace_label)
+            wanted = [(key, _template(value)) for key, value in labels
                       if not (anywhere and key == finder.namespace_label)]
             (first_key, first_value), *rest = wanted
             label_spaces = _template(finder.namespace)
