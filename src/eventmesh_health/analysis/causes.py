@@ -53,18 +53,20 @@ def settle(nodes: Iterable[Node], causes: Causes) -> None:
       echo of a start must not make an application Unhealthy. Once the upstream is past
       its progress deadline (Degraded), the echo counts again.
     """
-    nodes = list(nodes)
+    candidates = []
     for node in nodes:  # afresh: the upstream may have changed since the last settling
         if node.absent is not None:
             node.verdict = node.absent
         elif node.obj is not None:
             if node.judged is None:
+                if node.verdict.health is Health.HEALTHY:
+                    continue  # never softened (only failures are), nor to be: most nodes
                 node.judged = node.verdict
             node.verdict = node.judged
-    for node in nodes:
+        if node.verdict.health in _SOFTENED:
+            candidates.append(node)
+    for node in candidates:  # once every verdict is reset: causes read other nodes' verdicts
         own = node.verdict
-        if own.health not in _SOFTENED:
-            continue
         if node.absent is not None and own.reason != reasons.NOT_FOUND:
             continue
         roots = causes.roots(node)

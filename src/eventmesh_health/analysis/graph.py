@@ -7,7 +7,7 @@ causes module walks those edges to separate root causes from symptoms.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from operator import itemgetter
@@ -77,8 +77,11 @@ class Node:
     need_ids: tuple[str, ...] = ()
     parent: Node | None = None
     values: dict[str, str] = field(default_factory=dict)
-    needs: list[Node] = field(default_factory=list)
-    children: list[Node] = field(default_factory=list)
+    # Set once, when the node is wired (needs) or its children found; most nodes have no
+    # children, and the nodes of one link and kind share one tuple of needs: no two lists
+    # per node (≈0.1 KiB each in `serve`, which keeps every node).
+    needs: Sequence[Node] = ()
+    children: Sequence[Node] = ()
     # For an expected object that is missing: the verdict on its absence, before causes
     # may soften it to NotYetCreated.
     absent: Verdict | None = None
@@ -196,6 +199,8 @@ class _Builder:
         self.plainly_judged: dict[str, bool | None] = {
             k.key: None if k.key in self.classes else k.observed_generation for k in profile.kinds
         }
+        # (apiVersion, kind) of an object judged as Knative -> `plainly_judged` of its kind key
+        self.plain_types: dict[tuple[Any, Any], object] = {}
         self.states = {
             link.id: (link.state, link.state_when) for link in profile.links
             if link.state is not None
@@ -337,36 +342,46 @@ class _Builder:
         ]
 
     def _judge(self, obj: Obj, link_judge: Judge, label: tuple[str, str] | None = None) -> Verdict:
-        key = (id(obj), link_judge)
-        verdict = self.verdicts.get(key)
-        if verdict is None and link_judge is Judge.KNATIVE and label is None:
-            # what `judge` decides first for most objects, without making their Context
-            observes = self.plainly_judged.get(
-                kind_key(str(obj.get("apiVersion")), str(obj.get("kind"))), False)
-            if observes is not None and plainly_ready(obj, observes):
-                verdict = self.verdicts[key] = HEALTHY
-        elif verdict is None and link_judge is Judge.EXISTS:
+        # The common cases first, each a function of the object alone: deciding one again
+        # costs less than a (tuple) key and a dict entry per object.
+        if link_judge is Judge.KNATIVE:
+            if label is None:
+                # what `judge` decides first for most objects, without making their Context
+                type_ = (obj.get("apiVersion"), obj.get("kind"))
+                observes = self.plain_types.get(type_, _UNSET)
+                if observes is _UNSET:
+                    observes = self.plainly_judged.get(kind_key(str(type_[0]), str(type_[1])),
+                                                       False)
+                    if len(self.plain_types) < 10_000:  # bounded: a dump may be hostile
+                        self.plain_types[type_] = observes
+                if observes is not None and plainly_ready(obj, observes is True):
+                    return HEALTHY
+        elif link_judge is Judge.EXISTS:
             # EXISTS_RULES' only rule, `being_deleted`, says nothing of most objects
             meta = obj.get("metadata")
             if type(meta) is dict and meta.get("deletionTimestamp") is None:
-                verdict = self.verdicts[key] = HEALTHY
-        elif verdict is None and link_judge is Judge.SERVICE_INSTANCE:
+                return HEALTHY
+        elif link_judge is Judge.SERVICE_INSTANCE:
             if plainly_provisioned(obj):
-                verdict = self.verdicts[key] = HEALTHY
-        elif verdict is None and link_judge is Judge.NAMESPACE_LABEL and label is not None:
+                return HEALTHY
+        elif link_judge is Judge.NAMESPACE_LABEL and label is not None:
             # NAMESPACE_LABEL_RULES' common case: not being deleted, and labelled so
             meta = obj.get("metadata")
             if type(meta) is dict and meta.get("deletionTimestamp") is None:
                 labels = meta.get("labels")
                 if type(labels) is dict and labels.get(label[0]) == label[1]:
-                    verdict = self.verdicts[key] = HEALTHY
-        elif verdict is None and link_judge is Judge.DEPLOYMENT:
+                    return HEALTHY
+        key = (id(obj), link_judge)
+        verdict = self.verdicts.get(key)
+        if verdict is not None:
+            return verdict
+        if link_judge is Judge.DEPLOYMENT:
             try:
                 pods: list[Obj] | None = self._pods(obj)
             except Malformed:
                 pods = None  # the rules say so
             if pods is not None and plainly_available(obj, pods):
-                verdict = self.verdicts[key] = HEALTHY
+                verdict = HEALTHY
         if verdict is None:
             try:
                 ctx = self._context(obj, link_judge, label)
@@ -374,7 +389,7 @@ class _Builder:
                 verdict = Verdict(Health.UNKNOWN, reasons.MALFORMED_OBJECT, str(err))
             else:
                 verdict = judge(link_judge, obj, ctx)
-            self.verdicts[key] = verdict
+        self.verdicts[key] = verdict
         return verdict
 
     def _pods(self, deployment: Obj) -> list[Obj]:
@@ -466,8 +481,7 @@ class _Builder:
             verdict = decide(SERVICE_RULES, obj, ctx)
         node = Node(role, description, ref, obj, verdict, absent=absent)
         if backend is not None:
-            node.needs.append(backend)
-            node.children.append(backend)
+            node.needs = node.children = (backend,)
         self.system.append(node)
         return node
 
@@ -490,6 +504,7 @@ class _Builder:
             return
         node = Node("webhook", "an admission webhook configuration of the mesh", None, config,
                     HEALTHY)
+        backends: list[Node] = []
         for hook_name, namespace, name, policy in targets:
             backend = next(
                 (
@@ -499,8 +514,7 @@ class _Builder:
                 ),
                 None,
             ) or self._service_node(namespace, name, None)
-            node.needs.append(backend)
-            node.children.append(backend)
+            backends.append(backend)
             if backend.failing and node.verdict is HEALTHY:
                 rejects = policy == "Fail"
                 node.verdict = Verdict(
@@ -510,6 +524,7 @@ class _Builder:
                     + ("the API server rejects the objects it admits (failurePolicy Fail)"
                        if rejects else "admission is skipped (failurePolicy Ignore)"),
                 )
+        node.needs = node.children = tuple(backends)
         self.system.append(node)
 
     # --- applications ------------------------------------------------------------------------
@@ -586,6 +601,8 @@ class _Builder:
         by_link: dict[str, list[Node]] = dict(seed or {})
         for plan in links.resolve:
             made: list[Node] = []
+            # what gates a link is resolved before it (`_resolution_order`)
+            expected = self._expected(plan, by_link) if plan.gated else plan.always
             if plan.parent is not None:
                 for parent in by_link.get(plan.parent, []):
                     if parent.obj is None:
@@ -593,15 +610,13 @@ class _Builder:
                     # most parents were found with these very values
                     scoped = (values if parent.values is values
                               else {**values, **parent.values})
-                    children = self._nodes_for(
-                        plan, scoped, service_ids, parent,
-                        expected=self._expected(plan, by_link) if plan.gated else plan.always)
-                    parent.children.extend(children)
-                    made.extend(children)
+                    children = self._nodes_for(plan, scoped, service_ids, parent, expected)
+                    if children:
+                        parent.children = ([*parent.children, *children] if parent.children
+                                           else children)
+                        made.extend(children)
             else:
-                made = self._nodes_for(
-                    plan, values, service_ids, None,
-                    self._expected(plan, by_link) if plan.gated else plan.always)
+                made = self._nodes_for(plan, values, service_ids, None, expected)
             by_link[plan.id] = made
         # Report and display in the profile's (upstream-first) order, not resolution order:
         # each link's nodes are already together, so that order is their concatenation.
@@ -826,7 +841,10 @@ class _Builder:
             return by_names
         if isinstance(finder, ByLabels):
             with_label = index.with_label
-            wanted = [(key, _template(value)) for key, value in finder.labels
+            # The label naming the namespace served last, so that the first one looked up is
+            # the one the lookup anywhere (which omits it) uses too: one label index, not two.
+            labels = sorted(finder.labels, key=lambda item: item[0] == finder.namespace_label)
+            wanted = [(key, _template(value)) for key, value in labels
                       if not (anywhere and key == finder.namespace_label)]
             (first_key, first_value), *rest = wanted
             label_spaces = _template(finder.namespace)
@@ -966,8 +984,8 @@ class _Builder:
                     self._wire_node(node, plan, by_link, app_by_link)
                 continue
             # What a found object of the link needs depends at most on its kind: worked out
-            # once per kind for the link rather than once per node.
-            shared: dict[str, list[Node] | None] = {}
+            # once per kind for the link rather than once per node, and shared (a tuple).
+            shared: dict[str, tuple[Node, ...] | None] = {}
             for node in group:
                 obj = node.obj
                 if obj is None:
@@ -975,30 +993,32 @@ class _Builder:
                     continue
                 key = (kind_key(str(obj.get("apiVersion")), str(obj.get("kind")))
                        if plan.by_kind else "")
-                needs = shared.get(key, _UNKNOWN)
-                if needs is _UNKNOWN:
-                    needs = shared[key] = self._shared_needs(
-                        plan.always + plan.by_kind.get(key, []) if plan.by_kind else plan.always,
-                        by_link, app_by_link)
-                if needs is None:
-                    self._wire_node(node, plan, by_link, app_by_link)
+                if key in shared:
+                    needs = shared[key]
                 else:
-                    node.needs.extend(needs)
+                    steps = plan.found.get(key, plan.always)
+                    needs = shared[key] = (None if plan.own.get(key, plan.always_own)
+                                           else self._shared_needs(steps, by_link, app_by_link))
+                if needs is None:
+                    own = self._needs_of(node, plan.found.get(key, plan.always), by_link,
+                                         app_by_link)
+                    if own:
+                        node.needs = own
+                else:
+                    node.needs = needs
 
     def _shared_needs(self, steps: list[_Step], by_link: dict[str, list[Node]],
-                      app_by_link: dict[str, list[Node]]) -> list[Node] | None:
-        """The nodes `steps` lead to, or None when a step depends on the node itself."""
+                      app_by_link: dict[str, list[Node]]) -> tuple[Node, ...]:
+        """The nodes `steps` lead to, none of which depends on the node itself."""
         needs: list[Node] = []
         for edge, target in steps:
             if edge is _Edge.SYSTEM:
                 component = self.components.get(target)
                 if component is not None:
                     needs.append(component)
-            elif edge is _Edge.SCOPE:
-                needs.extend(by_link.get(target) or app_by_link.get(target, []))
             else:
-                return None
-        return needs
+                needs.extend(by_link.get(target) or app_by_link.get(target, []))
+        return tuple(needs)
 
     def _wire_node(self, node: Node, plan: _Plan, by_link: dict[str, list[Node]],
                    app_by_link: dict[str, list[Node]]) -> None:
@@ -1016,21 +1036,29 @@ class _Builder:
             for path, value, more in plan.when:
                 if _field_is(node.obj, path, value):
                     steps = steps + more
+        needs = self._needs_of(node, steps, by_link, app_by_link)
+        if needs:
+            node.needs = needs
+
+    def _needs_of(self, node: Node, steps: list[_Step], by_link: dict[str, list[Node]],
+                  app_by_link: dict[str, list[Node]]) -> list[Node]:
+        needs: list[Node] = []
         for edge, target in steps:
             if edge is _Edge.SYSTEM:
                 component = self.components.get(target)
                 if component is not None:
-                    node.needs.append(component)
+                    needs.append(component)
             elif edge is _Edge.PARENT:
                 if node.parent is not None:
-                    node.needs.append(node.parent)
+                    needs.append(node.parent)
             elif edge is _Edge.CHILDREN:
-                node.needs.extend(c for c in node.children if c.role == target)
+                needs.extend(c for c in node.children if c.role == target)
             else:
-                node.needs.extend(by_link.get(target) or app_by_link.get(target, []))
+                needs.extend(by_link.get(target) or app_by_link.get(target, []))
+        return needs
 
 
-_UNKNOWN: list[Node] = []  # not worked out yet (a marker, compared by identity)
+_UNSET = object()  # not looked up yet (a marker, compared by identity)
 _Find = Callable[[dict[str, str], list[str], "Node | None"], list[Obj]]
 
 
@@ -1096,6 +1124,21 @@ class _Plan:
     absent: list[_Step]
     # (path, value, steps): further needs when the object has `value` at `path`.
     when: list[tuple[tuple[str, ...], str, list[_Step]]] = field(default_factory=list)
+    # Per kind key with needs of its own: those of a found object (`always` for the rest),
+    # and whether they depend on the node itself (its parent, its children), else they are
+    # the same for all the link's nodes of that kind in one application or namespace.
+    found: dict[str, list[_Step]] = field(init=False)
+    own: dict[str, bool] = field(init=False)
+    always_own: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.found = {key: self.always + steps for key, steps in self.by_kind.items()}
+        self.own = {key: _own(steps) for key, steps in self.found.items()}
+        self.always_own = _own(self.always)
+
+
+def _own(steps: list[_Step]) -> bool:
+    return any(edge in (_Edge.PARENT, _Edge.CHILDREN) for edge, _ in steps)
 
 
 def _edges(profile: Profile) -> dict[str, _Plan]:

@@ -426,8 +426,8 @@ def _unlink(nodes: list[Node]) -> None:
     sync built out of the cyclic GC's reach (`gc.freeze`), where cycles would stay."""
     for node in nodes:
         node.parent = None
-        node.needs = []
-        node.children = []
+        node.needs = ()
+        node.children = ()
 
 
 @contextmanager

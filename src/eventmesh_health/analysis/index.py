@@ -370,16 +370,8 @@ def basic_problem(obj: object) -> str | None:
     if type(obj) is dict:
         api_version, kind, meta = obj.get("apiVersion"), obj.get("kind"), obj.get("metadata")
         if (type(api_version) is str and type(kind) is str and type(meta) is dict
-                and (api_version, kind) in _GOOD_TYPES):
-            name = meta.get("name")
-            labels = meta.get("labels")
-            refs = meta.get("ownerReferences")
-            if (type(name) is str and name and len(name) <= 253 and name.isprintable()
-                    and (labels is None or (type(labels) is dict
-                                            and all(map(_is_str, labels.values()))))
-                    and (refs is None or _good_refs(refs))
-                    and _good_metadata(meta)):
-                return None
+                and (api_version, kind) in _GOOD_TYPES and _plainly_good(meta)):
+            return None
     return _basic_problem(obj)
 
 
@@ -395,7 +387,16 @@ def _plainly_good(meta: dict[str, Any]) -> bool:
                                    and _ONLY_STR.issuperset(map(type, labels.values()))):
         return False
     refs = get("ownerReferences")
-    return (refs is None or _good_refs(refs)) and _good_metadata(meta)
+    if refs is not None and not _good_refs(refs):
+        return False
+    # _METADATA_TYPES, unrolled (here rather than in a call: this runs for every object)
+    if not (type(get("namespace")) in _STR_OR_NONE and type(get("uid")) in _STR_OR_NONE
+            and type(get("creationTimestamp")) in _STR_OR_NONE
+            and type(get("generation")) in _INT_OR_NONE
+            and type(get("deletionTimestamp")) in _STR_OR_NONE):
+        return False
+    finalizers = get("finalizers")
+    return finalizers is None or (type(finalizers) is list and all(map(_is_str, finalizers)))
 
 
 _ONLY_STR = frozenset({str})
@@ -411,18 +412,6 @@ def _is_str(value: object) -> bool:
 def _good_refs(refs: object) -> bool:
     return type(refs) is list and all(
         type(r) is dict and type(r.get("uid")) is str for r in refs)
-
-
-def _good_metadata(meta: dict[str, Any]) -> bool:
-    # _METADATA_TYPES, unrolled
-    get = meta.get
-    if not (type(get("namespace")) in _STR_OR_NONE and type(get("uid")) in _STR_OR_NONE
-            and type(get("creationTimestamp")) in _STR_OR_NONE
-            and type(get("generation")) in _INT_OR_NONE
-            and type(get("deletionTimestamp")) in _STR_OR_NONE):
-        return False
-    finalizers = get("finalizers")
-    return finalizers is None or (type(finalizers) is list and all(map(_is_str, finalizers)))
 
 
 def _basic_problem(obj: object) -> str | None:

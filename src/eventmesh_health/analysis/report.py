@@ -44,8 +44,9 @@ def finding_for(node: Node, causes: Causes) -> Finding:
 def _findings(nodes: Iterable[Node], causes: Causes) -> list[Finding]:
     seen: set[int] = set()
     findings = []
+    healthy = Health.HEALTHY
     for node in nodes:
-        if node.failing and id(node) not in seen:
+        if node.verdict.health is not healthy and id(node) not in seen:
             seen.add(id(node))
             findings.append(finding_for(node, causes))
     # Root causes first: they are what to fix; symptoms follow in chain order.
@@ -54,7 +55,8 @@ def _findings(nodes: Iterable[Node], causes: Causes) -> list[Finding]:
 
 
 def _health(nodes: Sequence[Node], extra: Iterable[Health] = ()) -> Health:
-    return Health.worst([*(n.verdict.health for n in nodes), *extra])
+    # each health once: most nodes are Healthy
+    return Health.worst({*(n.verdict.health for n in nodes), *extra})
 
 
 def input_findings(graph: Graph, snapshot: Snapshot, profile: Profile) -> list[Finding]:

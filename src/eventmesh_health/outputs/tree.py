@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.text import Text
@@ -31,7 +32,7 @@ def _label(node: Node, causes: Causes) -> Text:
     return text
 
 
-def _add(tree: Tree, nodes: list[Node], causes: Causes) -> None:
+def _add(tree: Tree, nodes: Sequence[Node], causes: Causes) -> None:
     for node in nodes:
         branch = tree.add(_label(node, causes))
         _add(branch, node.children, causes)
