@@ -172,6 +172,7 @@ class _Reader:
         self.raw = raw
         self.plans = _lean_plans() if lean else None
         self.sharer = (sharer or Sharer()) if lean else None
+        self._share = self.sharer.share if self.sharer is not None else _unshared
 
     def document(self, document: Any, file: Path, number: int) -> None:
         plans = self.plans
@@ -216,9 +217,10 @@ class _Reader:
             raw.skipped_kinds.update(_kind_keys(api_version, kind))
 
 
-    def _share(self, obj: dict[str, Any]) -> dict[str, Any]:
-        assert self.sharer is not None  # (lean)
-        return self.sharer.share(obj)
+
+
+def _unshared(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj
 
 
 @lru_cache(maxsize=1)

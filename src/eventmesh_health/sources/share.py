@@ -33,6 +33,7 @@ import orjson
 # generateName, rarely do: a table entry each would cost more than it saves)
 _REPEATED = frozenset(("namespace", "creationTimestamp", "deletionTimestamp"))
 _SHORT = 64  # characters: longer strings (messages, URLs with names in them) seldom repeat
+_encoded, _Unencodable = orjson.dumps, orjson.JSONEncodeError
 
 
 class Sharer:
@@ -71,15 +72,15 @@ class Sharer:
 
     def _part(self, value: dict[Any, Any] | list[Any]) -> Any:
         try:
-            encoded = orjson.dumps(value)
-        except orjson.JSONEncodeError:
+            encoded = _encoded(value)
+        except _Unencodable:
             return value
         parts = self._parts
         slot = hash(encoded)
         held = parts.get(slot)
         if held is not None:
             # (a part with another encoding of the same hash is kept as it is)
-            if orjson.dumps(held) == encoded and (b"null" not in encoded or held == value):
+            if _encoded(held) == encoded and (b"null" not in encoded or held == value):
                 return held
             return value
         parts[slot] = value
