@@ -2,6 +2,7 @@
 
     make bench          # builds kstatus (hack/kstatus/build.sh), then runs this
     .venv/bin/python benchmarks/bench_check.py [--apps 1000 4545 10000] [--repeat 3] [--skip-yaml]
+        [--distinct-times]
     .venv/bin/python benchmarks/bench_check.py --growth [--repeat 1]
 
 For each size, the synthetic healthy mesh (synthetic.mesh: N applications x 3 namespaces,
@@ -64,8 +65,10 @@ print(json.dumps([code, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_ma
 """
 
 
-def write_dumps(folder: Path, apps: int, namespaces: int, yaml_too: bool) -> None:
-    """Write mesh.json (and mesh.yaml): synthetic.mesh(apps, namespaces) as kubectl Lists.
+def write_dumps(folder: Path, apps: int, namespaces: int, yaml_too: bool,
+                distinct: bool = False) -> None:
+    """Write mesh.json (and mesh.yaml): synthetic.mesh(apps, namespaces) as kubectl Lists
+    (`distinct`: each object's conditions at a second of their own, synthetic.distinct_times).
 
     Streamed per application (synthetic.mesh is system() + application(i) for each i), so
     this child stays small even at 10,000 applications. Prints the object count and sizes."""
@@ -84,6 +87,8 @@ def write_dumps(folder: Path, apps: int, namespaces: int, yaml_too: bool) -> Non
         chunks = (synthetic.application(i, namespaces) for i in range(apps))
         for chunk in (synthetic.system(), *chunks):
             for obj in chunk:
+                if distinct:
+                    synthetic.distinct_times(obj, count)
                 text = json.dumps(obj, indent=4).replace("\n", "\n        ")
                 js.write(("\n        " if count == 0 else ",\n        ") + text)
                 count += 1
@@ -133,12 +138,14 @@ def measure(command: list[str], out: Path) -> tuple[int, float, float]:
 GROWTH_APPS = (18, 182, 1818, 4545, 10000)
 
 
-def write_child(folder: Path, apps: int, namespaces: int, yaml_too: bool) -> dict[str, Any]:
+def write_child(folder: Path, apps: int, namespaces: int, yaml_too: bool,
+                distinct: bool = False) -> dict[str, Any]:
     """write_dumps in a child: on Linux a process's peak RSS is inherited by the children
     it forks, so this one must stay small for theirs to mean anything."""
     return dict(json.loads(subprocess.run(
         [sys.executable, __file__, "--write", str(folder), "--apps", str(apps),
-         "--namespaces", str(namespaces)] + ([] if yaml_too else ["--skip-yaml"]),
+         "--namespaces", str(namespaces)] + ([] if yaml_too else ["--skip-yaml"])
+        + (["--distinct-times"] if distinct else []),
         stdout=subprocess.PIPE, text=True, check=True).stdout))
 
 
@@ -225,9 +232,13 @@ def main() -> None:
     parser.add_argument("--growth", action="store_true",
                         help="check's time and memory at 1k to 550k objects (JSON only)")
     parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--distinct-times", action="store_true",
+                        help="every object's conditions at a second of their own (nothing "
+                        "under status alike: what sharing gets on a less uniform cluster)")
     args = parser.parse_args()
     if args.write:
-        write_dumps(args.write, args.apps[0], args.namespaces, not args.skip_yaml)
+        write_dumps(args.write, args.apps[0], args.namespaces, not args.skip_yaml,
+                    args.distinct_times)
         return
     if args.growth:
         args.apps, args.repeat = args.apps or list(GROWTH_APPS), args.repeat or 1
@@ -253,7 +264,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
                 folder = Path(tmp)
                 start = time.perf_counter()
-                written = write_child(folder, apps, args.namespaces, not args.skip_yaml)
+                written = write_child(folder, apps, args.namespaces, not args.skip_yaml,
+                                      args.distinct_times)
                 objects, sizes = written["objects"], written["sizes"]
                 print(f"{apps:,} applications x {args.namespaces} namespaces: {objects:,} objects, "
                       + ", ".join(f"{fmt} {size / 2**20:,.0f} MiB" for fmt, size in sizes.items())

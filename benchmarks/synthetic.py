@@ -9,6 +9,7 @@ Roughly 25 objects per application for M=1, 57 for M=3.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 T0 = "2020-06-01T08:00:00Z"
@@ -219,3 +220,13 @@ def mesh(applications: int, namespaces: int) -> list[Obj]:
     for index in range(applications):
         objects.extend(application(index, namespaces))
     return objects
+
+
+def distinct_times(obj: Obj, i: int) -> None:
+    """`obj`'s conditions set at a second of its own (the `i`-th after READY): nothing under
+    its `status` is then like another object's, as on a cluster whose objects were not all
+    made in the same second (labels, selectors and references still repeat)."""
+    when = (datetime.fromisoformat(READY) + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status = obj.get("status")
+    for condition in (status.get("conditions") or []) if isinstance(status, dict) else []:
+        condition["lastTransitionTime"] = when

@@ -169,3 +169,29 @@ def test_skipped_kinds_are_counted(tmp_path: Path) -> None:
 def test_bad_probing_settings_are_usage_errors(flag: str, value: str, message: str) -> None:
     result = run("serve", "--probe", flag, value)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_large_report_is_written_whole_before_the_unfreed_exit(tmp_path: Path) -> None:
+    """`check` leaves without freeing what it holds (cli._exit_unfreed): a report far larger
+    than a pipe's buffer still arrives whole, with the exit code; in-process, the same
+    command raises SystemExit as before (the tests above that use CliRunner)."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import synthetic
+
+    objects = synthetic.mesh(200, 3)
+    (tmp_path / "mesh.json").write_text(json.dumps({"apiVersion": "v1", "items": objects,
+                                                    "kind": "List"}, indent=4))
+    for output in ("json", "yaml", "table"):
+        result = run("check", "--snapshot", tmp_path / "mesh.json", "-o", output)
+        assert result.returncode == 0, result.stderr
+        assert "app-00199" in result.stdout
+        if output == "json":
+            assert len(result.stdout) > 2**16  # a pipe's buffer
+            assert len(json.loads(result.stdout)["applications"]) == 200
+        elif output == "yaml":
+            assert len(yaml.safe_load(result.stdout)["applications"]) == 200
+    closed = subprocess.run(  # a reader that stops early: as Python reports it, no traceback
+        f"{' '.join(CLI)} check --snapshot {tmp_path / 'mesh.json'} -o json | head -c 10",
+        shell=True, capture_output=True, text=True, timeout=60, check=False)
+    assert closed.stdout == '{\n  "healt'
+    assert "Traceback" not in closed.stderr

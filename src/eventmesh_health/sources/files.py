@@ -26,6 +26,7 @@ from eventmesh_health.snapshot import (
 )
 from eventmesh_health.sources import fastjson, fastyaml
 from eventmesh_health.sources.parse import ParseError, parse_json, parse_yaml
+from eventmesh_health.sources.share import Sharer
 from eventmesh_health.sources.slim import pruner
 from eventmesh_health.topology import Profile, kind_key
 
@@ -165,11 +166,13 @@ class _Reader:
     and drops objects of kinds no profile reads, counting them, as the index would skip
     them: the whole objects never all live at once, and the report is the same. An object
     of such a kind that the index would reject is kept whole, so that its finding is the
-    same too."""
+    same too. The parts lean objects have alike are kept once (`sources.share`)."""
 
-    def __init__(self, raw: RawDump, lean: bool) -> None:
+    def __init__(self, raw: RawDump, lean: bool, sharer: Sharer | None = None) -> None:
         self.raw = raw
         self.plans = _lean_plans() if lean else None
+        self.sharer = (sharer or Sharer()) if lean else None
+        self._share = self.sharer.share if self.sharer is not None else _unshared
 
     def document(self, document: Any, file: Path, number: int) -> None:
         plans = self.plans
@@ -179,7 +182,7 @@ class _Reader:
             if type(kind) is str and type(api_version) is str and not kind.endswith("List"):
                 plan = plans.get(kind_key(api_version, kind))
                 if plan is not None:  # (never SnapshotInfo: it is no profile's kind)
-                    self.raw.objects.append(plan(document))
+                    self.raw.objects.append(self._share(plan(document)))
                     return
         for item in _items(document):
             if _is_info(item):
@@ -205,13 +208,19 @@ class _Reader:
         plan = plans.get(key)
         if plan is not None:
             # keeps every field `basic_problem` reads, as it is: the index judges it alike
-            self.raw.objects.append(plan(obj))
+            self.raw.objects.append(self._share(plan(obj)))
         elif basic_problem(obj) is not None:
             self.raw.objects.append(obj)
         else:
             raw = self.raw
             raw.skipped[key] = raw.skipped.get(key, 0) + 1
             raw.skipped_kinds.update(_kind_keys(api_version, kind))
+
+
+
+
+def _unshared(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj
 
 
 @lru_cache(maxsize=1)
@@ -273,7 +282,7 @@ def _read_blocks(file: Path, reader: _Reader,
                  ) -> bool:
     """The file read by `read_list` into `reader`'s dump, if it can vouch for it."""
     part = RawDump()
-    into = _Reader(part, lean=True)
+    into = _Reader(part, lean=True, sharer=reader.sharer)
     skeleton = read_list(file, lambda item: into.document(item, file, 1))
     if skeleton is None or not _is_list(skeleton):
         return False  # (not a List: its items would be one object's field; never kubectl's)
