@@ -1,3 +1,3 @@
-from eventmesh_health.cli import main
+from eventmesh_health.cli import run
 
-main()
+run()
