@@ -77,15 +77,21 @@ def test_any_change_sequence_matches_a_full_analysis(steps: list[tuple[str, int]
         assert incremental.report().to_json_dict() == full(list(current.values())), steps
 
 
+def _trigger_and_broken(objects: list[Any], namespace: str) -> tuple[Any, Any]:
+    """The Trigger of `namespace`, and a copy of it whose Broker does not exist."""
+    trigger = next(o for o in objects if o["kind"] == "Trigger"
+                   and o["metadata"]["namespace"] == namespace)
+    broken = copy.deepcopy(trigger)
+    broken["status"]["conditions"][-1] = {"type": "Ready", "status": "False",
+                                          "reason": "BrokerDoesNotExist"}
+    return trigger, broken
+
+
 def test_changes_touch_only_the_applications_they_belong_to() -> None:
     objects = synthetic.mesh(20, 2)
     taken_at = datetime.fromisoformat(synthetic.TAKEN_AT)
     incremental = IncrementalAnalysis(Snapshot(objects, taken_at), KYMA_1)
-    trigger = next(o for o in objects if o["kind"] == "Trigger"
-                   and o["metadata"]["namespace"] == "app-00007-ns1")
-    broken = copy.deepcopy(trigger)
-    broken["status"]["conditions"][-1] = {"type": "Ready", "status": "False",
-                                          "reason": "BrokerDoesNotExist"}
+    trigger, broken = _trigger_and_broken(objects, "app-00007-ns1")
     assert incremental.apply([broken], [], taken_at) == {"app-00007"}
     report = incremental.report()
     assert [a.name for a in report.applications if a.health.value != "Healthy"] == ["app-00007"]
@@ -142,11 +148,7 @@ def test_what_a_change_replaces_is_freed_without_the_cyclic_gc() -> None:
     objects = synthetic.mesh(20, 2)
     taken_at = datetime.fromisoformat(synthetic.TAKEN_AT)
     incremental = IncrementalAnalysis(Snapshot(objects, taken_at), KYMA_1)
-    trigger = next(o for o in objects if o["kind"] == "Trigger"
-                   and o["metadata"]["namespace"] == "app-00007-ns1")
-    broken = copy.deepcopy(trigger)
-    broken["status"]["conditions"][-1] = {"type": "Ready", "status": "False",
-                                          "reason": "BrokerDoesNotExist"}
+    trigger, broken = _trigger_and_broken(objects, "app-00007-ns1")
     states = [broken, trigger]
     node = incremental.units["app-00007"].nodes[0]
     collecting = gc.isenabled()
