@@ -21,6 +21,7 @@ from lightkube.generic_resource import create_global_resource
 from lightkube.models.authorization_v1 import ResourceAttributes, SelfSubjectAccessReviewSpec
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.authorization_v1 import SelfSubjectAccessReview
+from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
 
 from eventmesh_health.model import (
     ApplicationReport,
@@ -34,11 +35,13 @@ from eventmesh_health.model import (
     SystemReport,
     severity_for,
 )
+from eventmesh_health.serve.history import History
 from eventmesh_health.serve.leader import DEFAULT_LEASE_NAME, LeaderElector
 from eventmesh_health.serve.ratelimit import TokenBucket
 from eventmesh_health.serve.writer import (
     ALL_HEALTHY,
     EVENT_KIND,
+    GROUP,
     HEALTH_ANNOTATION,
     HEALTH_KIND,
     REASON_ANNOTATION,
@@ -580,6 +583,100 @@ async def test_an_annotation_changed_by_someone_else_is_written_again(
 
     assert get_app(kube_client, name)["metadata"]["annotations"][HEALTH_ANNOTATION] == "Unhealthy"
     assert writer.write_counts[("applications", "patch")] == 2
+
+
+@envtest
+async def test_a_failed_write_is_tried_again_though_nothing_changed(
+    control_plane: ControlPlane, kube_client: Client, health_crd: None, user_name: str,
+    apps: Callable[..., dict[str, Any]],
+) -> None:
+    """A round that could not write an application's part is not remembered as done: the
+    next round with the very same report and objects writes it."""
+    a = apps("retried")
+    name = a["metadata"]["name"]
+    suffix = uuid.uuid4().hex[:6]
+    may_write = [  # everything the writer does but patching Applications
+        {"apiGroups": [GROUP], "resources": ["eventmeshhealths", "eventmeshhealths/status"],
+         "verbs": ["get", "list", "create", "patch", "delete"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ]
+    granted = _grant(kube_client, f"writer-{suffix}", user_name, may_write)
+    client = async_client_for(control_plane, user_name)
+    try:
+        writer = HealthWriter(client, is_leader=lambda: True)
+        report, objects = mesh(healthy_app(name)), {name: a}
+        await writer.publish(report, objects, {name: T0})
+        assert writer.write_errors == {("applications", "patch"): 1}
+        assert kube_client.get(HEALTH_RES, name).status["health"] == "Healthy"
+        annotations = get_app(kube_client, name)["metadata"].get("annotations") or {}
+        assert HEALTH_ANNOTATION not in annotations
+
+        granted += _grant(kube_client, f"annotate-{suffix}", user_name, [
+            {"apiGroups": ["applicationconnector.kyma-project.io"],
+             "resources": ["applications"], "verbs": ["patch"]}])
+        await _until_allowed(client, name)
+        await writer.publish(report, objects, {name: T0})
+
+        assert get_app(kube_client, name)["metadata"]["annotations"][HEALTH_ANNOTATION] \
+            == "Healthy"
+        written = writer.write_counts
+        await writer.publish(report, objects, {name: T0})  # done now: nothing more
+        assert writer.write_counts == written
+    finally:
+        await client.close()
+        for kind, obj_name in granted:
+            with contextlib.suppress(ApiError):
+                kube_client.delete(kind, obj_name)
+
+
+def _grant(client: Client, name: str, user: str,
+           rules: list[dict[str, Any]]) -> list[tuple[Any, str]]:
+    """A ClusterRole with `rules` bound to `user`; what to delete afterwards."""
+    client.create(ClusterRole.from_dict({
+        "metadata": {"name": name}, "rules": rules}))
+    client.create(ClusterRoleBinding.from_dict({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": name},
+        "subjects": [{"kind": "User", "name": user,
+                      "apiGroup": "rbac.authorization.k8s.io"}]}))
+    return [(ClusterRoleBinding, name), (ClusterRole, name)]
+
+
+async def _until_allowed(client: AsyncClient, name: str) -> None:
+    """Until the authorizer's cache has the new binding (it watches RBAC objects)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        review = await client.create(SelfSubjectAccessReview(spec=SelfSubjectAccessReviewSpec(
+            resourceAttributes=ResourceAttributes(
+                verb="patch", resource="applications", name=name,
+                group="applicationconnector.kyma-project.io"))))
+        if review.status and review.status.allowed:
+            return
+        assert time.monotonic() < deadline, "the new ClusterRoleBinding never took effect"
+        await asyncio.sleep(0.05)
+
+
+@envtest
+async def test_a_new_transition_is_written_to_the_history_though_the_report_is_the_same(
+    kube_client: Client, writer_client: AsyncClient, apps: Callable[..., dict[str, Any]],
+) -> None:
+    a = apps("history")
+    name = a["metadata"]["name"]
+    history = History()
+    history.record(name, T0, Health.HEALTHY, None, "")
+    writer = HealthWriter(writer_client, is_leader=lambda: True, history=history)
+    report, objects = mesh(healthy_app(name)), {name: a}
+    await writer.publish(report, objects, {name: T0})
+    assert len(kube_client.get(HEALTH_RES, name).status["history"]) == 1
+
+    # e.g. a root cause that changed and changed back between two rounds
+    history.record(name, T0 + timedelta(minutes=1), Health.HEALTHY, Health.HEALTHY, "")
+    await writer.publish(report, objects, {name: T0})
+
+    persisted = kube_client.get(HEALTH_RES, name).status["history"]
+    assert [entry["time"] for entry in persisted] == ["2024-05-01T12:00:00Z",
+                                                    "2024-05-01T12:01:00Z"]
 
 
 @envtest

@@ -14,6 +14,7 @@ has no `/`, so the two never collide).
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -72,6 +73,10 @@ class History:
         self.per_key = per_key
         self.window = window
         self._by_key: dict[str, deque[Transition]] = {}
+        # Per key, a number that changes whenever its transitions do (never repeats): how
+        # the writer sees that `persisted(key)` may differ without building it.
+        self._revisions: dict[str, int] = {}
+        self._counter = itertools.count(1)
 
     def record(self, key: str, at: datetime, health: Health, previous: Health | None,
                root_cause: str) -> None:
@@ -80,6 +85,7 @@ class History:
             entries = self._by_key[key] = deque(maxlen=self.per_key)
         entries.append(Transition(at, health, previous, root_cause))
         self._trim(entries, at)
+        self._revisions[key] = next(self._counter)
 
     def _trim(self, entries: deque[Transition], now: datetime) -> None:
         while len(entries) > 1 and now - entries[0].at > self.window:
@@ -98,11 +104,16 @@ class History:
         entries = self._by_key.get(key, ())
         return [t.to_json() for t in list(entries)[-PERSISTED:]]
 
+    def revision(self, key: str) -> int:
+        """Changes whenever the transitions of `key` do (0: none recorded)."""
+        return self._revisions.get(key, 0)
+
     def keys(self) -> Iterable[str]:
         return self._by_key.keys()
 
     def forget(self, key: str) -> None:
         self._by_key.pop(key, None)
+        self._revisions.pop(key, None)
 
     def seed(self, key: str, persisted: Iterable[Mapping[str, Any]]) -> Transition | None:
         """Merge transitions persisted by an earlier leader into ours. Our own "first seen"
@@ -126,5 +137,6 @@ class History:
         entries: deque[Transition] = deque(kept, maxlen=self.per_key)
         self._by_key[key] = entries
         self._trim(entries, entries[-1].at)
+        self._revisions[key] = next(self._counter)
         latest = entries[-1]
         return latest if before is not None and latest.at < before else None

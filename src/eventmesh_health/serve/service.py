@@ -186,7 +186,7 @@ class Service:
             # Flows have no health object of their own yet: a flows-only profile writes
             # the mesh-wide parts alone (no application is ever in its report).
             application=profile.application or _any_application(),
-            history=self.state.history.persisted, on_history=self._seed_history,
+            history=self.state.history, on_history=self._seed_history,
             limiter=TokenBucket(settings.kube_api_qps, settings.kube_api_burst),
         )
         self.prober: ProbeRunner | None = None

@@ -79,6 +79,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
 from eventmesh_health.model import ApplicationReport, Finding, Health, MeshReport, ObjectRef
+from eventmesh_health.serve.history import History
 from eventmesh_health.serve.ratelimit import TokenBucket
 from eventmesh_health.sources.cluster import resource_class
 from eventmesh_health.topology import Kind
@@ -170,16 +171,7 @@ def root_causes(app: ApplicationReport, report: MeshReport) -> list[Finding]:
     """The root-cause findings behind an application's health, each object once: its own
     chain's first, then its namespaces', then root causes reported elsewhere (system
     components) that its symptoms name in `causedBy`."""
-    own = [*app.findings, *(f for ns in app.namespaces for f in ns.findings)]
-    result: list[Finding] = []
-    seen: set[tuple[str, str, str | None, str | None]] = set()
-    for finding in own:
-        if finding.root_cause and _key(finding.object) not in seen:
-            seen.add(_key(finding.object))
-            result.append(finding)
-    wanted = [
-        _key(f.caused_by) for f in own if not f.root_cause and f.caused_by is not None
-    ]
+    result, seen, wanted = _own_root_causes(app)
     if any(key not in seen for key in wanted):
         elsewhere: dict[tuple[str, str, str | None, str | None], Finding] = {}
         for finding in _all_findings(report):
@@ -190,6 +182,32 @@ def root_causes(app: ApplicationReport, report: MeshReport) -> list[Finding]:
                 seen.add(key)
                 result.append(elsewhere[key])
     return result
+
+
+_Key = tuple[str, str, str | None, str | None]
+
+
+def _own_root_causes(app: ApplicationReport) -> tuple[list[Finding], set[_Key], list[_Key]]:
+    """The root causes in an application's own findings (each object once), their objects,
+    and the objects its symptoms name in `causedBy`."""
+    own = [*app.findings, *(f for ns in app.namespaces for f in ns.findings)]
+    result: list[Finding] = []
+    seen: set[_Key] = set()
+    for finding in own:
+        if finding.root_cause and _key(finding.object) not in seen:
+            seen.add(_key(finding.object))
+            result.append(finding)
+    wanted = [
+        _key(f.caused_by) for f in own if not f.root_cause and f.caused_by is not None
+    ]
+    return result, seen, wanted
+
+
+def _looks_elsewhere(app: ApplicationReport) -> bool:
+    """Whether `root_causes(app, ...)` reads the rest of the report: its symptoms name a
+    cause its own findings do not hold (a system component, another application's object)."""
+    _, seen, wanted = _own_root_causes(app)
+    return any(key not in seen for key in wanted)
 
 
 def _all_findings(report: MeshReport) -> Iterable[Finding]:
@@ -482,7 +500,7 @@ class HealthWriter:
         max_events_per_minute: int = 5,
         resync_period: timedelta = timedelta(minutes=10),
         application: Kind | None = DEFAULT.application,
-        history: Callable[[str], list[dict[str, Any]]] | None = None,
+        history: History | None = None,
         on_history: Callable[[str, list[dict[str, Any]]], None] | None = None,
         limiter: TokenBucket | None = None,
     ) -> None:
@@ -508,6 +526,10 @@ class HealthWriter:
         # status.history: what to write for an application, and where what is read goes.
         self._history = history
         self._on_history = on_history
+        # Per Application, what its last round was made of, kept once every write of it
+        # succeeded: the same again makes no request, so it is not worked out again either
+        # (at 10,000 Applications, building and comparing every status took ~1 s a round).
+        self._settled: dict[str, tuple[Any, ...]] = {}
         # Every write request takes a token first (None: unlimited).
         self._limiter = limiter
 
@@ -585,6 +607,7 @@ class HealthWriter:
         self._health.clear()
         self._published.clear()
         self._series.clear()
+        self._settled.clear()
 
     async def _publish(
         self,
@@ -603,16 +626,28 @@ class HealthWriter:
             if obj is None or not uid:
                 continue  # not (yet) in the cache: nothing to own or annotate
             last_transition = transitions.get(app.name, observed_at)
+            # What this round's writes of `app` follow from, but for the report's other
+            # parts (`settled` leaves out an application whose root causes are found there)
+            # and `observedAt` (never a reason to write). The report object is the
+            # analysis' own: a new one whenever the application's findings changed.
+            inputs = (app, obj, last_transition, self._synced_at,
+                      self._history.revision(app.name) if self._history else 0)
+            if synced and self._settled.get(app.name) == inputs:
+                continue
+            self._settled.pop(app.name, None)
+            written = True
             if synced:
-                await self._guard(
+                written = await self._guard(
                     self._publish_health(app, report, uid, last_transition, observed_at),
                     f"EventMeshHealth {app.name}", resync=True,
                 )
             self._observe_transition(app, report, obj, uid, last_transition, now)
-            await self._guard(
+            written = await self._guard(
                 self._publish_annotations(app, report, obj, last_transition),
                 f"annotations of Application {app.name}",
-            )
+            ) and written
+            if synced and written and self._synced_at is inputs[3] and not _looks_elsewhere(app):
+                self._settled[app.name] = inputs
         await self._flush_events(now)
         if synced:
             for name in [n for n in self._health if n not in applications]:
@@ -622,15 +657,20 @@ class HealthWriter:
             del self._annotations[name]
         for name in [n for n in self._published if n not in applications]:
             del self._published[name]
+        for name in [n for n in self._settled if n not in applications]:
+            del self._settled[name]
 
-    async def _guard(self, work: Awaitable[None], what: str, *, resync: bool = False) -> None:
-        """Run one object's writes; an API failure is logged and retried by a later round."""
+    async def _guard(self, work: Awaitable[None], what: str, *, resync: bool = False) -> bool:
+        """Run one object's writes; an API failure is logged and retried by a later round.
+        Whether they succeeded."""
         try:
             await work
         except (ApiError, httpx2.HTTPError) as err:
             log.warning("writing %s failed: %s", what, _describe(err))
             if resync:
                 self._synced_at = None
+            return False
+        return True
 
     async def _write(
         self, resource: str, verb: str, request: Callable[[], Awaitable[T]]
@@ -727,7 +767,7 @@ class HealthWriter:
             record = await self._create_health(name, uid)
         status = health_status(app, report, last_transition=last_transition,
                                observed_at=observed_at, generation=record.generation,
-                               history=self._history(name) if self._history else None)
+                               history=self._history.persisted(name) if self._history else None)
         wanted = _comparable_status(status)
         if record.owner_uid != uid:  # the Application was deleted and created again
             await self._write(HEALTH_RESOURCE, "patch", lambda: self._client.patch(
