@@ -14,10 +14,12 @@ from prometheus_client.samples import Sample
 
 from eventmesh_health.analysis import analyse
 from eventmesh_health.model import (
+    ApplicationReport,
     Finding,
     FlowReport,
     Health,
     MeshReport,
+    NamespaceReport,
     ObjectRef,
     Severity,
     SystemReport,
@@ -412,3 +414,58 @@ def test_system_and_flow_root_causes() -> None:
     metrics.update_report(system_only(), {})
     got = families(metrics)
     assert got["eventmesh_system_root_cause"] == [] and got["eventmesh_flow_root_cause"] == []
+
+
+def test_reports_sharing_application_objects_give_the_series_of_copies() -> None:
+    """serve's analysis hands on the same report object for an application that did not
+    change, and the metrics reuse what they made of it: each series must still be what the
+    same reports give when every object is new (a copy), step after step — including an
+    application whose root cause is a system component that changed meanwhile."""
+    controller = ObjectRef(api_version="apps/v1", kind="Deployment",
+                           namespace="kyma-system", name="controller")
+
+    def system(reason: str) -> list[Finding]:
+        return [Finding(severity=Severity.ERROR, health=Health.UNHEALTHY, object=controller,
+                        reason=reason, message="m", root_cause=True)]
+
+    def app(name: str, *, reason: str = "", caused_by: ObjectRef | None = None
+            ) -> ApplicationReport:
+        findings = [finding(reason, root=caused_by is None).model_copy(
+            update={"caused_by": caused_by})] if reason else []
+        health = Health.UNHEALTHY if reason else Health.HEALTHY
+        return ApplicationReport(
+            name=name, health=health, state=3 if reason else 4, findings=findings,
+            namespaces=[NamespaceReport(name="prod", health=health, state=4,
+                                        findings=findings)])
+
+    def mesh(system_reason: str, *apps: ApplicationReport) -> MeshReport:
+        return MeshReport(healthy=False, health=Health.UNHEALTHY,
+                          system=SystemReport(health=Health.UNHEALTHY,
+                                              findings=system(system_reason)),
+                          applications=list(apps))
+
+    own = app("a-own", reason="TopicFailed")
+    elsewhere = app("b-elsewhere", reason="NotReady", caused_by=controller)
+    healthy = app("c-healthy")
+    later = datetime(2020, 6, 15, 10, 5, tzinfo=UTC)
+    steps = [
+        (mesh("Unavailable", own, elsewhere, healthy), {"c-healthy": CHANGED}),
+        (mesh("CrashLoopBackOff", own, elsewhere, healthy), {"c-healthy": CHANGED}),
+        (mesh("CrashLoopBackOff", own, elsewhere, healthy), {"c-healthy": later}),
+        (mesh("CrashLoopBackOff", app("a-own", reason="QuotaExceeded"), elsewhere),
+         {"c-healthy": later}),
+    ]
+    shared, copied = Metrics(), Metrics()
+    causes = []
+    for report, transitions in steps:
+        shared.update_report(report, transitions)
+        copied.update_report(report.model_copy(deep=True), dict(transitions))
+        assert shared.exposition() == copied.exposition()
+        causes.append(values(families(shared)["eventmesh_application_root_cause"],
+                             application="b-elsewhere"))
+    # The steps do change what the shared objects' series must say.
+    assert causes[0] != causes[1]
+    assert values(families(shared)["eventmesh_application_root_cause"],
+                  application="a-own") == {(("cause_kind", "Pod"), ("cause_name", "p"),
+                                            ("cause_namespace", "x"),
+                                            ("reason", "QuotaExceeded")): 1.0}

@@ -102,6 +102,7 @@ __all__ = [
     "event_reason",
     "health_conditions",
     "health_status",
+    "looks_elsewhere",
     "root_cause_summary",
     "root_causes",
 ]
@@ -203,7 +204,7 @@ def _own_root_causes(app: ApplicationReport) -> tuple[list[Finding], set[_Key], 
     return result, seen, wanted
 
 
-def _looks_elsewhere(app: ApplicationReport) -> bool:
+def looks_elsewhere(app: ApplicationReport) -> bool:
     """Whether `root_causes(app, ...)` reads the rest of the report: its symptoms name a
     cause its own findings do not hold (a system component, another application's object)."""
     _, seen, wanted = _own_root_causes(app)
@@ -622,9 +623,6 @@ class HealthWriter:
         synced = await self._sync(now)
         for app in report.applications:
             obj = applications.get(app.name)
-            uid = str(_metadata(obj).get("uid") or "") if obj is not None else ""
-            if obj is None or not uid:
-                continue  # not (yet) in the cache: nothing to own or annotate
             last_transition = transitions.get(app.name, observed_at)
             # What this round's writes of `app` follow from, but for the report's other
             # parts (`settled` leaves out an application whose root causes are found there)
@@ -635,6 +633,9 @@ class HealthWriter:
             if synced and self._settled.get(app.name) == inputs:
                 continue
             self._settled.pop(app.name, None)
+            uid = str(_metadata(obj).get("uid") or "") if obj is not None else ""
+            if obj is None or not uid:
+                continue  # not (yet) in the cache: nothing to own or annotate
             written = True
             if synced:
                 written = await self._guard(
@@ -646,7 +647,7 @@ class HealthWriter:
                 self._publish_annotations(app, report, obj, last_transition),
                 f"annotations of Application {app.name}",
             ) and written
-            if synced and written and self._synced_at is inputs[3] and not _looks_elsewhere(app):
+            if synced and written and self._synced_at is inputs[3] and not looks_elsewhere(app):
                 self._settled[app.name] = inputs
         await self._flush_events(now)
         if synced:
