@@ -90,6 +90,24 @@ async def running(cache: ClusterCache) -> AsyncIterator[ClusterCache]:
         assert task.cancelled(), "run() ended by itself"
 
 
+@contextlib.asynccontextmanager
+async def synced_until_deleted(server: FakeServer, recorder: Recorder, name: str,
+                               **options: Any) -> AsyncIterator[ClusterCache]:
+    """A cache of Namespaces on `server`, running, synced, and past the DELETED change of
+    `name`; then the server's watches hang (so the cache stays as it is) and it stops."""
+    client = server.client()
+    cache = ClusterCache(client, [NAMESPACE_KIND], on_changes=recorder, **options)
+    try:
+        async with running(cache):
+            assert await cache.wait_synced(2.0)
+            await recorder.wait_for(f"DELETED {name}", lambda c: c.type == "DELETED"
+                                    and _name(c.obj) == name, 5.0)
+            yield cache
+            server.hang.set()
+    finally:
+        await client.close()
+
+
 def _name(obj: dict[str, Any]) -> str:
     return str(obj.get("metadata", {}).get("name"))
 
@@ -508,17 +526,8 @@ async def test_watch_error_410_lists_again_and_delivers_the_difference() -> None
         [_event("DELETED", _ns("d", "21"))],
     ]
     recorder = Recorder()
-    client = server.client()
-    cache = ClusterCache(client, [NAMESPACE_KIND], on_changes=recorder, chunk_size=1)
-    try:
-        async with running(cache):
-            assert await cache.wait_synced(2.0)
-            await recorder.wait_for("DELETED d", lambda c: c.type == "DELETED"
-                                    and _name(c.obj) == "d", 5.0)
-            assert {_name(o) for o in cache.objects()} == {"a", "c"}
-            server.hang.set()
-    finally:
-        await client.close()
+    async with synced_until_deleted(server, recorder, "d", chunk_size=1) as cache:
+        assert {_name(o) for o in cache.objects()} == {"a", "c"}
 
     watches = [r for r in server.requests if r.get("watch") == "true"]
     lists = [r for r in server.requests if r.get("watch") != "true"]
@@ -557,18 +566,8 @@ async def test_without_initial_changes_the_first_lists_make_none() -> None:
             "reason": "Expired", "message": "too old resource version: 9 (11)"}
     server.watches = [[_event("ADDED", _ns("c", "9")), _event("ERROR", gone)]]
     recorder = Recorder()
-    client = server.client()
-    cache = ClusterCache(client, [NAMESPACE_KIND], on_changes=recorder,
-                         initial_changes=False)
-    try:
-        async with running(cache):
-            assert await cache.wait_synced(2.0)
-            await recorder.wait_for("DELETED b", lambda c: c.type == "DELETED"
-                                    and _name(c.obj) == "b", 5.0)
-            assert {_name(o) for o in cache.objects()} == {"a", "c"}
-            server.hang.set()
-    finally:
-        await client.close()
+    async with synced_until_deleted(server, recorder, "b", initial_changes=False) as cache:
+        assert {_name(o) for o in cache.objects()} == {"a", "c"}
     changes = [(c.type, _name(c.obj), _version_of(c)) for c in recorder.changes]
     assert changes[0] == ("ADDED", "c", "9")  # a and b, listed first, made none
     assert sorted(changes[1:]) == [("DELETED", "b", "7"), ("MODIFIED", "a", "12")]
@@ -597,22 +596,13 @@ async def test_http_410_on_resume_and_forbidden_watch() -> None:
                                  '"namespaces" in API group "" at the cluster scope'),
     ]
     recorder = Recorder()
-    client = server.client()
-    cache = ClusterCache(client, [NAMESPACE_KIND], on_changes=recorder, unavailable_retry=0.05)
-    try:
-        async with running(cache):
-            assert await cache.wait_synced(2.0)
-            await recorder.wait_for("DELETED b", lambda c: c.type == "DELETED"
-                                    and _name(c.obj) == "b", 5.0)
-            assert {_name(o) for o in cache.objects()} == {"a", "c"}
-            snapshot = cache.snapshot(datetime.now(UTC))
-            assert snapshot.collected == {NAMESPACE_KIND.key} and snapshot.unavailable == {}
-            assert cache.disconnected_since is None  # refused is not disconnected
-            assert cache.last_error is not None
-            assert "user 'eve' may not watch namespaces" in cache.last_error
-            server.hang.set()
-    finally:
-        await client.close()
+    async with synced_until_deleted(server, recorder, "b", unavailable_retry=0.05) as cache:
+        assert {_name(o) for o in cache.objects()} == {"a", "c"}
+        snapshot = cache.snapshot(datetime.now(UTC))
+        assert snapshot.collected == {NAMESPACE_KIND.key} and snapshot.unavailable == {}
+        assert cache.disconnected_since is None  # refused is not disconnected
+        assert cache.last_error is not None
+        assert "user 'eve' may not watch namespaces" in cache.last_error
     kinds = [("watch" if r.get("watch") else "list", r.get("resourceVersion"))
              for r in server.requests]
     assert kinds[:6] == [("list", None), ("watch", "5"), ("watch", "6"), ("list", None),
