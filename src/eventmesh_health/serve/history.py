@@ -111,6 +111,9 @@ class History:
     def keys(self) -> Iterable[str]:
         return self._by_key.keys()
 
+    def __len__(self) -> int:
+        return len(self._by_key)
+
     def forget(self, key: str) -> None:
         self._by_key.pop(key, None)
         self._revisions.pop(key, None)

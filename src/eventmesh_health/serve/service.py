@@ -219,6 +219,9 @@ class Service:
         self._changed = asyncio.Event()
         self._writes_seen: dict[tuple[str, str], int] = {}
         self._stats_seen: dict[str, tuple[int, int]] = {}
+        # The last report's applications and flows, by history key (`_record_changes`).
+        self._last_apps: dict[str, ApplicationReport] = {}
+        self._last_flows: dict[str, FlowReport] = {}
         self.analysis_seconds: list[float] = []
 
     # --- leadership ---------------------------------------------------------------------------
@@ -363,17 +366,7 @@ class Service:
                 report = self.prober.merge(report, index)
         if outage is not None:
             report = outage_report(report, outage)
-        previous = self.state.report
-        self._record_history(previous, report, now, outage)
-        old = {a.name: a.health for a in previous.applications} if previous else {}
-        for app in report.applications:
-            if old.get(app.name) != app.health:
-                self.state.transitions[app.name] = now
-                if app.name in old:
-                    self.state.previous[app.name] = old[app.name]
-        for gone in set(self.state.transitions) - {a.name for a in report.applications}:
-            self.state.transitions.pop(gone, None)
-            self.state.previous.pop(gone, None)
+        self._record_history(self._record_changes(report, now), report, now, outage)
         self.state.report = report
         self.metrics.update_report(report, self.state.transitions)
         self._cache_metrics()
@@ -411,38 +404,63 @@ class Service:
         secret = await self.client.get(Secret, name, namespace=namespace)
         return dict(secret.data or {})
 
-    def _record_history(self, previous: MeshReport | None, report: MeshReport, now: datetime,
-                        outage: str | None) -> None:
+    def _record_changes(self, report: MeshReport, now: datetime
+                        ) -> list[tuple[str, ApplicationReport | FlowReport]]:
+        """The applications and flows whose report object is not the last report's (the
+        analysis makes a new one only for what it judged again), by history key; a new
+        health of an application is its transition. What went away is forgotten."""
+        state = self.state
+        changed: list[tuple[str, ApplicationReport | FlowReport]] = []
+        apps = self._last_apps
+        for app in report.applications:
+            before = apps.get(app.name)
+            if before is app:
+                continue
+            apps[app.name] = app
+            changed.append((app.name, app))
+            if before is None or before.health is not app.health:
+                state.transitions[app.name] = now
+                if before is not None:
+                    state.previous[app.name] = before.health
+        if len(apps) != len(report.applications):
+            names = {a.name for a in report.applications}
+            for gone in [name for name in apps if name not in names]:
+                del apps[gone]
+                state.transitions.pop(gone, None)
+                state.previous.pop(gone, None)
+        flows = self._last_flows
+        for flow in report.flows:
+            key = flow_key(flow.namespace, flow.kind, flow.name)
+            if flows.get(key) is not flow:
+                flows[key] = flow
+                changed.append((key, flow))
+        if len(flows) != len(report.flows):
+            keys = {flow_key(f.namespace, f.kind, f.name) for f in report.flows}
+            for gone in [key for key in flows if key not in keys]:
+                del flows[gone]
+        return changed
+
+    def _record_history(self, changed: list[tuple[str, ApplicationReport | FlowReport]],
+                        report: MeshReport, now: datetime, outage: str | None) -> None:
         """A transition for each application and flow whose health or first root cause
         changed (first seen counts); those gone are forgotten."""
         history = self.state.history
-        old_apps = {a.name: a for a in previous.applications} if previous else {}
-        old_flows = {(f.namespace, f.kind, f.name): f for f in previous.flows} \
-            if previous else {}
         roots: dict[Any, Finding] | None = None
         outage_cause = f"APIServer: {reasons.CLUSTER_UNREACHABLE}" if outage else None
-        keys: set[str] = set()
-        changed: list[tuple[str, Health, ApplicationReport | FlowReport]] = []
-        for app in report.applications:
-            keys.add(app.name)
-            if old_apps.get(app.name) is not app:
-                changed.append((app.name, app.health, app))
-        for flow in report.flows:
-            key = flow_key(flow.namespace, flow.kind, flow.name)
-            keys.add(key)
-            if old_flows.get((flow.namespace, flow.kind, flow.name)) is not flow:
-                changed.append((key, flow.health, flow))
-        for key, health, part in changed:
+        for key, part in changed:
             if roots is None:
                 roots = root_cause_index(report)
             cause = outage_cause or (app_root_cause(part, roots)
                                      if isinstance(part, ApplicationReport)
                                      else flow_root_cause(part, roots))
             latest = history.latest(key)
-            if latest is None or latest.health is not health or latest.root_cause != cause:
-                history.record(key, now, health, latest.health if latest else None, cause)
-        for gone in [k for k in history.keys() if k not in keys]:  # noqa: SIM118
-            history.forget(gone)
+            if latest is None or latest.health is not part.health or latest.root_cause != cause:
+                history.record(key, now, part.health, latest.health if latest else None, cause)
+        # Keys of neither (e.g. seeded from the health object of a deleted application).
+        if len(history) != len(self._last_apps) + len(self._last_flows):
+            for gone in [k for k in history.keys()  # noqa: SIM118
+                         if k not in self._last_apps and k not in self._last_flows]:
+                history.forget(gone)
 
     def _seed_history(self, name: str, persisted: list[dict[str, Any]]) -> None:
         """Transitions an earlier leader persisted in the EventMeshHealth object."""
