@@ -57,11 +57,11 @@ from eventmesh_health.serve.notify import Notifier, NotifySettings, opted_out
 from eventmesh_health.serve.ratelimit import DEFAULT_BURST, DEFAULT_QPS, TokenBucket
 from eventmesh_health.serve.state import HealthState
 from eventmesh_health.serve.views import (
+    LazyRootCauseIndex,
     app_root_cause,
     application_tree,
     flow_root_cause,
     flow_tree,
-    root_cause_index,
 )
 from eventmesh_health.serve.writer import (
     APPLICATION_RESOURCE,
@@ -445,11 +445,9 @@ class Service:
         """A transition for each application and flow whose health or first root cause
         changed (first seen counts); those gone are forgotten."""
         history = self.state.history
-        roots: dict[Any, Finding] | None = None
+        roots = LazyRootCauseIndex(report)
         outage_cause = f"APIServer: {reasons.CLUSTER_UNREACHABLE}" if outage else None
         for key, part in changed:
-            if roots is None:
-                roots = root_cause_index(report)
             cause = outage_cause or (app_root_cause(part, roots)
                                      if isinstance(part, ApplicationReport)
                                      else flow_root_cause(part, roots))

@@ -8,7 +8,7 @@ it shows nothing the REST API does not.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -239,6 +239,29 @@ def root_cause_index(report: MeshReport) -> dict[Any, Finding]:
         if finding.root_cause:
             found.setdefault(_key(finding.object), finding)
     return found
+
+
+class LazyRootCauseIndex(Mapping[Any, Finding]):
+    """`root_cause_index(report)`, made at the first lookup: only a part whose symptoms name
+    a cause it does not hold looks one up, and the index reads the whole report."""
+
+    def __init__(self, report: MeshReport) -> None:
+        self._report = report
+        self._index: dict[Any, Finding] | None = None
+
+    def _made(self) -> dict[Any, Finding]:
+        if self._index is None:
+            self._index = root_cause_index(self._report)
+        return self._index
+
+    def __getitem__(self, key: Any) -> Finding:
+        return self._made()[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._made())
+
+    def __len__(self) -> int:
+        return len(self._made())
 
 
 def _all_findings(report: MeshReport) -> Iterable[Finding]:
