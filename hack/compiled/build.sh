@@ -22,6 +22,7 @@ cd "$(dirname "$0")/../.."
 root="$(pwd -P)"
 python="${PYTHON:-$root/.venv/bin/python}"
 [[ -x "$python" ]] || die "no $python (make the venv first: make .venv/bin/eventmesh-health)"
+python="$(cd "$(dirname "$python")" && pwd -P)/$(basename "$python")"  # the build runs elsewhere
 
 key="$("$python" - <<'PY'
 import importlib.util, sys
