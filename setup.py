@@ -47,9 +47,14 @@ def _compiler_problem() -> str | None:
     return None
 
 
+# What pip runs setup.py for besides building: metadata, for which mypyc would compile in vain.
+_METADATA_ONLY = {"egg_info", "dist_info"}
+
+
 def _ext_modules() -> list[Extension]:
     wanted = os.environ.get("EVENTMESH_HEALTH_BUILD", "auto")
-    if wanted == "pure":
+    commands = {arg for arg in sys.argv[1:] if arg.isidentifier()}  # not options, nor paths
+    if wanted == "pure" or (commands and commands <= _METADATA_ONLY):
         return []
     problem = None
     try:
