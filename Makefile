@@ -4,18 +4,27 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/kafka-quota-reached
 
-.PHONY: bench-serve demo test browser envtest kstatus knative knative-v012 tools jaeger lint typecheck unit bench bench-analysis bench-check bench-growth bench-probe bench-detection bench-yaml clean
+.PHONY: bench-serve demo test browser compiled envtest kstatus knative knative-v012 tools jaeger lint typecheck unit bench bench-analysis bench-check bench-growth bench-probe bench-detection bench-yaml clean
 
 # The virtualenv with the project and its development tools; rebuilt when pyproject changes.
-$(BIN)/eventmesh-health: pyproject.toml
+# (Installed as source; `compiled` below puts the compiled analysis beside it.)
+$(BIN)/eventmesh-health: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	EVENTMESH_HEALTH_BUILD=pure $(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
+
+# The analysis compiled by mypyc (src/eventmesh_health/compiled.py), built once per source digest
+# (cached outside the repo) and put beside its sources; needs a C compiler and Python's headers.
+# Last line = the cached build's folder. `make demo` runs the pure-Python source without one.
+compiled: $(BIN)/eventmesh-health
+	@PYTHON=$(BIN)/python bash hack/compiled/build.sh
 
 # Installs, then checks a bundled dump of a broken mesh and explains the broken application.
 # (check exits 1 when the mesh is not healthy: that is the point of the example.)
 demo: $(BIN)/eventmesh-health
+	@PYTHON=$(BIN)/python bash hack/compiled/build.sh >/dev/null \
+	  || echo "demo: no compiled analysis (above); running its pure-Python source, slower" >&2
 	@echo '$$ eventmesh-health check --snapshot $(EXAMPLE)'
 	@$(BIN)/eventmesh-health check --snapshot $(EXAMPLE) || test $$? -eq 1
 	@echo
@@ -76,12 +85,12 @@ typecheck: $(BIN)/eventmesh-health
 
 # In a network namespace where only loopback leads anywhere: a packet to any other address
 # fails the run (hack/loopback-only.sh).
-unit: $(BIN)/eventmesh-health envtest knative knative-v012 tools jaeger browser
+unit: $(BIN)/eventmesh-health compiled envtest knative knative-v012 tools jaeger browser
 	EVENTMESH_HEALTH_CHROMIUM=$(CHROMIUM) hack/loopback-only.sh $(BIN)/pytest
 
-# Everything CI runs: install, build the control-plane, Knative, helm, promtool and Jaeger binaries,
-# Chromium for the browser tests, lint, types, all tests.
-test: $(BIN)/eventmesh-health envtest knative knative-v012 tools jaeger browser lint typecheck unit
+# Everything CI runs: install, compile the analysis, build the control-plane, Knative, helm,
+# promtool and Jaeger binaries, Chromium for the browser tests, lint, types, all tests.
+test: $(BIN)/eventmesh-health compiled envtest knative knative-v012 tools jaeger browser lint typecheck unit
 
 # Both, one after the other (never in parallel: each measures the machine).
 bench:
@@ -89,12 +98,12 @@ bench:
 	$(MAKE) bench-check
 
 # The analysis alone, in-process: CPU time and allocation per size.
-bench-analysis: $(BIN)/eventmesh-health
+bench-analysis: $(BIN)/eventmesh-health compiled
 	$(BIN)/python benchmarks/bench_analysis.py
 
 # Whole processes on the same dump: check (JSON, YAML) against kstatus (JSON), 1,000, 4,545 and
 # 10,000 applications x 3 namespaces; needs Go to build kstatus once.
-bench-check: $(BIN)/eventmesh-health kstatus
+bench-check: $(BIN)/eventmesh-health compiled kstatus
 	$(BIN)/python benchmarks/bench_check.py
 
 # check's time and peak RSS against objects (1k to 550k): the README's cost-growth table.
@@ -121,4 +130,5 @@ bench-yaml: $(BIN)/eventmesh-health
 	$(BIN)/python benchmarks/bench_yaml.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build
+	find src -name "*.so" -delete

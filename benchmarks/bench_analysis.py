@@ -6,7 +6,8 @@ For each size it prints: objects, reading time (`load_snapshot` of the mesh writ
 temp folder as one `kubectl get -o json` List, CPU time; reported separately), analysis
 time (index + graph + report, best of --repeat runs, CPU time of this single-threaded
 process), objects analysed per second, and the peak memory the analysis allocates
-(tracemalloc, in a separate run: it slows Python down).
+(tracemalloc, in a separate run: it slows Python down); last, which build of the analysis
+ran (`EVENTMESH_HEALTH_PURE=1` runs its pure-Python source where the compiled one is built).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import synthetic
+from eventmesh_health import compiled
 from eventmesh_health.analysis import analyse
 from eventmesh_health.snapshot import Snapshot
 from eventmesh_health.sources.files import load_snapshot
@@ -78,6 +80,7 @@ def main() -> None:
             print(f"{apps:>6} {args.namespaces:>3} {len(objects):>9} {parse:>8.2f} {best:>10.2f} "
                   f"{len(objects) / best:>10,.0f} {peak:>9.0f}  {report.health.value}")
     print(f"load average (1 min) during the run: {sampler.summary()}")
+    print(f"analysis {compiled.BUILD}")
 
 if __name__ == "__main__":
     main()

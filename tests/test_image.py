@@ -3,7 +3,8 @@ works. No container engine runs here, so the commands run as they would in the b
 into a clean virtualenv, offline (the tests may only reach loopback):
 
 - the wheel is built from the tree (`pip wheel`, without build isolation: the venv's
-  setuptools instead of one from PyPI) and holds the package and nothing else;
+  setuptools instead of one from PyPI, and its mypy: the analysis is compiled, as `setup.py`
+  does wherever mypyc and a C compiler are at hand) and holds the package and nothing else;
 - it installs with pip into a new venv (`--no-index`, the README's command; its
   dependencies, which the image gets as wheels from PyPI, come from this venv through a
   `.pth` line *after* the new venv's own site-packages, so the code that runs is the wheel's);
@@ -20,6 +21,8 @@ import sysconfig
 import venv
 import zipfile
 from pathlib import Path
+
+from eventmesh_health import compiled
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,6 +80,13 @@ def test_the_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     # serve's web page: its templates and static files travel in the wheel
     assert "eventmesh_health/serve/templates/base.html" in names
     assert "eventmesh_health/serve/static/app.js" in names
+    # the analysis compiled by mypyc (this venv has it and a C compiler), its source beside it
+    group = compiled.group_name(compiled.digest())
+    assert [n for n in names if n.startswith(f"{group}__mypyc.")], names
+    for module in compiled.MODULES:
+        source = compiled.source_path(module).relative_to(ROOT / "src").as_posix()
+        assert source in names
+        assert [n for n in names if n.startswith(source[:-len(".py")] + ".cpython-")], module
     # 2. the README's venv and install commands, with its paths in tmp_path
     target = tmp_path / "opt" / "eventmesh-health"
     assert commands[1] == "python -m venv /opt/eventmesh-health"
@@ -101,5 +111,7 @@ def test_the_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     broken = run(exe, "check", "--snapshot", ROOT / "examples" / "kafka-quota-reached",
                  cwd=tmp_path, env=env, ok=(1,))
     assert "TopicFailed" in broken.stdout
+    shown = run(exe, "--version", cwd=tmp_path, env=env)
+    assert "; analysis compiled by mypyc" in shown.stdout
     helped = run(exe, "serve", "--help", cwd=tmp_path, env=env)
     assert "--notify-url" in helped.stdout and "--probe" in helped.stdout

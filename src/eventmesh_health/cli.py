@@ -21,6 +21,7 @@ import click
 import yaml
 from rich.console import Console
 
+from eventmesh_health import compiled
 from eventmesh_health.analysis import Analysis, Thresholds, analyse_graph
 from eventmesh_health.outputs.text import print_check
 from eventmesh_health.outputs.tree import (
@@ -254,7 +255,8 @@ def _console(width: int = 160) -> Console:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="eventmesh-health")
+@click.version_option(package_name="eventmesh-health",
+                      message=f"%(prog)s, version %(version)s; analysis {compiled.BUILD}")
 def main() -> None:
     """Health of a Kyma / Knative event mesh: what is broken, and where."""
 

@@ -309,7 +309,7 @@ DATA_PLANE = DataPlane(
     ),
 )
 
-PROFILE = Profile(
+PROFILE: Profile = Profile(
     name="knative-v1",
     description="Knative Eventing v1 (v1.21: Brokers, Triggers, Channels, Subscriptions, "
     "sources), reported per flow",

@@ -313,7 +313,7 @@ DATA_PLANE = DataPlane(
     trigger=TRIGGER,
 )
 
-PROFILE = Profile(
+PROFILE: Profile = Profile(
     name="kyma-1",
     description="Kyma 1.11-1.20 (Knative Eventing v0.12, application-connector, event-sources)",
     application=APPLICATION,
