@@ -741,7 +741,9 @@ def print_details(runs: list[Run]) -> None:
                      f"{statistics.median(lat.write_seconds) * 1000:.0f} ms")
         print(f"{r.apps:,} apps, {r.mode}: mean latency {lat.figures()['mean'] * 1000:.0f} ms"
               f"{extra}; RSS at the end {r.rss_end / 2**20:.0f} MiB; quiet window "
-              f"{r.quiet_seconds:.0f}s: {dict(r.quiet) or 'no requests'}")
+              f"{r.quiet_seconds:.0f}s: {dict(r.quiet) or 'no requests'}; at the sync "
+              f"kube-apiserver {r.apiserver_rss / 2**20:,.0f} MiB, etcd "
+              f"{r.etcd_rss / 2**20:,.0f} MiB")
         if r.mode == "write":
             print(f"  first sync wrote until {r.settled_seconds:.1f}s after the start, CPU "
                   f"{r.cpu_written:.1f}s by then: {dict(r.first_writes)}")
